@@ -1,0 +1,34 @@
+# fedge: `make demo` runs the main job, `make test` runs the tests. Both set up .venv first.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fedge-installed
+
+.PHONY: setup test demo lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[edge,server,export,tff,dev]"
+	# TFF pins a jaxlib that no longer exists: install it beside its requirements without deps.
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt tensorflow-federated jax jaxlib opt_einsum
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/fedge sim --out runs/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check edge_client server model_export firmware_sim tools tests
+	$(BIN)/mypy edge_client server model_export firmware_sim tools
+
+bench: $(STAMP)
+	$(BIN)/python -m tools.bench.train_speed
+	$(BIN)/python -m tools.bench.ingest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,398 @@
+"""The device agent: an explicit state machine that checks in, trains, and reports over MQTT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from edge_client import codec
+from edge_client.artifact import Artifact
+from edge_client.config import DeviceConfig, EligibilityRules
+from edge_client.errors import ArtifactError, CodecError, DataError, ProtocolError
+from edge_client.fetch import BlobFetcher
+from edge_client.mqtt_link import LinkSettings, MqttLink
+from edge_client.probe import probe_eligibility
+from edge_client.protocol import messages as m
+from edge_client.protocol import topics
+from edge_client.protocol.envelope import DEFAULT_LIMITS, ReplayGuard, unpack
+from edge_client.runtime import runtime_name, runtime_version
+from edge_client.trainer import EvalResult, LocalTrainer, TrainResult
+from edge_client.weights import unpack_weights
+
+log = logging.getLogger("fedge.device")
+
+
+class AgentState(str, Enum):
+    """States of a device agent."""
+
+    OFFLINE = "offline"
+    CONNECTED = "connected"
+    CHECKED_IN = "checked_in"
+    WAITING = "waiting"
+    TRAINING = "training"
+    REPORTING = "reporting"
+
+
+TRANSITIONS: dict[AgentState, frozenset[AgentState]] = {
+    AgentState.OFFLINE: frozenset({AgentState.CONNECTED}),
+    AgentState.CONNECTED: frozenset({AgentState.CHECKED_IN, AgentState.WAITING,
+                                     AgentState.TRAINING, AgentState.OFFLINE}),
+    AgentState.CHECKED_IN: frozenset({AgentState.TRAINING, AgentState.WAITING, AgentState.OFFLINE}),
+    AgentState.WAITING: frozenset({AgentState.CHECKED_IN, AgentState.WAITING, AgentState.OFFLINE}),
+    AgentState.TRAINING: frozenset({AgentState.REPORTING, AgentState.WAITING, AgentState.OFFLINE}),
+    AgentState.REPORTING: frozenset({AgentState.WAITING, AgentState.OFFLINE}),
+}
+
+
+class AgentHooks:
+    """Where a simulated device differs from a real one; the defaults are a real device."""
+
+    def __init__(self, metered: bool = False):
+        self.metered = metered
+
+    def eligibility(self) -> m.Eligibility:
+        return probe_eligibility(self.metered)
+
+    def available(self) -> bool:
+        """Whether the device is on and willing at all (a simulated fleet follows its trace)."""
+        return True
+
+    def drops_out(self, stage: str) -> bool:
+        """Whether the device vanishes at this stage of a round (simulated dropouts)."""
+        return False
+
+    async def after_compute(self, wall_s: float) -> None:
+        """Called after local training took ``wall_s`` seconds here (slow devices sleep more)."""
+
+    async def after_transfer(self, nbytes: int, direction: str) -> None:
+        """Called after ``nbytes`` crossed the network (slow links sleep more)."""
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@dataclass
+class LocalData:
+    """The device's own data; it never leaves the device."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+
+
+TrainerFactory = Callable[[Artifact], LocalTrainer]
+
+
+class TrainerCache:
+    """One interpreter per artifact digest, shared by every agent of a process; one job at a time."""
+
+    def __init__(self) -> None:
+        self._trainers: dict[str, LocalTrainer] = {}
+        self.lock = asyncio.Lock()
+
+    def get(self, artifact: Artifact) -> LocalTrainer:
+        key = artifact.manifest.sha256
+        if key not in self._trainers:
+            self._trainers[key] = LocalTrainer(artifact)
+        return self._trainers[key]
+
+
+def eligible_by_own_rules(e: m.Eligibility, rules: EligibilityRules) -> str | None:
+    """Why the device's owner does not want it to train now (None: it may)."""
+    if rules.require_charging and not e.charging:
+        return "not charging"
+    if rules.require_unmetered and not e.unmetered:
+        return "metered network"
+    if rules.require_idle and not e.idle:
+        return "busy"
+    if e.battery < rules.min_battery:
+        return "battery low"
+    if e.free_memory_mb < rules.min_free_memory_mb:
+        return "memory low"
+    return None
+
+
+class DeviceAgent:
+    """Runs on the device: MQTT session, check-ins, on-device training, update reporting."""
+
+    def __init__(self, config: DeviceConfig, data: LocalData, server_key: object, *,
+                 hooks: AgentHooks | None = None, trainers: TrainerCache | None = None,
+                 checkin_timeout_s: float = 60.0, seed: int | None = None):
+        self.config = config
+        self.data = data
+        self.hooks = hooks or AgentHooks()
+        self.trainers = trainers or TrainerCache()
+        self.state = AgentState.OFFLINE
+        self.history: list[AgentState] = [self.state]
+        self.checkin_timeout_s = checkin_timeout_s
+        self.rng = random.Random(seed if seed is not None else os.urandom(8))
+        self.state_dir = Path(config.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.fetcher = BlobFetcher(self.state_dir / "cache", server_key)  # type: ignore[arg-type]
+        self.inbox: asyncio.Queue[tuple[m.Message, str | None, int | None]] = asyncio.Queue()
+        self.replay = ReplayGuard()
+        self.rounds_reported = 0
+        self.uplink_bytes = 0
+        self.job_state: str | None = None
+        dev = config.device_id
+        presence_off = m.make(m.Presence(online=False, profile=config.profile), sender=dev).pack()
+        b = config.broker
+        self.link = MqttLink(
+            LinkSettings(
+                host=b.host, port=b.port, client_id=dev, username=b.username, password=b.password,
+                ca_file=b.ca_file, cert_file=b.cert_file, key_file=b.key_file, tls=b.tls,
+                keepalive_s=b.keepalive_s, clean_session=False,
+                subscriptions=(topics.device_down(config.fleet, dev), topics.broadcast(config.fleet)),
+                will_topic=topics.device_presence(config.fleet, dev), will_payload=presence_off,
+            ),
+            logger=log, on_connect=self._announce, rng=self.rng,
+        )
+
+    # state machine -------------------------------------------------------------------------
+    def _set(self, new: AgentState) -> None:
+        if new == self.state:
+            return
+        if new not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"agent {self.config.device_id}: {self.state.value} -> {new.value}")
+        self.state = new
+        self.history.append(new)
+
+    def _go_offline(self) -> None:
+        if self.state != AgentState.OFFLINE:
+            self._set(AgentState.OFFLINE)
+
+    # mqtt ----------------------------------------------------------------------------------
+    async def _announce(self) -> None:
+        presence = m.make(m.Presence(online=True, profile=self.config.profile),
+                          sender=self.config.device_id).pack()
+        await self.link.publish(topics.device_presence(self.config.fleet, self.config.device_id),
+                                presence, retain=True, wait_s=1)
+
+    async def _on_mqtt(self, topic: str, payload: bytes) -> None:
+        try:
+            envelope = unpack(payload, DEFAULT_LIMITS)
+            if envelope.sender != "server":
+                raise ProtocolError(f"message from {envelope.sender!r}, expected the server")
+            self.replay.check(envelope)
+            message = m.parse(envelope)
+        except ProtocolError as exc:
+            log.warning("device %s refused a message on %s: %s", self.config.device_id, topic, exc)
+            return
+        if isinstance(message, m.JobState):
+            self.job_state = message.state
+        await self.inbox.put((message, envelope.job_id, envelope.round_id))
+
+    async def _send(self, message: m.Message, job_id: str | None = None,
+                    round_id: int | None = None) -> int:
+        data = m.make(message, sender=self.config.device_id, job_id=job_id, round_id=round_id).pack()
+        ok = await self.link.publish(topics.device_up(self.config.fleet, self.config.device_id), data)
+        if not ok:
+            raise ConnectionError("not connected")
+        return len(data)
+
+    async def _receive(self, kinds: tuple[type[m.Message], ...], timeout_s: float
+                       ) -> tuple[m.Message, str | None, int | None] | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                item = await asyncio.wait_for(self.inbox.get(), timeout=left)
+            except TimeoutError:
+                return None
+            if isinstance(item[0], kinds):
+                return item
+            if isinstance(item[0], m.ErrorReport):
+                log.warning("device %s: server says %s: %s", self.config.device_id,
+                            item[0].code, item[0].message)
+
+    # persistence ---------------------------------------------------------------------------
+    def _pending_path(self) -> Path:
+        return self.state_dir / "pending_task.json"
+
+    def _save_pending(self, task: m.Task, job_id: str | None, round_id: int | None) -> None:
+        body = m.make(task, sender="server", job_id=job_id, round_id=round_id)
+        data = {"job": job_id, "round": round_id, "envelope": body.pack().hex()}
+        tmp = self._pending_path().with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self._pending_path())
+
+    def _load_pending(self) -> tuple[m.Task, str | None, int | None] | None:
+        path = self._pending_path()
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            envelope = unpack(bytes.fromhex(data["envelope"]), check_time=False)
+            task = m.parse(envelope)
+        except (ValueError, KeyError, ProtocolError) as exc:
+            log.warning("device %s: dropping unreadable pending task: %s", self.config.device_id, exc)
+            path.unlink(missing_ok=True)
+            return None
+        if not isinstance(task, m.Task) or task.deadline < time.time():
+            path.unlink(missing_ok=True)
+            return None
+        return task, data.get("job"), data.get("round")
+
+    # main loop -----------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; reconnects and resumes by itself."""
+        link_task = asyncio.create_task(self.link.run(self._on_mqtt, stop))
+        try:
+            while not stop.is_set():
+                self._go_offline()
+                connected = asyncio.create_task(self.link.connected.wait())
+                stopped = asyncio.create_task(stop.wait())
+                await asyncio.wait({connected, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                connected.cancel()
+                stopped.cancel()
+                if stop.is_set():
+                    break
+                self._set(AgentState.CONNECTED)
+                try:
+                    pending = self._load_pending()
+                    if pending is not None:
+                        await self._do_task(*pending)
+                    await self._session(stop)
+                except (ConnectionError, TimeoutError) as exc:
+                    log.info("device %s: connection trouble: %s", self.config.device_id, exc)
+        finally:
+            await link_task
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        while not stop.is_set() and self.link.connected.is_set():
+            if not self.hooks.available():
+                self._set(AgentState.WAITING)
+                await self.hooks.sleep(1.0)
+                continue
+            eligibility = self.hooks.eligibility()
+            why = eligible_by_own_rules(eligibility, self.config.eligibility)
+            if why is not None:
+                self._set(AgentState.WAITING)
+                await self.hooks.sleep(30.0)
+                continue
+            checkin = m.CheckIn(eligibility=eligibility, runtime=runtime_name(),
+                                runtime_version=runtime_version(), examples=len(self.data.y_train),
+                                cached_artifacts=self.fetcher.cached_digests(),
+                                profile=self.config.profile)
+            await self._send(checkin)
+            self._set(AgentState.CHECKED_IN)
+            reply = await self._receive((m.Task, m.RetryLater), self.checkin_timeout_s)
+            if reply is None:
+                self._set(AgentState.WAITING)
+                continue
+            message, job_id, round_id = reply
+            if isinstance(message, m.Task):
+                self._save_pending(message, job_id, round_id)
+                await self._do_task(message, job_id, round_id)
+            else:
+                assert isinstance(message, m.RetryLater)
+                self._set(AgentState.WAITING)
+                await self._wait_for_retry(message.retry_after_s * self.rng.uniform(1.0, 1.1))
+
+    async def _wait_for_retry(self, seconds: float) -> None:
+        """Sleep through a retry window, or wake early on a round-open broadcast (if sampled)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            item = await self._receive((m.RoundOpen, m.JobState), left)
+            if item is None:
+                return
+            message = item[0]
+            if isinstance(message, m.RoundOpen) and self.rng.random() < message.wake_probability:
+                await self.hooks.sleep(self.rng.uniform(0.0, 0.05))
+                return
+
+    async def _do_task(self, task: m.Task, job_id: str | None, round_id: int | None) -> None:
+        self._set(AgentState.TRAINING)
+        try:
+            if self.hooks.drops_out("before-training"):
+                return
+            artifact, weights = await self._fetch(task)
+            if task.kind == "evaluate":
+                await self._evaluate(artifact, weights, job_id, round_id)
+                return
+            update = await self._train(task, artifact, weights)
+            if update is None or self.hooks.drops_out("before-report") or time.time() > task.deadline:
+                return
+            self._set(AgentState.REPORTING)
+            nbytes = await self._send(update, job_id, round_id)
+            await self.hooks.after_transfer(nbytes, "up")
+            self.uplink_bytes += nbytes
+            ack = await self._receive((m.Ack,), 30.0)
+            if ack is not None and isinstance(ack[0], m.Ack):
+                if ack[0].accepted:
+                    self.rounds_reported += 1
+                else:
+                    log.info("device %s: update refused: %s", self.config.device_id, ack[0].reason)
+        except (ArtifactError, CodecError, DataError) as exc:
+            log.warning("device %s: task failed: %s", self.config.device_id, exc)
+            await self._send(m.ErrorReport(code=type(exc).__name__, message=str(exc)), job_id, round_id)
+        finally:
+            self._pending_path().unlink(missing_ok=True)
+            if self.state != AgentState.WAITING:
+                self._set(AgentState.WAITING)
+
+    async def _fetch(self, task: m.Task) -> tuple[Artifact, list[np.ndarray]]:
+        before = self.fetcher.bytes_downloaded
+        model = await self.fetcher.fetch(task.model, "model")
+        manifest = await self.fetcher.fetch(task.manifest, "manifest")
+        artifact = Artifact.from_bytes(manifest, model)
+        weights_blob = await self.fetcher.fetch(task.weights, "weights")
+        weights = unpack_weights(weights_blob, [tuple(t.shape) for t in artifact.manifest.tensors])
+        await self.hooks.after_transfer(self.fetcher.bytes_downloaded - before, "down")
+        return artifact, weights
+
+    async def _train(self, task: m.Task, artifact: Artifact, weights: list[np.ndarray]) -> m.Update | None:
+        spec = codec.parse_spec(task.codec)
+        shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
+        encoder = codec.UpdateEncoder(spec, shapes, self.state_dir / "residual.npz")
+        seed = self.rng.getrandbits(31)
+        async with self.trainers.lock:
+            trainer = self.trainers.get(artifact)
+
+            def work() -> tuple[list[np.ndarray], TrainResult]:
+                trainer.set_weights(weights)
+                result = trainer.fit(self.data.x_train, self.data.y_train, epochs=task.plan.epochs,
+                                     lr=task.plan.lr, seed=seed, max_steps=task.plan.max_steps)
+                return trainer.get_weights(), result
+
+            new_weights, result = await asyncio.to_thread(work)
+        await self.hooks.after_compute(result.wall_time_s)
+        if self.hooks.drops_out("after-training"):
+            return None
+        delta = [nw - w for nw, w in zip(new_weights, weights, strict=True)]
+        encoded = encoder.encode(delta, round_seed=task.round_seed, rng_seed=seed)
+        metrics = m.TrainMetrics(loss=float(result.loss), accuracy=float(result.accuracy),
+                                 examples=int(result.examples), train_time_s=float(result.wall_time_s))
+        return m.Update(payload=encoded.payload, codec=str(spec), base_weights=task.weights.sha256,
+                        metrics=metrics)
+
+    async def _evaluate(self, artifact: Artifact, weights: list[np.ndarray], job_id: str | None,
+                        round_id: int | None) -> None:
+        x = self.data.x_test if self.data.x_test is not None else self.data.x_train
+        y = self.data.y_test if self.data.y_test is not None else self.data.y_train
+        async with self.trainers.lock:
+            trainer = self.trainers.get(artifact)
+
+            def work() -> EvalResult:
+                trainer.set_weights(weights)
+                return trainer.evaluate(x, y)
+
+            result = await asyncio.to_thread(work)
+        self._set(AgentState.REPORTING)
+        await self._send(m.EvalResult(loss=float(result.loss), accuracy=float(result.accuracy),
+                                      examples=int(result.examples)), job_id, round_id)
+        await self._receive((m.Ack,), 30.0)
+

@@ -1,0 +1,94 @@
+"""Downlink: send a new global model as a compressed delta from the version a device holds.
+
+The devices end up with ``apply_model_delta(old, payload)``, not exactly ``new``. The server must
+adopt that reconstruction as the version devices hold and encode the next delta from it; the
+quantization error of one round is then carried into the next delta (error feedback on the
+server side) instead of accumulating. For the same reason random-k is never rescaled here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+
+import msgpack
+import numpy as np
+
+from edge_client.codec.layout import Shapes, check_shapes
+from edge_client.codec.pipeline import decode_flat, encode_flat, flatten, unflatten
+from edge_client.codec.seeds import check_seed
+from edge_client.codec.spec import CodecSpec, parse_spec
+from edge_client.errors import CodecError
+
+DOWNLINK_VERSION = 1
+_DIGEST_BYTES = 16
+
+
+def _shapes_of(tensors: Sequence[np.ndarray]) -> Shapes:
+    return check_shapes([np.shape(t) for t in tensors])
+
+
+def _digest(tensors: Sequence[np.ndarray]) -> bytes:
+    h = hashlib.sha256()
+    for t in tensors:
+        a = np.ascontiguousarray(t, dtype="<f4")
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.digest()[:_DIGEST_BYTES]
+
+
+def _as_downlink(spec: CodecSpec) -> CodecSpec:
+    return dataclasses.replace(spec, error_feedback=spec.lossy)
+
+
+def encode_model_delta(
+    new: Sequence[np.ndarray], old: Sequence[np.ndarray], spec: CodecSpec, *, seed: int = 0
+) -> bytes:
+    """Encode ``new - old`` with ``spec`` for devices that hold ``old``.
+
+    Parameters
+    ----------
+    new : the new global weights.
+    old : the weights the devices hold (an earlier reconstruction, see module docstring).
+    spec : codec spec (top-k, random-k, quantization, rotation; error-feedback flag ignored).
+    seed : seeds rotation, random-k and stochastic rounding (carried in the payload).
+
+    Returns
+    -------
+    msgpack ``[version, spec, seed, digest of old, update payload]``.
+    """
+    shapes = _shapes_of(old)
+    seed = check_seed("seed", seed)
+    spec = _as_downlink(spec)
+    delta = flatten(new, shapes) - flatten(old, shapes)
+    inner = encode_flat(delta, spec, shapes, round_seed=seed, rng=np.random.default_rng(seed))
+    return msgpack.packb(
+        [DOWNLINK_VERSION, str(spec), seed, _digest(old), inner], use_bin_type=True
+    )
+
+
+def apply_model_delta(old: Sequence[np.ndarray], payload: bytes) -> list[np.ndarray]:
+    """Rebuild the new model from the held weights ``old`` and a downlink payload.
+
+    Raises
+    ------
+    CodecError when the payload is malformed or was made for a different base model.
+    """
+    shapes = _shapes_of(old)
+    try:
+        top = msgpack.unpackb(payload, raw=False, max_map_len=0, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise CodecError(f"downlink payload is not valid msgpack: {exc}") from None
+    if not (isinstance(top, list) and len(top) == 5):
+        raise CodecError("downlink payload must be [version, spec, seed, digest, update]")
+    version, spec_text, seed, digest, inner = top
+    if version != DOWNLINK_VERSION:
+        raise CodecError(f"downlink version {version!r}, this decoder reads {DOWNLINK_VERSION}")
+    if not (isinstance(spec_text, str) and isinstance(digest, bytes) and isinstance(inner, bytes)):
+        raise CodecError("downlink payload fields have the wrong types")
+    if digest != _digest(old):
+        raise CodecError("downlink delta was made from a different base model than the one held")
+    spec = _as_downlink(parse_spec(spec_text))
+    delta = decode_flat(inner, spec, shapes, round_seed=check_seed("seed", seed), max_bytes=None)
+    return unflatten(flatten(old, shapes) + delta, shapes)

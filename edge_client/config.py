@@ -1,0 +1,142 @@
+"""Device configuration (`device.toml`): the one file a flashed device needs."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from edge_client.errors import ConfigError
+from edge_client.protocol.topics import check_name
+from edge_client.errors import ProtocolError
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """How the device reaches the MQTT broker."""
+
+    url: str
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: int = 30
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parsed = urlparse(self.url)
+        return parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlparse(self.url).scheme == "mqtts"
+
+
+@dataclass(frozen=True)
+class EligibilityRules:
+    """When the device is willing to train (checked before every check-in)."""
+
+    require_charging: bool = False
+    require_unmetered: bool = False
+    require_idle: bool = False
+    min_battery: float = 0.0
+    min_free_memory_mb: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the device's own data lives (a directory of .npz files or IDX files)."""
+
+    train: Path
+    test: Path | None = None
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """Everything `fedge device` reads from `device.toml`."""
+
+    device_id: str
+    fleet: str
+    state_dir: Path
+    broker: BrokerConfig
+    data: DataConfig
+    identity_key_file: Path | None = None
+    server_signing_key_file: Path | None = None
+    eligibility: EligibilityRules = field(default_factory=EligibilityRules)
+    profile: str | None = None
+
+
+def _path(base: Path, value: Any, where: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} must be a non-empty path string")
+    path = Path(value)
+    return path if path.is_absolute() else (base / path)
+
+
+def _opt_path(base: Path, table: dict[str, Any], key: str, where: str) -> Path | None:
+    return _path(base, table[key], f"{where}.{key}") if key in table else None
+
+
+def parse_device_config(raw: dict[str, Any], base_dir: Path) -> DeviceConfig:
+    """Validate a parsed `device.toml`; relative paths are resolved against ``base_dir``."""
+    try:
+        dev = raw["device"]
+        broker = raw["broker"]
+        data = raw["data"]
+    except KeyError as exc:
+        raise ConfigError(f"device.toml is missing the [{exc.args[0]}] table") from exc
+    try:
+        device_id = check_name("device id", dev.get("id", ""))
+        fleet = check_name("fleet", dev.get("fleet", ""))
+    except ProtocolError as exc:
+        raise ConfigError(str(exc)) from exc
+    url = broker.get("url")
+    if not isinstance(url, str) or urlparse(url).scheme not in ("mqtt", "mqtts"):
+        raise ConfigError("broker.url must look like mqtt://host:port or mqtts://host:port")
+    elig = raw.get("eligibility", {})
+    known = set(EligibilityRules.__dataclass_fields__)
+    unknown = set(elig) - known
+    if unknown:
+        raise ConfigError(f"unknown eligibility keys: {sorted(unknown)}")
+    identity = raw.get("identity", {})
+    server = raw.get("server", {})
+    return DeviceConfig(
+        device_id=device_id,
+        fleet=fleet,
+        state_dir=_path(base_dir, dev.get("state_dir", "state"), "device.state_dir"),
+        profile=dev.get("profile"),
+        broker=BrokerConfig(
+            url=url,
+            username=broker.get("username"),
+            password=broker.get("password"),
+            ca_file=_opt_path(base_dir, broker, "ca_file", "broker"),
+            cert_file=_opt_path(base_dir, broker, "cert_file", "broker"),
+            key_file=_opt_path(base_dir, broker, "key_file", "broker"),
+            keepalive_s=int(broker.get("keepalive_s", 30)),
+        ),
+        data=DataConfig(
+            train=_path(base_dir, data.get("train"), "data.train"),
+            test=_opt_path(base_dir, data, "test", "data"),
+        ),
+        identity_key_file=_opt_path(base_dir, identity, "key_file", "identity"),
+        server_signing_key_file=_opt_path(base_dir, server, "signing_public_key", "server"),
+        eligibility=EligibilityRules(**elig),
+    )
+
+
+def load_device_config(path: Path) -> DeviceConfig:
+    """Read and validate a `device.toml` file."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"device config not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    return parse_device_config(raw, Path(path).resolve().parent)

@@ -1,0 +1,409 @@
+"""Typed message bodies of the fedge wire protocol and their validation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edge_client.errors import ProtocolError
+from edge_client.protocol.envelope import DEFAULT_LIMITS, Envelope, Limits
+
+ALLOWED_DTYPES = {"float32", "float16", "int32", "uint32", "int8", "uint8", "int64"}
+
+
+def encode_tensor(array: np.ndarray) -> dict[str, Any]:
+    """Tensor as raw little-endian bytes with its dtype and shape."""
+    arr = np.ascontiguousarray(array)
+    if arr.dtype.name not in ALLOWED_DTYPES:
+        raise ProtocolError(f"dtype {arr.dtype} cannot travel on the wire")
+    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": arr.astype(arr.dtype.newbyteorder("<")).tobytes()}
+
+
+def decode_tensor(obj: Any, limits: Limits = DEFAULT_LIMITS, name: str = "tensor") -> np.ndarray:
+    """Validate and rebuild a tensor encoded by `encode_tensor`."""
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{name}: expected a tensor map")
+    dtype, shape, data = obj.get("dtype"), obj.get("shape"), obj.get("data")
+    if dtype not in ALLOWED_DTYPES:
+        raise ProtocolError(f"{name}: dtype {dtype!r} not allowed")
+    if not isinstance(shape, list) or len(shape) > 8:
+        raise ProtocolError(f"{name}: shape must be a list of at most 8 dims")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ProtocolError(f"{name}: shape dims must be non-negative ints")
+    count = math.prod(shape)
+    if count > limits.max_tensor_elements:
+        raise ProtocolError(f"{name}: {count} elements exceed the limit {limits.max_tensor_elements}")
+    if not isinstance(data, bytes):
+        raise ProtocolError(f"{name}: data must be bytes")
+    np_dtype = np.dtype(dtype).newbyteorder("<")
+    if len(data) != count * np_dtype.itemsize:
+        raise ProtocolError(
+            f"{name}: {len(data)} bytes do not match shape {shape} of {dtype}"
+        )
+    arr = np.frombuffer(data, dtype=np_dtype).reshape(shape).astype(np.dtype(dtype))
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ProtocolError(f"{name}: contains NaN or infinity")
+    return arr
+
+
+class _Field:
+    """Validation helpers used by message `from_body` methods."""
+
+    @staticmethod
+    def get(body: dict[str, Any], key: str, kind: type | tuple[type, ...], *, optional: bool = False,
+            default: Any = None) -> Any:
+        if key not in body or body[key] is None:
+            if optional:
+                return default
+            raise ProtocolError(f"missing field {key!r}")
+        value = body[key]
+        if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise ProtocolError(f"field {key!r} must not be a bool")
+        if kind is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, kind):
+            raise ProtocolError(f"field {key!r} has type {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ProtocolError(f"field {key!r} is not finite")
+        if isinstance(value, str) and len(value) > DEFAULT_LIMITS.max_string_len:
+            raise ProtocolError(f"field {key!r} is too long")
+        return value
+
+    @staticmethod
+    def in_range(key: str, value: float, lo: float, hi: float) -> float:
+        if not lo <= value <= hi:
+            raise ProtocolError(f"field {key!r}={value} outside [{lo}, {hi}]")
+        return value
+
+
+F = _Field
+
+
+@dataclass(frozen=True)
+class Eligibility:
+    """What a device tells the server about its current state."""
+
+    charging: bool = True
+    unmetered: bool = True
+    idle: bool = True
+    battery: float = 1.0
+    free_memory_mb: int = 1024
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Eligibility:
+        return cls(
+            charging=F.get(body, "charging", bool),
+            unmetered=F.get(body, "unmetered", bool),
+            idle=F.get(body, "idle", bool),
+            battery=F.in_range("battery", F.get(body, "battery", float), 0.0, 1.0),
+            free_memory_mb=int(F.in_range("free_memory_mb", F.get(body, "free_memory_mb", int), 0, 1 << 30)),
+        )
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of all message bodies; subclasses set TYPE."""
+
+    TYPE: ClassVar[str] = ""
+
+    def to_body(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], limits: Limits) -> Message:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class CheckIn(Message):
+    """Device -> server: I am here, this is my state; give me work."""
+
+    TYPE: ClassVar[str] = "checkin"
+    eligibility: Eligibility
+    runtime: str
+    runtime_version: str
+    examples: int
+    cached_artifacts: list[str] = field(default_factory=list)
+    profile: str | None = None
+    identity_key: bytes | None = None
+    identity_cert: bytes | None = None
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], limits: Limits) -> CheckIn:
+        cached = F.get(body, "cached_artifacts", list, optional=True, default=[])
+        if len(cached) > 64 or not all(isinstance(c, str) and len(c) == 64 for c in cached):
+            raise ProtocolError("cached_artifacts must be at most 64 sha256 hex digests")
+        return cls(
+            eligibility=Eligibility.from_body(F.get(body, "eligibility", dict)),
+            runtime=F.get(body, "runtime", str),
+            runtime_version=F.get(body, "runtime_version", str),
+            examples=int(F.in_range("examples", F.get(body, "examples", int), 0, 1 << 40)),
+            cached_artifacts=cached,
+            profile=F.get(body, "profile", str, optional=True),
+            identity_key=F.get(body, "identity_key", bytes, optional=True),
+            identity_cert=F.get(body, "identity_cert", bytes, optional=True),
+        )
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A content-addressed, signed file the device downloads over HTTP."""
+
+    sha256: str
+    url: str
+    signature: bytes
+    size: int
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> BlobRef:
+        sha = F.get(body, "sha256", str)
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise ProtocolError("sha256 must be 64 lowercase hex characters")
+        url = F.get(body, "url", str)
+        if not url.startswith(("http://", "https://")):
+            raise ProtocolError(f"blob url must be http(s): {url!r}")
+        sig = F.get(body, "signature", bytes)
+        if len(sig) != 64:
+            raise ProtocolError("signature must be 64 bytes (Ed25519)")
+        return cls(sha256=sha, url=url, signature=sig, size=int(F.get(body, "size", int)))
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How the device trains in this round."""
+
+    epochs: int
+    lr: float
+    max_steps: int | None = None
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> TrainingPlan:
+        max_steps = F.get(body, "max_steps", int, optional=True)
+        return cls(
+            epochs=int(F.in_range("epochs", F.get(body, "epochs", int), 0, 1000)),
+            lr=F.in_range("lr", F.get(body, "lr", float), 0.0, 100.0),
+            max_steps=None if max_steps is None else int(F.in_range("max_steps", max_steps, 1, 10**9)),
+        )
+
+
+@dataclass(frozen=True)
+class Task(Message):
+    """Server -> device: train (or evaluate) this model in this round."""
+
+    TYPE: ClassVar[str] = "task"
+    kind: str
+    model: BlobRef
+    manifest: BlobRef
+    weights: BlobRef
+    plan: TrainingPlan
+    codec: str
+    deadline: float
+    round_seed: int
+    secagg: dict[str, Any] | None = None
+    dp: dict[str, Any] | None = None
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], limits: Limits) -> Task:
+        kind = F.get(body, "kind", str)
+        if kind not in ("train", "evaluate"):
+            raise ProtocolError(f"task kind must be train or evaluate, got {kind!r}")
+        return cls(
+            kind=kind,
+            model=BlobRef.from_body(F.get(body, "model", dict)),
+            manifest=BlobRef.from_body(F.get(body, "manifest", dict)),
+            weights=BlobRef.from_body(F.get(body, "weights", dict)),
+            plan=TrainingPlan.from_body(F.get(body, "plan", dict)),
+            codec=F.get(body, "codec", str),
+            deadline=F.get(body, "deadline", float),
+            round_seed=int(F.in_range("round_seed", F.get(body, "round_seed", int), 0, 2**63 - 1)),
+            secagg=F.get(body, "secagg", dict, optional=True),
+            dp=F.get(body, "dp", dict, optional=True),
+        )
+
+
+@dataclass(frozen=True)
+class RetryLater(Message):
+    """Server -> device: not now; check in again after the window (pace steering)."""
+
+    TYPE: ClassVar[str] = "retry"
+    reason: str
+    retry_after_s: float
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], limits: Limits) -> RetryLater:
+        return cls(
+            reason=F.get(body, "reason", str),
+            retry_after_s=F.in_range("retry_after_s", F.get(body, "retry_after_s", float), 0, 7 * 86400),
+        )
+
+
+@dataclass(frozen=True)
+class TrainMetrics:
+    """What local training measured."""
+
+    loss: float
+    accuracy: float
+    examples: int
+    train_time_s: float
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> TrainMetrics:
+        return cls(
+            loss=F.in_range("loss", F.get(body, "loss", float), 0.0, 1e9),
+            accuracy=F.in_range("accuracy", F.get(body, "accuracy", float), 0.0, 1.0),
+            examples=int(F.in_range("examples", F.get(body, "examples", int), 0, 1 << 40)),
+            train_time_s=F.in_range("train_time_s", F.get(body, "train_time_s", float), 0.0, 1e7),
+        )
+
+
+@dataclass(frozen=True)
+class Update(Message):
+    """Device -> server: the encoded model update of a training task."""
+
+    TYPE: ClassVar[str] = "update"
+    payload: bytes
+    codec: str
+    base_weights: str
+    metrics: TrainMetrics
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], limits: Limits) -> Update:
+        return cls(
+            payload=F.get(body, "payload", bytes),
+            codec=F.get(body, "codec", str),
+            base_weights=F.get(body, "base_weights", str),
+            metrics=TrainMetrics.from_body(F.get(body, "metrics", dict)),
+        )
+
+
+@dataclass(frozen=True)
+class EvalResult(Message):
+    """Device -> server: metrics of an evaluation task on the local test split."""
+
+    TYPE: ClassVar[str] = "eval_result"
+    loss: float
+    accuracy: float
+    examples: int
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], limits: Limits) -> EvalResult:
+        return cls(
+            loss=F.in_range("loss", F.get(body, "loss", float), 0.0, 1e9),
+            accuracy=F.in_range("accuracy", F.get(body, "accuracy", float), 0.0, 1.0),
+            examples=int(F.in_range("examples", F.get(body, "examples", int), 0, 1 << 40)),
+        )
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    """Server -> device: the update or result was accepted or refused (with the reason)."""
+
+    TYPE: ClassVar[str] = "ack"
+    accepted: bool
+    reason: str = ""
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], limits: Limits) -> Ack:
+        return cls(accepted=F.get(body, "accepted", bool), reason=F.get(body, "reason", str))
+
+
+@dataclass(frozen=True)
+class ErrorReport(Message):
+    """Either direction: something went wrong on the sender's side."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], limits: Limits) -> ErrorReport:
+        return cls(code=F.get(body, "code", str), message=F.get(body, "message", str))
+
+
+@dataclass(frozen=True)
+class SecAggStage(Message):
+    """Either direction: one secure-aggregation stage message (payload owned by secagg)."""
+
+    TYPE: ClassVar[str] = "secagg"
+    stage: str
+    data: dict[str, Any]
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], limits: Limits) -> SecAggStage:
+        return cls(stage=F.get(body, "stage", str), data=F.get(body, "data", dict))
+
+
+@dataclass(frozen=True)
+class Presence(Message):
+    """Retained on the presence topic; the last will publishes online=False."""
+
+    TYPE: ClassVar[str] = "presence"
+    online: bool
+    profile: str | None = None
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], limits: Limits) -> Presence:
+        return cls(online=F.get(body, "online", bool), profile=F.get(body, "profile", str, optional=True))
+
+
+@dataclass(frozen=True)
+class JobState(Message):
+    """Server -> all devices (broadcast): a job changed state."""
+
+    TYPE: ClassVar[str] = "job_state"
+    state: str
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], limits: Limits) -> JobState:
+        return cls(state=F.get(body, "state", str))
+
+
+@dataclass(frozen=True)
+class RoundOpen(Message):
+    """Server -> all devices (broadcast): selection for a round is open.
+
+    A waiting device checks in early with ``wake_probability`` (pace steering: the server
+    sets it so that about the number of devices it needs wake up, not the whole fleet).
+    """
+
+    TYPE: ClassVar[str] = "round_open"
+    round: int
+    wake_probability: float
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], limits: Limits) -> RoundOpen:
+        return cls(round=int(F.in_range("round", F.get(body, "round", int), 0, 1 << 40)),
+                   wake_probability=F.in_range("wake_probability",
+                                               F.get(body, "wake_probability", float), 0.0, 1.0))
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    m.TYPE: m
+    for m in (CheckIn, Task, RetryLater, Update, EvalResult, Ack, ErrorReport, SecAggStage,
+              Presence, JobState, RoundOpen)
+}
+
+DEVICE_TO_SERVER = {CheckIn.TYPE, Update.TYPE, EvalResult.TYPE, ErrorReport.TYPE, SecAggStage.TYPE}
+
+
+def parse(envelope: Envelope, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Validate the body of ``envelope`` and return the typed message."""
+    cls = MESSAGE_TYPES.get(envelope.type)
+    if cls is None:
+        raise ProtocolError(f"unknown message type {envelope.type!r}")
+    try:
+        return cls.from_body(envelope.body, limits)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{envelope.type}: {exc}") from exc
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ProtocolError(f"{envelope.type}: malformed body: {exc}") from exc
+
+
+def make(message: Message, *, sender: str, job_id: str | None = None,
+         round_id: int | None = None) -> Envelope:
+    """Wrap a typed message into an envelope ready to `pack()`."""
+    return Envelope(type=message.TYPE, body=message.to_body(), sender=sender, job_id=job_id,
+                    round_id=round_id)

@@ -1,0 +1,357 @@
+"""Layer library whose forward and backward passes lower to TFLite builtin ops only."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import tensorflow as tf
+
+from edge_client.errors import ArtifactError
+
+Shape = tuple[int, ...]
+GradFn = Callable[..., Any]
+
+PADDINGS = ("SAME", "VALID")
+STRIDES = (1, 2)
+
+
+# ---------------------------------------------------------------- builtin-only ops
+
+
+def relu(x: tf.Tensor) -> tf.Tensor:
+    """ReLU whose gradient is ``g * [x > 0]`` (no ``ReluGrad``).
+
+    The step ``[x > 0]`` is computed as ``relu(sign(x))``: the same values, but TFLite
+    runs SIGN and RELU in a fast loop while GREATER against a scalar takes its slow
+    broadcasting path (several times slower on conv activations).
+    """
+
+    @tf.custom_gradient
+    def _relu(x: tf.Tensor) -> tuple[tf.Tensor, GradFn]:
+        def grad(g: tf.Tensor) -> tf.Tensor:
+            return g * tf.nn.relu(tf.sign(x))
+
+        return tf.nn.relu(x), grad
+
+    return _relu(x)
+
+
+def dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """``x @ kernel + bias`` with an explicit matmul/sum gradient."""
+
+    @tf.custom_gradient
+    def _dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tuple[tf.Tensor, GradFn]:
+        def grad(g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            dx = tf.matmul(g, kernel, transpose_b=True)
+            dk = tf.matmul(x, g, transpose_a=True)
+            return dx, dk, tf.reduce_sum(g, axis=0)
+
+        return tf.matmul(x, kernel) + bias, grad
+
+    return _dense(x, kernel, bias)
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """(before, after) padding that TensorFlow's ``SAME`` uses along one axis."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv2d(x: tf.Tensor, kernel: tf.Tensor, stride: int, padding: str) -> tf.Tensor:
+    """2-D convolution (NHWC, kernel HWIO) with builtin-only gradients.
+
+    ``SAME`` is an explicit ``tf.pad`` (whose gradient is a slice) followed by a
+    ``VALID`` convolution; see :func:`_conv2d_valid` for the gradients.
+    """
+    _check_conv_args(stride, padding)
+    if padding == "SAME":
+        _, h, w, _ = x.shape
+        kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
+        pads = [
+            [0, 0],
+            list(same_padding(h, kh, stride)),
+            list(same_padding(w, kw, stride)),
+            [0, 0],
+        ]
+        if any(p for pair in pads for p in pair):
+            x = tf.pad(x, pads)
+    return _conv2d_valid(x, kernel, stride)
+
+
+def _conv2d_valid(x: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tensor:
+    """VALID convolution; input grad by transposed conv, filter grad by a dilated conv.
+
+    The filter gradient ``dk[i, j, c, o] = sum_{b,p,q} x[b, p*s+i, q*s+j, c] * g[b, p, q, o]``
+    is a VALID convolution of ``x`` transposed to ``[C, H, W, B]`` with ``g`` transposed to
+    ``[Ho, Wo, B, O]`` used as the filter, dilated by the stride; its output is at least
+    ``[kh, kw]`` and is sliced to it (rows the forward pass never read are dropped).
+    """
+    kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
+    x_shape = [int(d) for d in x.shape]
+
+    @tf.custom_gradient
+    def _conv(x: tf.Tensor, kernel: tf.Tensor) -> tuple[tf.Tensor, GradFn]:
+        def grad(g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            dx = tf.nn.conv2d_transpose(g, kernel, x_shape, strides=stride, padding="VALID")
+            xt = tf.transpose(x, [3, 1, 2, 0])
+            gt = tf.transpose(g, [1, 2, 0, 3])
+            dk = tf.nn.conv2d(xt, gt, strides=1, padding="VALID", dilations=stride)
+            dk = tf.transpose(dk[:, :kh, :kw, :], [1, 2, 0, 3])
+            return dx, dk
+
+        return tf.nn.conv2d(x, kernel, strides=stride, padding="VALID"), grad
+
+    return _conv(x, kernel)
+
+
+def mean_pool_2x2(x: tf.Tensor) -> tf.Tensor:
+    """2x2 mean pooling, stride 2, VALID (odd trailing rows/columns are dropped)."""
+    b, h, w, c = (int(d) for d in x.shape)
+    ho, wo = h // 2, w // 2
+    if ho == 0 or wo == 0:
+        raise ArtifactError(f"mean_pool_2x2 needs at least 2x2 spatial input, got {h}x{w}")
+
+    @tf.custom_gradient
+    def _pool(x: tf.Tensor) -> tuple[tf.Tensor, GradFn]:
+        xc = x[:, : 2 * ho, : 2 * wo, :] if (h % 2 or w % 2) else x
+        y = tf.reduce_mean(tf.reshape(xc, [b, ho, 2, wo, 2, c]), axis=[2, 4])
+
+        def grad(g: tf.Tensor) -> tf.Tensor:
+            spread = tf.broadcast_to(
+                tf.reshape(g * 0.25, [b, ho, 1, wo, 1, c]), [b, ho, 2, wo, 2, c]
+            )
+            dx = tf.reshape(spread, [b, 2 * ho, 2 * wo, c])
+            if h % 2 or w % 2:
+                dx = tf.pad(dx, [[0, 0], [0, h - 2 * ho], [0, w - 2 * wo], [0, 0]])
+            return dx
+
+        return y, grad
+
+    return _pool(x)
+
+
+def softmax_cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Per-example ``logsumexp(logits) - logits[label]``; gradient ``softmax - one_hot``."""
+    onehot = tf.one_hot(labels, int(logits.shape[-1]), dtype=logits.dtype)
+
+    @tf.custom_gradient
+    def _ce(logits: tf.Tensor) -> tuple[tf.Tensor, GradFn]:
+        def grad(g: tf.Tensor) -> tf.Tensor:
+            return tf.expand_dims(g, 1) * (tf.nn.softmax(logits) - onehot)
+
+        lse = tf.reduce_logsumexp(logits, axis=1)
+        return lse - tf.reduce_sum(logits * onehot, axis=1), grad
+
+    return _ce(logits)
+
+
+def reference_cross_entropy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Per-example loss with the standard TF op (for verification only)."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+def masked_mean(per_example: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Mean of ``per_example`` over rows where ``mask`` is 1 (0 if the mask is empty)."""
+    return tf.reduce_sum(per_example * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def quantize_per_channel(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 quantization with one float32 scale per output channel (last axis)."""
+    absmax = np.abs(weights).reshape(-1, weights.shape[-1]).max(axis=0)
+    scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(weights / scale), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The float32 weights :func:`dequantize_in_graph` computes, in numpy."""
+    return q.astype(np.float32) * scale
+
+
+def dequantize_in_graph(q: np.ndarray, scale: np.ndarray, probe: tf.Tensor) -> tf.Tensor:
+    """``cast(q) * scale`` computed at run time so the flatbuffer stores int8, not float.
+
+    The TFLite converter folds every op whose inputs are all constants (even through a
+    read-only variable), which would store the float32 weights. Routing ``q`` through a
+    select on a condition computed from ``probe`` (a scalar of the signature's input;
+    ``p == p or p != p`` is always true, NaN included) makes it a run-time value.
+    """
+    always = tf.logical_or(tf.equal(probe, probe), tf.not_equal(probe, probe))
+    live = tf.where(always, tf.constant(q), tf.constant(0, tf.int8))
+    return tf.cast(live, tf.float32) * tf.constant(scale)
+
+
+def _check_conv_args(stride: int, padding: str) -> None:
+    if stride not in STRIDES:
+        raise ArtifactError(f"conv stride must be one of {STRIDES}, got {stride!r}")
+    if padding not in PADDINGS:
+        raise ArtifactError(f"conv padding must be one of {PADDINGS}, got {padding!r}")
+
+
+# ---------------------------------------------------------------- layers
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter tensor of a layer: its name suffix, shape and fan-in/fan-out."""
+
+    suffix: str
+    shape: Shape
+    fan_in: int
+    fan_out: int
+
+
+class Layer(ABC):
+    """A stateless layer: parameters are passed in, so one definition serves every graph."""
+
+    kind: ClassVar[str] = ""
+
+    @abstractmethod
+    def output_shape(self, input_shape: Shape) -> Shape:
+        """Shape of one example after this layer (batch axis excluded)."""
+
+    def params(self, input_shape: Shape) -> list[ParamSpec]:
+        """Parameter tensors this layer needs for ``input_shape`` (none by default)."""
+        return []
+
+    @abstractmethod
+    def forward(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
+        """Builtin-only forward pass (its gradient is builtin-only too)."""
+
+    @abstractmethod
+    def reference(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
+        """The same function with standard TF ops and TF's own gradients."""
+
+    def init_params(self, input_shape: Shape, rng: np.random.Generator) -> list[np.ndarray]:
+        """Glorot-uniform kernels (He-scaled for layers followed by ReLU) and zero biases."""
+        out = []
+        for spec in self.params(input_shape):
+            if spec.suffix == "bias":
+                out.append(np.zeros(spec.shape, np.float32))
+            else:
+                limit = math.sqrt(6.0 / (spec.fan_in + spec.fan_out))
+                out.append(rng.uniform(-limit, limit, spec.shape).astype(np.float32))
+        return out
+
+
+@dataclass(frozen=True)
+class Dense(Layer):
+    """Fully connected layer on flat inputs ``[B, n]``."""
+
+    units: int
+    kind: ClassVar[str] = "dense"
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        if len(input_shape) != 1:
+            raise ArtifactError(f"Dense needs a flat input, got shape {input_shape} (add Flatten)")
+        return (self.units,)
+
+    def params(self, input_shape: Shape) -> list[ParamSpec]:
+        n = input_shape[0]
+        return [
+            ParamSpec("kernel", (n, self.units), n, self.units),
+            ParamSpec("bias", (self.units,), n, self.units),
+        ]
+
+    def forward(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
+        return dense(x, params[0], params[1])
+
+    def reference(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
+        return tf.matmul(x, params[0]) + params[1]
+
+
+@dataclass(frozen=True)
+class Conv2D(Layer):
+    """Square-kernel 2-D convolution with bias, NHWC."""
+
+    filters: int
+    kernel_size: int = 3
+    stride: int = 1
+    padding: str = "SAME"
+    kind: ClassVar[str] = "conv"
+
+    def __post_init__(self) -> None:
+        _check_conv_args(self.stride, self.padding)
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        if len(input_shape) != 3:
+            raise ArtifactError(f"Conv2D needs an [H, W, C] input, got shape {input_shape}")
+        h, w, _ = input_shape
+        k, s = self.kernel_size, self.stride
+        if self.padding == "SAME":
+            return (math.ceil(h / s), math.ceil(w / s), self.filters)
+        if h < k or w < k:
+            raise ArtifactError(f"Conv2D VALID kernel {k} is larger than input {h}x{w}")
+        return ((h - k) // s + 1, (w - k) // s + 1, self.filters)
+
+    def params(self, input_shape: Shape) -> list[ParamSpec]:
+        k, cin = self.kernel_size, input_shape[-1]
+        fan_in, fan_out = k * k * cin, k * k * self.filters
+        return [
+            ParamSpec("kernel", (k, k, cin, self.filters), fan_in, fan_out),
+            ParamSpec("bias", (self.filters,), fan_in, fan_out),
+        ]
+
+    def forward(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
+        return conv2d(x, params[0], self.stride, self.padding) + params[1]
+
+    def reference(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
+        y = tf.nn.conv2d(x, params[0], strides=self.stride, padding=self.padding)
+        return y + params[1]
+
+
+@dataclass(frozen=True)
+class ReLU(Layer):
+    """Rectified linear unit."""
+
+    kind: ClassVar[str] = "relu"
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return input_shape
+
+    def forward(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
+        return relu(x)
+
+    def reference(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
+        return tf.nn.relu(x)
+
+
+@dataclass(frozen=True)
+class MeanPool2x2(Layer):
+    """2x2 average pooling with stride 2 (VALID)."""
+
+    kind: ClassVar[str] = "pool"
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        if len(input_shape) != 3 or input_shape[0] < 2 or input_shape[1] < 2:
+            raise ArtifactError(f"MeanPool2x2 needs an [H>=2, W>=2, C] input, got {input_shape}")
+        h, w, c = input_shape
+        return (h // 2, w // 2, c)
+
+    def forward(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
+        return mean_pool_2x2(x)
+
+    def reference(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
+        return tf.nn.avg_pool2d(x, ksize=2, strides=2, padding="VALID")
+
+
+@dataclass(frozen=True)
+class Flatten(Layer):
+    """Flatten everything but the batch axis."""
+
+    kind: ClassVar[str] = "flatten"
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
+        return tf.reshape(x, [int(x.shape[0]), -1])
+
+    def reference(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
+        return tf.reshape(x, [int(x.shape[0]), -1])

@@ -1,0 +1,184 @@
+"""Assembles a running server: broker link (or embedded broker), store, HTTP app and the job."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import uvicorn
+
+from edge_client.artifact import load_artifact
+from edge_client.data import load_local_dataset
+from edge_client.errors import ConfigError
+from edge_client.mqtt_link import LinkSettings, MqttLink
+from edge_client.protocol import messages as m
+from edge_client.protocol import topics
+from edge_client.signing import load_or_create_signing_key
+from server.blobs import BlobStore
+from server.broker import EmbeddedBroker, free_port
+from server.coordinator import SERVER_ID, Coordinator
+from server.http_app import TrafficCounter, create_app
+from server.job import JobConfig
+from server.store import Store
+
+log = logging.getLogger("fedge.server")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where the server keeps state, which broker it uses, where it serves HTTP."""
+
+    state_dir: Path
+    broker_url: str | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    public_url: str | None = None
+    broker_username: str | None = None
+    broker_password: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    signing_key_file: Path | None = None
+    api_tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def http_url(self) -> str:
+        return self.public_url or f"http://{self.http_host}:{self.http_port}"
+
+
+def load_server_settings(path: Path, **overrides: Any) -> ServerSettings:
+    """Read a `server.toml` (as written by `fedge provision`); keyword overrides win."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (FileNotFoundError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read server config {path}: {exc}") from exc
+    base = Path(path).resolve().parent
+    broker = raw.get("broker", {})
+    signing = raw.get("signing", {})
+    http = raw.get("http", {})
+
+    def rel(value: str | None) -> Path | None:
+        if value is None:
+            return None
+        p = Path(value)
+        return p if p.is_absolute() else base / p
+
+    settings = ServerSettings(
+        state_dir=rel(raw.get("state_dir", "state")) or base / "state",
+        broker_url=broker.get("url"),
+        broker_username=broker.get("username"),
+        broker_password=broker.get("password"),
+        ca_file=rel(broker.get("ca_file")),
+        cert_file=rel(broker.get("cert_file")),
+        key_file=rel(broker.get("key_file")),
+        signing_key_file=rel(signing.get("key_file")),
+        http_host=http.get("host", "127.0.0.1"),
+        http_port=int(http.get("port", 8080)),
+        public_url=http.get("public_url"),
+        api_tokens=dict(raw.get("api", {}).get("tokens", {})),
+    )
+    return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class FedgeServer:
+    """One server process running one job."""
+
+    def __init__(self, job: JobConfig, settings: ServerSettings):
+        self.job = job
+        self.settings = settings
+        self.broker: EmbeddedBroker | None = None
+        self.traffic = TrafficCounter()
+        self.coordinator: Coordinator | None = None
+        self.link: MqttLink | None = None
+        self.ready = asyncio.Event()
+        self.http_port = settings.http_port or free_port(settings.http_host)
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{self.settings.http_host}:{self.http_port}/"
+
+    def _link_settings(self, broker_url: str) -> LinkSettings:
+        s = self.settings
+        parsed = urlparse(broker_url)
+        fleet = self.job.fleet
+        return LinkSettings(
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or (8883 if parsed.scheme == "mqtts" else 1883),
+            client_id=f"fedge-server-{fleet}",
+            username=s.broker_username, password=s.broker_password,
+            ca_file=s.ca_file, cert_file=s.cert_file, key_file=s.key_file,
+            tls=parsed.scheme == "mqtts",
+            subscriptions=(topics.server_up_filter(fleet), topics.server_presence_filter(fleet)),
+            max_inflight=1000,
+        )
+
+    async def run(self, stop: asyncio.Event | None = None) -> str:
+        """Run until the job ends (or ``stop`` is set); returns the job's final status."""
+        stop = stop or asyncio.Event()
+        s = self.settings
+        broker_url = s.broker_url
+        if broker_url is None:
+            self.broker = EmbeddedBroker()
+            self.broker.start()
+            broker_url = self.broker.url
+            log.info("no broker URL given: started the embedded amqtt broker on %s", broker_url)
+        s.state_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(s.state_dir / "fedge.db")
+        blobs = BlobStore(s.state_dir / "blobs")
+        key = load_or_create_signing_key(s.signing_key_file or s.state_dir / "signing.key")
+        artifact = load_artifact(self.job.artifact)
+        central = None
+        if self.job.evaluation.central_data:
+            central = load_local_dataset(Path(self.job.evaluation.central_data))
+        link_stop = asyncio.Event()
+        self.link = MqttLink(self._link_settings(broker_url), logger=log)
+        public_url = s.public_url or f"http://{s.http_host}:{self.http_port}"
+        self.coordinator = Coordinator(
+            self.job, artifact, store, blobs, key, public_url,
+            publish=lambda topic, data: self.link.publish(topic, data) if self.link else _false(),
+            central_data=central, served_bytes=lambda: self.traffic.bytes_served,
+        )
+        app = create_app(blobs, self.traffic)
+        from server.api import mount_api  # the management API and dashboard
+
+        mount_api(app, store, self, s.api_tokens)
+        http = uvicorn.Server(uvicorn.Config(app, host=s.http_host, port=self.http_port,
+                                             log_level="warning", lifespan="off"))
+        tasks = [
+            asyncio.create_task(self.link.run(self.coordinator.on_message, link_stop), name="mqtt"),
+            asyncio.create_task(http.serve(), name="http"),
+        ]
+        try:
+            await asyncio.wait_for(self.link.connected.wait(), timeout=30)
+            self.ready.set()
+            job_task = asyncio.create_task(self.coordinator.run(), name="job")
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({job_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if job_task.done():
+                job_task.result()
+                await self.link.publish(topics.broadcast(self.job.fleet), m.make(
+                    m.JobState(state=self.coordinator.status), sender=SERVER_ID,
+                    job_id=self.job.name).pack(), wait_s=5)
+            else:
+                job_task.cancel()
+            stopper.cancel()
+            return self.coordinator.status
+        finally:
+            http.should_exit = True
+            link_stop.set()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(task, timeout=10)
+            store.close()
+            if self.broker is not None:
+                self.broker.stop()
+
+
+async def _false() -> bool:
+    return False

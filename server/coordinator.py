@@ -1,0 +1,438 @@
+"""Runs one federated job: rounds over MQTT, streaming aggregation, persistence and resume."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_client import codec
+from edge_client.artifact import Artifact
+from edge_client.errors import CodecError, FedgeError, ProtocolError
+from edge_client.protocol import messages as m
+from edge_client.protocol import topics
+from edge_client.protocol.envelope import DEFAULT_LIMITS, Limits, ReplayGuard, unpack
+from edge_client.signing import sign_blob
+from edge_client.trainer import LocalTrainer
+from edge_client.weights import pack_weights, unpack_weights
+from server.aggregator import StreamingMean
+from server.blobs import BlobStore
+from server.job import JobConfig
+from server.optimizers import ServerOptimizer
+from server.rounds import ParticipantReport, RoundRun, RoundState
+from server.selection import SelectionPool, ineligibility, round_rng, round_seed
+from server.store import Store
+
+log = logging.getLogger("fedge.server")
+
+SERVER_ID = "server"
+Publish = Callable[[str, bytes], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class BlobSet:
+    """The signed, content-addressed blobs devices download for a round."""
+
+    model: m.BlobRef
+    manifest: m.BlobRef
+    weights: m.BlobRef
+
+
+class Coordinator:
+    """The server side of the protocol for one job."""
+
+    def __init__(self, job: JobConfig, artifact: Artifact, store: Store, blobs: BlobStore,
+                 signing_key: Any, public_url: str, publish: Publish,
+                 limits: Limits = DEFAULT_LIMITS,
+                 central_data: tuple[np.ndarray, np.ndarray] | None = None,
+                 served_bytes: Callable[[], int] = lambda: 0):
+        self.job = job
+        self.artifact = artifact
+        self.store = store
+        self.blobs = blobs
+        self.signing_key = signing_key
+        self.public_url = public_url.rstrip("/")
+        self.publish = publish
+        self.limits = limits
+        self.central_data = central_data
+        self.served_bytes = served_bytes
+        self.codec_spec = codec.parse_spec(job.codec)
+        self.shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
+        self.pool = SelectionPool(job.selection)
+        self.replay = ReplayGuard(limits.max_clock_skew_s)
+        self.optimizer = ServerOptimizer(job.optimizer)
+        self.evaluator = LocalTrainer(artifact)
+        self.current: RoundRun | None = None
+        self.online: set[str] = set()
+        self.weights: list[np.ndarray] = []
+        self.weights_sha = ""
+        self.finished = asyncio.Event()
+        self.paused = asyncio.Event()
+        self.paused.set()  # set = running
+        self.status = "running"
+        self._rng = round_rng(job.seed, job.name, 0, 0, "retry-windows")
+        self._model_refs = self._put_artifact()
+
+    # blobs ---------------------------------------------------------------------------------
+    def _ref(self, kind: str, data: bytes) -> m.BlobRef:
+        digest = self.blobs.put(data)
+        return m.BlobRef(sha256=digest, url=f"{self.public_url}/v1/blobs/{digest}",
+                         signature=sign_blob(self.signing_key, kind, digest), size=len(data))
+
+    def _put_artifact(self) -> tuple[m.BlobRef, m.BlobRef]:
+        return (self._ref("model", self.artifact.model_bytes),
+                self._ref("manifest", self.artifact.manifest.to_json()))
+
+    def _blob_set(self) -> BlobSet:
+        weights_data = self.blobs.get(self.weights_sha)
+        return BlobSet(self._model_refs[0], self._model_refs[1], self._ref("weights", weights_data))
+
+    # resume --------------------------------------------------------------------------------
+    def restore_or_init(self) -> int:
+        """Load the last committed checkpoint (or the artifact's initial weights); return its round."""
+        row = self.store.job(self.job.name)
+        if row is None:
+            self.store.create_job(self.job.name, self.job.to_dict())
+            row = self.store.job(self.job.name)
+            assert row is not None
+        failed = self.store.fail_unfinished_rounds(self.job.name, "server restarted mid-round")
+        if failed:
+            log.warning("job %s: %d unfinished round(s) marked failed after a restart",
+                        self.job.name, failed)
+        if row["weights_sha"]:
+            self.weights = unpack_weights(self.blobs.get(row["weights_sha"]), self.shapes)
+            self.weights_sha = row["weights_sha"]
+            if row["optimizer_sha"]:
+                keys, arrays = _unpack_state(self.blobs.get(row["optimizer_sha"]))
+                self.optimizer.load_state_arrays(keys, arrays)
+            log.info("job %s: resuming after committed round %d", self.job.name, row["committed_round"])
+        else:
+            self.weights = self.evaluator.get_weights()
+            self.weights_sha = self.blobs.put(pack_weights(self.weights))
+        if row["status"] in ("finished", "stopped", "failed"):
+            self.status = row["status"]
+            self.finished.set()
+        return int(row["committed_round"])
+
+    # inbound -------------------------------------------------------------------------------
+    async def on_message(self, topic: str, payload: bytes) -> None:
+        """Dispatch one MQTT message from a device; refuse and log anything invalid."""
+        device_id: str | None = None
+        try:
+            fleet, device_id, kind = topics.parse_device_topic(topic)
+            if fleet != self.job.fleet:
+                raise ProtocolError(f"message for fleet {fleet!r}")
+            if kind == "presence":
+                self._on_presence(device_id, payload)
+                return
+            if kind != "up":
+                raise ProtocolError(f"server does not read {kind!r} topics")
+            envelope = unpack(payload, self.limits)
+            if envelope.sender != device_id:
+                raise ProtocolError(f"sender {envelope.sender!r} published on {device_id!r}'s topic")
+            self.replay.check(envelope)
+            message = m.parse(envelope, self.limits)
+            await self._dispatch(device_id, envelope.job_id, envelope.round_id, message, len(payload))
+        except (ProtocolError, CodecError) as exc:
+            self._reject(device_id, topic, str(exc))
+            if device_id is not None and isinstance(exc, ProtocolError | CodecError):
+                await self._send(device_id, m.ErrorReport(code=type(exc).__name__, message=str(exc)))
+
+    def _reject(self, device_id: str | None, topic: str, reason: str) -> None:
+        log.warning("refused message from %s on %s: %s", device_id or "?", topic, reason)
+        self.store.record_rejection(device_id, topic, reason)
+        if self.current is not None:
+            self.current.refused += 1
+
+    def _on_presence(self, device_id: str, payload: bytes) -> None:
+        if not payload:
+            return
+        envelope = unpack(payload, self.limits, check_time=False)
+        presence = m.parse(envelope, self.limits)
+        if not isinstance(presence, m.Presence):
+            raise ProtocolError("presence topic carries a non-presence message")
+        self.store.upsert_device(device_id, self.job.fleet, online=presence.online,
+                                 profile=presence.profile)
+        if presence.online:
+            self.online.add(device_id)
+        else:
+            self.online.discard(device_id)
+            self.pool.remove(device_id)
+
+    async def _dispatch(self, device_id: str, job_id: str | None, round_id: int | None,
+                        message: m.Message, nbytes: int) -> None:
+        if isinstance(message, m.CheckIn):
+            await self._on_checkin(device_id, message)
+        elif isinstance(message, m.Update):
+            await self._on_update(device_id, job_id, round_id, message, nbytes)
+        elif isinstance(message, m.EvalResult):
+            await self._on_eval_result(device_id, job_id, round_id, message, nbytes)
+        elif isinstance(message, m.ErrorReport):
+            log.warning("device %s reports %s: %s", device_id, message.code, message.message)
+        else:
+            raise ProtocolError(f"devices may not send {message.TYPE!r}")
+
+    async def _on_checkin(self, device_id: str, checkin: m.CheckIn) -> None:
+        self.store.upsert_device(device_id, self.job.fleet, online=True, profile=checkin.profile,
+                                 runtime=f"{checkin.runtime} {checkin.runtime_version}",
+                                 eligibility=vars(checkin.eligibility),
+                                 identity_key=checkin.identity_key)
+        rnd = self.current
+        if self.finished.is_set() or not self.paused.is_set():
+            await self._retry(device_id, f"job {self.status}", 60.0)
+            return
+        if rnd is not None and device_id in rnd.selected and device_id not in rnd.reports \
+                and rnd.state in (RoundState.CONFIGURING, RoundState.COLLECTING):
+            await self._send_task(device_id, rnd)  # the device restarted: send its task again
+            return
+        why = ineligibility(checkin, self.job.selection)
+        if why is not None:
+            await self._retry(device_id, f"not eligible: {why}", self.job.selection.retry_window_s)
+            return
+        if rnd is not None and rnd.state == RoundState.SELECTING:
+            self.pool.add(device_id, checkin)
+            return
+        await self._retry(device_id, "round in progress", self._eta())
+
+    def _eta(self) -> float:
+        rnd = self.current
+        if rnd is None or rnd.state == RoundState.SELECTING:
+            return 1.0
+        return max(rnd.deadline - time.time(), 1.0)
+
+    async def _retry(self, device_id: str, reason: str, eta_s: float) -> None:
+        window = self.pool.retry_window(self._rng, eta_s, self.job.selection.selected_per_round)
+        await self._send(device_id, m.RetryLater(reason=reason, retry_after_s=window))
+
+    async def _on_update(self, device_id: str, job_id: str | None, round_id: int | None,
+                         update: m.Update, nbytes: int) -> None:
+        rnd = self.current
+        refusal = self._late_or_foreign(device_id, job_id, round_id, "train")
+        if refusal is None and update.base_weights != self.weights_sha:
+            refusal = "update was trained on other weights than this round's"
+        if refusal is None and update.codec != str(self.codec_spec):
+            refusal = f"update codec {update.codec!r} differs from the round's {str(self.codec_spec)!r}"
+        if refusal is not None or rnd is None:
+            self._reject(device_id, "update", refusal or "no round")
+            await self._send(device_id, m.Ack(accepted=False, reason=refusal or "no round"))
+            return
+        delta = codec.decode_update(update.payload, self.codec_spec, self.shapes,
+                                    round_seed=rnd.round_seed)
+        assert rnd.aggregator is not None
+        rnd.aggregator.add(delta, update.metrics.examples)
+        report = ParticipantReport(update.metrics.examples, update.metrics.loss,
+                                   update.metrics.accuracy, update.metrics.train_time_s, nbytes)
+        rnd.record(device_id, report)
+        self.store.set_participant(rnd.rid, device_id, "reported", examples=report.examples,
+                                   loss=report.loss, accuracy=report.accuracy,
+                                   train_time_s=report.train_time_s, uplink_bytes=nbytes)
+        await self._send(device_id, m.Ack(accepted=True))
+
+    async def _on_eval_result(self, device_id: str, job_id: str | None, round_id: int | None,
+                              result: m.EvalResult, nbytes: int) -> None:
+        rnd = self.current
+        refusal = self._late_or_foreign(device_id, job_id, round_id, "evaluate")
+        if refusal is not None or rnd is None:
+            self._reject(device_id, "eval_result", refusal or "no round")
+            await self._send(device_id, m.Ack(accepted=False, reason=refusal or "no round"))
+            return
+        report = ParticipantReport(result.examples, result.loss, result.accuracy, 0.0, nbytes)
+        rnd.record(device_id, report)
+        self.store.set_participant(rnd.rid, device_id, "reported", examples=result.examples,
+                                   loss=result.loss, accuracy=result.accuracy, uplink_bytes=nbytes)
+        await self._send(device_id, m.Ack(accepted=True))
+
+    def _late_or_foreign(self, device_id: str, job_id: str | None, round_id: int | None,
+                         kind: str) -> str | None:
+        rnd = self.current
+        if job_id != self.job.name:
+            return f"unknown job {job_id!r}"
+        if rnd is None or round_id != rnd.number or rnd.kind != kind:
+            return f"stale message for round {round_id}; current round is {rnd.number if rnd else None}"
+        if device_id not in rnd.selected:
+            return f"device was not selected for round {rnd.number}"
+        if device_id in rnd.reports:
+            return "duplicate report"
+        if not rnd.open_for_reports:
+            return f"round {rnd.number} is closed ({rnd.state.value}); late report refused"
+        return None
+
+    # outbound ------------------------------------------------------------------------------
+    async def _send(self, device_id: str, message: m.Message) -> int:
+        rnd = self.current
+        envelope = m.make(message, sender=SERVER_ID, job_id=self.job.name,
+                          round_id=rnd.number if rnd else None)
+        data = envelope.pack()
+        await self.publish(topics.device_down(self.job.fleet, device_id), data)
+        return len(data)
+
+    async def _send_task(self, device_id: str, rnd: RoundRun) -> None:
+        blobs = self._blob_set()
+        plan = m.TrainingPlan(epochs=self.job.training.local_epochs,
+                              lr=self.job.training.lr_for_round(rnd.number),
+                              max_steps=self.job.training.max_steps)
+        task = m.Task(kind=rnd.kind, model=blobs.model, manifest=blobs.manifest, weights=blobs.weights,
+                      plan=plan, codec=str(self.codec_spec), deadline=rnd.deadline,
+                      round_seed=rnd.round_seed)
+        rnd.downlink_bytes += await self._send(device_id, task)
+
+    # the job -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run rounds until the job has committed all of them (or failed, or was stopped)."""
+        committed = self.restore_or_init()
+        while not self.finished.is_set() and committed < self.job.rounds:
+            await self.paused.wait()
+            number = committed + 1
+            ok = await self._run_round(number, "train")
+            if ok:
+                committed = number
+                ev = self.job.evaluation
+                if ev.federated_every and number % ev.federated_every == 0:
+                    await self._run_round(number, "evaluate")
+            elif self.store.attempts(self.job.name, "train", number) >= self.job.selection.max_attempts:
+                self._finish("failed", f"round {number} failed {self.job.selection.max_attempts} times")
+                return
+        if not self.finished.is_set():
+            self._finish("finished", None)
+
+    def _finish(self, status: str, reason: str | None) -> None:
+        self.status = status
+        self.store.set_job_status(self.job.name, status, reason)
+        self.finished.set()
+        log.info("job %s %s%s", self.job.name, status, f": {reason}" if reason else "")
+
+    def stop(self, reason: str = "stopped by operator") -> None:
+        """Stop the job after the current step."""
+        self._finish("stopped", reason)
+        if self.current is not None:
+            self.current.enough.set()
+
+    async def _run_round(self, number: int, kind: str) -> bool:
+        sel = self.job.selection
+        attempt = self.store.attempts(self.job.name, kind, number) + 1
+        rid = self.store.start_round(self.job.name, number, attempt, kind, RoundState.SELECTING.value)
+        rnd = RoundRun(rid=rid, job_id=self.job.name, number=number, attempt=attempt, kind=kind,
+                       round_seed=round_seed(self.job.seed, self.job.name, number, attempt))
+        want = sel.selected_per_round if kind == "train" else self.job.evaluation.federated_devices
+        rnd.target = sel.target_reports if kind == "train" else max(1, int(want / sel.over_selection))
+        minimum = sel.min_reports if kind == "train" else 1
+        if kind == "train":
+            rnd.aggregator = StreamingMean(self.shapes, self.job.training.max_example_weight)
+        self.current = rnd
+        served_before = self.served_bytes()
+        log.info("round %d (%s, attempt %d): selecting %d devices", number, kind, attempt, want)
+
+        # SELECTING: wake a sample of waiting devices, then wait for enough eligible check-ins.
+        t0 = time.time()
+        wake = self.pool.wake_probability(want, len(self.online))
+        await self.publish(topics.broadcast(self.job.fleet), m.make(
+            m.RoundOpen(round=number, wake_probability=wake), sender=SERVER_ID,
+            job_id=self.job.name, round_id=number).pack())
+        while not self.finished.is_set() and not self.pool.should_close(
+                want, minimum, len(self.online), time.time() - t0):
+            await asyncio.sleep(0.05)
+        if self.finished.is_set():
+            self._fail(rnd, "job stopped")
+            return False
+        chosen, rest = self.pool.select(round_rng(self.job.seed, self.job.name, number, attempt,
+                                                  f"select-{kind}"), want)
+        rnd.selected = set(chosen)
+        rnd.deadline = time.time() + sel.round_deadline_s
+        rnd.advance(RoundState.CONFIGURING)
+        self.store.set_participants(rid, chosen)
+        self.store.transition(rid, RoundState.CONFIGURING.value, selected=len(chosen))
+        for device_id in rest:
+            await self._retry(device_id, "not selected this round", self._eta())
+
+        # CONFIGURING: send every selected device its task.
+        rnd.advance(RoundState.COLLECTING)
+        self.store.transition(rid, RoundState.COLLECTING.value)
+        await asyncio.gather(*(self._send_task(d, rnd) for d in chosen))
+
+        # COLLECTING: until the target reported or the deadline passed.
+        try:
+            await asyncio.wait_for(rnd.enough.wait(), timeout=max(rnd.deadline - time.time(), 0))
+        except TimeoutError:
+            pass
+        rnd.downlink_bytes += self.served_bytes() - served_before
+        for device_id in rnd.dropped():
+            self.store.set_participant(rid, device_id, "dropped", reason="no report by deadline")
+        counts = dict(reported=len(rnd.reports), dropped=len(rnd.dropped()), refused=rnd.refused,
+                      uplink_bytes=rnd.uplink_bytes, downlink_bytes=rnd.downlink_bytes)
+        if self.finished.is_set():
+            self._fail(rnd, "job stopped", **counts)
+            return False
+        if len(rnd.reports) < minimum:
+            self._fail(rnd, f"only {len(rnd.reports)} of the minimum {minimum} reported by the deadline",
+                       **counts)
+            return False
+
+        # AGGREGATING
+        rnd.advance(RoundState.AGGREGATING)
+        self.store.transition(rid, RoundState.AGGREGATING.value, **counts)
+        if kind == "evaluate":
+            rnd.advance(RoundState.COMMITTED)
+            self.store.transition(rid, RoundState.COMMITTED.value,
+                                  fed_eval_loss=rnd.weighted_metric("loss"),
+                                  fed_eval_accuracy=rnd.weighted_metric("accuracy"))
+            return True
+        return self._aggregate_and_commit(rnd, counts)
+
+    def _aggregate_and_commit(self, rnd: RoundRun, counts: dict[str, int]) -> bool:
+        assert rnd.aggregator is not None
+        t_agg = time.time()
+        mean_delta = rnd.aggregator.mean()
+        new_weights = self.optimizer.apply(self.weights, mean_delta)
+        if not all(np.isfinite(w).all() for w in new_weights):
+            self._fail(rnd, "aggregate is not finite", **counts)
+            return False
+        weights_sha = self.blobs.put(pack_weights(new_weights))
+        keys, arrays = self.optimizer.state_arrays()
+        optimizer_sha = self.blobs.put(_pack_state(keys, arrays)) if keys else None
+        aggregation_s = time.time() - t_agg
+        eval_loss = eval_acc = None
+        ev = self.job.evaluation
+        if self.central_data is not None and ev.central_every and rnd.number % ev.central_every == 0:
+            self.evaluator.set_weights(new_weights)
+            result = self.evaluator.evaluate(*self.central_data)
+            eval_loss, eval_acc = result.loss, result.accuracy
+        slowest = max((r.train_time_s for r in rnd.reports.values()), default=0.0)
+        rnd.advance(RoundState.COMMITTED)
+        self.store.commit_round(
+            rnd.rid, self.job.name, rnd.number, weights_sha, optimizer_sha,
+            train_loss=rnd.weighted_metric("loss"), train_accuracy=rnd.weighted_metric("accuracy"),
+            eval_loss=eval_loss, eval_accuracy=eval_acc, aggregation_s=aggregation_s,
+            slowest_train_s=slowest, **counts,
+        )
+        self.weights, self.weights_sha = new_weights, weights_sha
+        log.info("round %d committed: %d reported, %d dropped, accuracy %s", rnd.number,
+                 counts["reported"], counts["dropped"],
+                 f"{eval_acc:.3f}" if eval_acc is not None else "n/a")
+        return True
+
+    def _fail(self, rnd: RoundRun, reason: str, **fields: Any) -> None:
+        rnd.advance(RoundState.FAILED)
+        self.store.transition(rnd.rid, RoundState.FAILED.value, reason=reason, **fields)
+        log.warning("round %d (%s, attempt %d) failed: %s", rnd.number, rnd.kind, rnd.attempt, reason)
+
+
+def _pack_state(keys: list[str], arrays: list[np.ndarray]) -> bytes:
+    import msgpack
+
+    return msgpack.packb({"keys": keys, "tensors": [m.encode_tensor(a) for a in arrays]},
+                         use_bin_type=True)
+
+
+def _unpack_state(data: bytes) -> tuple[list[str], list[np.ndarray]]:
+    import msgpack
+
+    raw = msgpack.unpackb(data, raw=False)
+    try:
+        return list(raw["keys"]), [m.decode_tensor(t) for t in raw["tensors"]]
+    except (KeyError, TypeError, ProtocolError) as exc:
+        raise FedgeError(f"optimizer checkpoint is corrupt: {exc}") from exc

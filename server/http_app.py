@@ -1,0 +1,78 @@
+"""The server's HTTP side: content-addressed blobs (ETag, Range) for devices, plus the API routers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+
+from server.blobs import BlobStore
+
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@dataclass
+class TrafficCounter:
+    """Bytes the HTTP side has served (the downlink of model and weights blobs)."""
+
+    bytes_served: int = 0
+    requests: int = 0
+
+
+def _slice_for_range(header: str, size: int) -> tuple[int, int]:
+    match = _RANGE_RE.match(header.strip())
+    if not match or (not match.group(1) and not match.group(2)):
+        raise HTTPException(status_code=416, detail=f"unsupported Range header {header!r}")
+    start_s, end_s = match.groups()
+    if start_s:
+        start = int(start_s)
+        end = min(int(end_s), size - 1) if end_s else size - 1
+    else:  # suffix range: the last N bytes
+        start, end = max(size - int(end_s), 0), size - 1
+    if start >= size or start > end:
+        raise HTTPException(status_code=416, detail=f"range {header!r} outside 0-{size - 1}")
+    return start, end
+
+
+def create_app(blobs: BlobStore, counter: TrafficCounter) -> FastAPI:
+    """FastAPI app serving blobs; the management API mounts its routers on it."""
+    app = FastAPI(title="fedge server", version="1")
+
+    @app.exception_handler(HTTPException)
+    async def _json_errors(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code, content={"error": exc.detail},
+                            headers=getattr(exc, "headers", None))
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/blobs/{digest}")
+    def get_blob(digest: str, range_header: str | None = Header(default=None, alias="Range"),
+                 if_none_match: str | None = Header(default=None)) -> Response:
+        """A content-addressed blob; its sha256 is its ETag, and Range resumes a download."""
+        try:
+            path = blobs.path(digest)
+        except KeyError as exc:
+            raise HTTPException(status_code=400, detail=f"not a sha256 digest: {digest!r}") from exc
+        if not path.exists():
+            raise HTTPException(status_code=404, detail=f"no blob {digest}")
+        etag = f'"{digest}"'
+        headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "public, max-age=31536000, immutable"}
+        if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
+            return Response(status_code=304, headers=headers)
+        data = path.read_bytes()
+        counter.requests += 1
+        if range_header:
+            start, end = _slice_for_range(range_header, len(data))
+            body = data[start:end + 1]
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            counter.bytes_served += len(body)
+            return Response(body, status_code=206, headers=headers,
+                            media_type="application/octet-stream")
+        counter.bytes_served += len(data)
+        return Response(data, headers=headers, media_type="application/octet-stream")
+
+    return app

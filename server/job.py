@@ -1,0 +1,223 @@
+"""Job configuration (`job.toml`): what to train, for how long, and how rounds are run."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_client.errors import ConfigError
+from edge_client.protocol.topics import check_name
+from edge_client.errors import ProtocolError
+
+OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
+LR_SCHEDULES = ("constant", "exponential", "step", "inverse_sqrt")
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Who takes part in a round and when it closes."""
+
+    target_reports: int = 10
+    over_selection: float = 1.3
+    min_reports: int = 8
+    selection_timeout_s: float = 30.0
+    round_deadline_s: float = 60.0
+    max_attempts: int = 3
+    require_charging: bool = False
+    require_unmetered: bool = False
+    require_idle: bool = False
+    min_battery: float = 0.0
+    min_free_memory_mb: int = 0
+    retry_window_s: float = 10.0
+    quiet_period_s: float = 0.5
+
+    @property
+    def selected_per_round(self) -> int:
+        """Number of devices that get a task (target times the over-selection factor)."""
+        return max(self.target_reports, math.ceil(self.target_reports * self.over_selection))
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """What devices do locally."""
+
+    local_epochs: int = 1
+    batch_size: int | None = None
+    lr: float = 0.1
+    lr_schedule: str = "constant"
+    lr_decay: float = 1.0
+    lr_step_rounds: int = 10
+    max_steps: int | None = None
+    max_example_weight: int = 10_000
+
+    def lr_for_round(self, round_number: int) -> float:
+        """Client learning rate of a round (1-based), per the schedule."""
+        r = max(round_number - 1, 0)
+        if self.lr_schedule == "constant":
+            return self.lr
+        if self.lr_schedule == "exponential":
+            return self.lr * self.lr_decay**r
+        if self.lr_schedule == "step":
+            return self.lr * self.lr_decay ** (r // self.lr_step_rounds)
+        return self.lr / math.sqrt(r + 1)
+
+
+@dataclass(frozen=True)
+class ServerOptimizerConfig:
+    """Server optimizer of Reddi et al., "Adaptive Federated Optimization"."""
+
+    name: str = "fedavg"
+    lr: float = 1.0
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.99
+    epsilon: float = 1e-3
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Central evaluation on held-out data, and federated evaluation rounds."""
+
+    central_every: int = 1
+    central_data: str | None = None
+    federated_every: int = 0
+    federated_devices: int = 10
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A whole federated training job."""
+
+    name: str
+    fleet: str
+    artifact: Path
+    rounds: int
+    seed: int = 0
+    codec: str = "none"
+    secagg: dict[str, Any] = field(default_factory=dict)
+    dp: str | None = None
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    optimizer: ServerOptimizerConfig = field(default_factory=ServerOptimizerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (stored with the job)."""
+        out = asdict(self)
+        out["artifact"] = str(self.artifact)
+        return out
+
+
+def _table(raw: dict[str, Any], key: str, cls: type) -> Any:
+    table = raw.get(key, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{key}] must be a table")
+    known = set(cls.__dataclass_fields__)
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"[{key}] has unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+    try:
+        return cls(**table)
+    except TypeError as exc:
+        raise ConfigError(f"[{key}]: {exc}") from exc
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def validate(job: JobConfig) -> JobConfig:
+    """Check every value's type and range; raise ConfigError naming the first bad one."""
+    s, t, o = job.selection, job.training, job.optimizer
+    _check(isinstance(job.rounds, int) and job.rounds >= 1, "job.rounds must be an integer >= 1")
+    _check(isinstance(s.target_reports, int) and s.target_reports >= 1,
+           "selection.target_reports must be >= 1")
+    _check(isinstance(s.min_reports, int) and 1 <= s.min_reports <= s.target_reports,
+           "selection.min_reports must be between 1 and target_reports")
+    _check(s.over_selection >= 1.0, "selection.over_selection must be >= 1.0")
+    _check(s.round_deadline_s > 0 and s.selection_timeout_s > 0, "timeouts must be positive")
+    _check(s.max_attempts >= 1, "selection.max_attempts must be >= 1")
+    _check(0.0 <= s.min_battery <= 1.0, "selection.min_battery must be in [0, 1]")
+    _check(isinstance(t.local_epochs, int) and t.local_epochs >= 1, "training.local_epochs must be >= 1")
+    _check(t.lr > 0 and math.isfinite(t.lr), "training.lr must be a positive number")
+    _check(t.lr_schedule in LR_SCHEDULES, f"training.lr_schedule must be one of {LR_SCHEDULES}")
+    _check(0 < t.lr_decay <= 1.0, "training.lr_decay must be in (0, 1]")
+    _check(t.max_example_weight >= 1, "training.max_example_weight must be >= 1")
+    _check(o.name in OPTIMIZERS, f"server_optimizer.name must be one of {OPTIMIZERS}, got {o.name!r}")
+    _check(o.lr > 0, "server_optimizer.lr must be positive")
+    _check(0 <= o.momentum < 1 and 0 <= o.beta1 < 1 and 0 <= o.beta2 < 1,
+           "server_optimizer momentum/betas must be in [0, 1)")
+    _check(o.epsilon > 0, "server_optimizer.epsilon must be positive")
+    return job
+
+
+def parse_job_config(raw: dict[str, Any], base_dir: Path) -> JobConfig:
+    """Build and validate a JobConfig from parsed TOML; paths resolve against ``base_dir``."""
+    job = raw.get("job")
+    if not isinstance(job, dict):
+        raise ConfigError("job.toml needs a [job] table with name, fleet, artifact and rounds")
+    allowed = {"name", "fleet", "artifact", "rounds", "seed", "codec", "dp"}
+    unknown = set(job) - allowed
+    if unknown:
+        raise ConfigError(f"[job] has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    for key in ("name", "fleet", "artifact", "rounds"):
+        if key not in job:
+            raise ConfigError(f"[job] is missing {key!r}")
+    try:
+        check_name("job name", job["name"])
+        check_name("fleet", job["fleet"])
+    except ProtocolError as exc:
+        raise ConfigError(str(exc)) from exc
+    artifact = Path(job["artifact"])
+    if not artifact.is_absolute():
+        artifact = base_dir / artifact
+    secagg = raw.get("secagg", {})
+    if not isinstance(secagg, dict):
+        raise ConfigError("[secagg] must be a table")
+    evaluation = _table(raw, "evaluation", EvaluationConfig)
+    if evaluation.central_data and not Path(evaluation.central_data).is_absolute():
+        evaluation = EvaluationConfig(**{**asdict(evaluation),
+                                         "central_data": str(base_dir / evaluation.central_data)})
+    cfg = JobConfig(
+        name=job["name"],
+        fleet=job["fleet"],
+        artifact=artifact,
+        rounds=job["rounds"],
+        seed=int(job.get("seed", 0)),
+        codec=str(job.get("codec", "none")),
+        dp=job.get("dp"),
+        secagg=secagg,
+        selection=_table(raw, "selection", SelectionConfig),
+        training=_table(raw, "training", TrainingConfig),
+        optimizer=_table(raw, "server_optimizer", ServerOptimizerConfig),
+        evaluation=evaluation,
+    )
+    return validate(cfg)
+
+
+def job_from_dict(data: dict[str, Any]) -> JobConfig:
+    """Inverse of `JobConfig.to_dict` (used when resuming a stored job)."""
+    return validate(JobConfig(
+        name=data["name"], fleet=data["fleet"], artifact=Path(data["artifact"]),
+        rounds=data["rounds"], seed=data["seed"], codec=data["codec"], secagg=data["secagg"],
+        dp=data["dp"],
+        selection=SelectionConfig(**data["selection"]),
+        training=TrainingConfig(**data["training"]),
+        optimizer=ServerOptimizerConfig(**data["optimizer"]),
+        evaluation=EvaluationConfig(**data["evaluation"]),
+    ))
+
+
+def load_job_config(path: Path) -> JobConfig:
+    """Read and validate a job.toml."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"job config not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    return parse_job_config(raw, Path(path).resolve().parent)

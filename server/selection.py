@@ -1,0 +1,116 @@
+"""Device selection with over-selection, eligibility rules and pace steering (retry windows)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from dataclasses import dataclass
+
+from edge_client.protocol.messages import CheckIn
+from server.job import SelectionConfig
+
+
+def round_rng(seed: int, job_id: str, round_number: int, attempt: int, purpose: str) -> random.Random:
+    """A deterministic RNG for one purpose of one round attempt."""
+    material = f"{seed}/{job_id}/{round_number}/{attempt}/{purpose}".encode()
+    return random.Random(int.from_bytes(hashlib.sha256(material).digest()[:8], "big"))
+
+
+def round_seed(seed: int, job_id: str, round_number: int, attempt: int) -> int:
+    """The seed a round hands to devices (shared random-k index sets, SecAgg+ graph)."""
+    return round_rng(seed, job_id, round_number, attempt, "round-seed").getrandbits(62)
+
+
+def ineligibility(checkin: CheckIn, rules: SelectionConfig) -> str | None:
+    """Why a device may not train now, or None when it may."""
+    e = checkin.eligibility
+    if rules.require_charging and not e.charging:
+        return "not charging"
+    if rules.require_unmetered and not e.unmetered:
+        return "on a metered network"
+    if rules.require_idle and not e.idle:
+        return "not idle"
+    if e.battery < rules.min_battery:
+        return f"battery {e.battery:.0%} below {rules.min_battery:.0%}"
+    if e.free_memory_mb < rules.min_free_memory_mb:
+        return f"free memory {e.free_memory_mb} MB below {rules.min_free_memory_mb} MB"
+    if checkin.examples <= 0:
+        return "no local training examples"
+    return None
+
+
+@dataclass
+class WaitingDevice:
+    """A checked-in, eligible device waiting for the next selection."""
+
+    device_id: str
+    checkin: CheckIn
+    since: float
+
+
+class SelectionPool:
+    """Checked-in devices waiting for a task, and the retry windows handed to the rest."""
+
+    def __init__(self, rules: SelectionConfig):
+        self.rules = rules
+        self.waiting: dict[str, WaitingDevice] = {}
+        self.last_added = 0.0
+        self._recent_checkins: list[float] = []
+
+    def add(self, device_id: str, checkin: CheckIn) -> None:
+        self.last_added = time.time()
+        self.waiting[device_id] = WaitingDevice(device_id, checkin, self.last_added)
+        self._note_checkin()
+
+    def should_close(self, want: int, minimum: int, reachable: int, waited_s: float) -> bool:
+        """Close selection when enough devices wait and no more are coming, or at the timeout.
+
+        "No more are coming" means every reachable (online) device has checked in, or no
+        check-in arrived for the quiet period; this keeps selection deterministic for a
+        fleet that is fully available, and fast for one that is not.
+        """
+        n = len(self.waiting)
+        if n >= reachable and n >= minimum:
+            return True  # every online device is waiting: nobody else can come
+        if n >= want and time.time() - self.last_added >= self.rules.quiet_period_s:
+            return True
+        return waited_s >= self.rules.selection_timeout_s and n >= minimum
+
+    @staticmethod
+    def wake_probability(want: int, online: int) -> float:
+        """Share of waiting devices a round-open broadcast should wake (about 3x the demand)."""
+        return 1.0 if online <= 0 else min(1.0, 3.0 * want / online)
+
+    def remove(self, device_id: str) -> None:
+        self.waiting.pop(device_id, None)
+
+    def _note_checkin(self) -> None:
+        now = time.time()
+        self._recent_checkins.append(now)
+        horizon = now - 60.0
+        while self._recent_checkins and self._recent_checkins[0] < horizon:
+            self._recent_checkins.pop(0)
+
+    def select(self, rng: random.Random, count: int) -> tuple[list[str], list[str]]:
+        """Pick ``count`` waiting devices (seeded); return (selected, not selected)."""
+        ids = sorted(self.waiting)
+        chosen = sorted(rng.sample(ids, min(count, len(ids))))
+        chosen_set = set(chosen)
+        rest = [d for d in ids if d not in chosen_set]
+        self.waiting.clear()
+        return chosen, rest
+
+    def retry_window(self, rng: random.Random, eta_s: float, demand: int) -> float:
+        """Pace steering: spread the next check-ins so about ``demand`` arrive near the next round.
+
+        With a large fleet each device is told to come back later than the next round (a
+        longer window), so that the broker and server see a steady check-in rate instead of
+        the whole fleet at every round.
+        """
+        rate = len(self._recent_checkins) / 60.0  # check-ins per second over the last minute
+        expected = rate * max(eta_s, 1.0)
+        surplus = max(expected / max(demand, 1) - 2.0, 0.0)
+        spread = min(surplus, 10.0) * max(eta_s, self.rules.retry_window_s)
+        base = max(eta_s, 0.5)
+        return round(base + rng.uniform(0.0, max(spread, 0.25 * base)), 3)

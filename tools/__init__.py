@@ -1,0 +1,1 @@
+"""fedge tools: the `fedge` command, provisioning, device bundles and benchmarks."""

@@ -1,0 +1,612 @@
+"""Benchmark of secure aggregation (SecAgg+): client stages, server unmask vs the PRG bound, Flower.
+
+Run ``python -m tools.bench.secagg [--quick]``. For every (n, d, dropout) point one round
+runs with real clients and a real server; the server lives in its own process (so its
+memory is its own) and gets every message as msgpack bytes.
+
+What is simulated, and why the numbers still hold:
+
+* Client stages are timed on one representative device per d, a real client with the
+  full d. The other n - 1 devices are real clients too (keys, signatures, certificates,
+  Shamir shares, AES-GCM, X25519) but mask a 1-element vector; the server receives a
+  uniformly random d-element vector in place of their masked input. Its work does not
+  depend on the values (the tests show masked inputs are uniform), so the timings and
+  memory are those of a real round; only the final sum is meaningless, which is why a
+  small all-real round is checked for exactness first.
+* Devices drop out after ShareKeys (before MaskedInput): the expensive case, where the
+  server rebuilds their masking keys and removes pairwise masks.
+* (k, t) come from ``choose_graph_params`` with the planned dropout max(actual, 10 %)
+  and corrupt fraction 0 (an active server, no colluding devices).
+* The PRG bound is the time of AES-256-CTR over 4 d zero bytes (``update_into`` a reused
+  buffer) for as many fresh keys as the server regenerated masks, measured on up to 2,000
+  keys right after the unmask and scaled linearly.
+* Peak server memory is the tracemalloc peak of a replay of the same message log into a
+  fresh server in the server process (timing runs without tracemalloc).
+* Flower (``flwr`` in /tmp/flwr-venv): the driver below runs the code paths of Flower's
+  secaggplus_mod (client) and SecAggPlusWorkflow.unmask_stage (server) with the same
+  n, d, k (num_shares = k + 1: Flower counts the own share), t, dropouts: client share =
+  create_shares x2 + per neighbour ECDH(PEM) + Fernet encrypt; client mask = per neighbour
+  Fernet decrypt + seed PRG + per neighbour ECDH + PRG add/sub + mod (quantization
+  excluded: our codec does it before SecAgg); server unmask = per survivor combine_shares +
+  PRG subtract, per dropped device combine_shares, per (dropped, surviving neighbour) pair
+  ECDH + PRG add, + mod. Each item kind runs until its time budget is spent and the rest is
+  extrapolated from the measured mean (column 'meas.' gives the measured fraction).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import random
+import shlex
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from rich.console import Console
+from rich.table import Table
+
+from edge_client.errors import SecAggError
+from edge_client.identity import issue_identity_certificate
+from edge_client.secagg import (
+    MaskedInput,
+    MaskedInputRequest,
+    Roster,
+    SecAggClient,
+    SecAggConfig,
+    UnmaskRequest,
+    decode_message,
+)
+from edge_client.secagg.messages import Message
+from server.secagg import SecAggServer
+
+FLOWER_PYTHON = Path("/tmp/flwr-venv/bin/python")
+ROUND = "bench-1"
+FLEET = "bench"
+PRG_BOUND_SAMPLE = 2000
+
+
+def pack(msg: Message) -> bytes:
+    return bytes(msgpack.packb(msg.to_wire()))
+
+
+def unpack(raw: bytes) -> Message:
+    return decode_message(msgpack.unpackb(raw))
+
+
+def planned_dropout(dropout: float) -> float:
+    return max(dropout, 0.1)
+
+
+# ---- the server process ------------------------------------------------------------------
+
+
+def _fake_masked(d: int, buf: bytes) -> bytes:
+    return bytes(msgpack.packb({"t": MaskedInput.TYPE, "round": ROUND, "y": buf}))
+
+
+def _feed(server: SecAggServer, cmd: tuple[Any, ...], fake: bytes) -> float:
+    """Apply a logged ("msgs", batch) or ("masked", batch, fake_ids) command to a server.
+
+    Returns the seconds spent inside ``receive`` (decoding excluded).
+    """
+    batch = list(cmd[1]) + ([(u, fake) for u in cmd[2]] if cmd[0] == "masked" else [])
+    spent = 0.0
+    for device, raw in batch:
+        msg = unpack(raw)
+        t0 = time.perf_counter()
+        server.receive(device, msg)
+        spent += time.perf_counter() - t0
+    return spent
+
+
+def _prg_bound(d: int, masks: int) -> float:
+    sample = min(masks, PRG_BOUND_SAMPLE)
+    zeros = bytes(4 * d)
+    out = bytearray(4 * d + 15)
+    keys = [os.urandom(32) for _ in range(sample)]
+    t0 = time.perf_counter()
+    for key in keys:
+        Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update_into(zeros, out)
+    return (time.perf_counter() - t0) * masks / max(sample, 1)
+
+
+def server_worker(
+    conn: Connection,
+    config: SecAggConfig,
+    devices: list[str],
+    seed: bytes,
+    enrolment: Ed25519PublicKey,
+) -> None:
+    """Serve commands from the benchmark driver: msgs, masked, close, finish."""
+
+    def fresh() -> SecAggServer:
+        return SecAggServer(ROUND, config, devices, enrolment_public_key=enrolment, graph_seed=seed)
+
+    server = fresh()
+    fake = _fake_masked(config.dimension, os.urandom(4 * config.dimension))
+    log: list[tuple[Any, ...]] = []
+    masked_receive = 0.0
+    unmask_seconds = 0.0
+    while True:
+        cmd = conn.recv()
+        if cmd[0] in ("msgs", "masked"):
+            log.append(cmd)
+            spent = _feed(server, cmd, fake)
+            if cmd[0] == "masked":
+                masked_receive += spent
+            conn.send(None)
+        elif cmd[0] == "close":
+            log.append(cmd)
+            t0 = time.perf_counter()
+            try:
+                requests = server.close_stage()
+            except SecAggError as exc:
+                conn.send(("error", str(exc)))
+                continue
+            elapsed = time.perf_counter() - t0
+            if not requests:
+                unmask_seconds = elapsed
+            conn.send(("ok", {u: pack(r) for u, r in requests.items()}))
+        elif cmd[0] == "finish":
+            report = server.report
+            assert report is not None
+            result_digest = hashlib.sha256(server.result().tobytes()).hexdigest()
+            masks = report.self_masks + report.pairwise_masks
+            bound = _prg_bound(config.dimension, masks)
+            tracemalloc.start()
+            replay = fresh()
+            for old in log:
+                if old[0] == "close":
+                    replay.close_stage()
+                else:
+                    _feed(replay, old, fake)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            conn.send(
+                {
+                    "unmask_s": unmask_seconds,
+                    "reconstruct_s": report.reconstruct_seconds,
+                    "expand_s": report.expand_seconds,
+                    "masks": masks,
+                    "pairwise_masks": report.pairwise_masks,
+                    "prg_bound_s": bound,
+                    "peak_mem_mb": peak / 2**20,
+                    "add_ms_per_input": 1e3 * masked_receive / max(report.survivors, 1),
+                    "result_sha256": result_digest,
+                }
+            )
+            return
+
+
+class ServerHandle:
+    """One server process for one dimension d."""
+
+    def __init__(
+        self, config: SecAggConfig, devices: list[str], seed: bytes, enrolment: Ed25519PublicKey
+    ):
+        ctx = mp.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=server_worker, args=(child, config, devices, seed, enrolment), daemon=True
+        )
+        self.proc.start()
+        child.close()
+
+    def call(self, cmd: tuple[Any, ...]) -> Any:
+        self.conn.send(cmd)
+        return self.conn.recv()
+
+    def close_stage(self) -> dict[str, bytes]:
+        status, payload = self.call(("close",))
+        if status != "ok":
+            raise SecAggError(payload)
+        return dict(payload)
+
+    def finish(self) -> dict[str, Any]:
+        stats = dict(self.call(("finish",)))
+        self.proc.join(timeout=60)
+        return stats
+
+
+# ---- one protocol run --------------------------------------------------------------------
+
+
+@dataclass
+class PointResult:
+    n: int
+    d: int
+    dropout: float
+    k: int
+    t: int
+    client_ms: dict[str, float]
+    bytes_up: int
+    bytes_down: int
+    server: dict[str, Any]
+    flower: dict[str, Any] = field(default_factory=dict)
+
+
+class Recorder:
+    """Times the representative clients' stages and counts their wire bytes."""
+
+    def __init__(self, reps: Sequence[str]):
+        self.ms: dict[str, dict[str, float]] = {r: {} for r in reps}
+        self.up = dict.fromkeys(reps, 0)
+        self.down = dict.fromkeys(reps, 0)
+
+    def run(self, device: str, stage: str, step: Callable[[], Message]) -> bytes:
+        t0 = time.perf_counter()
+        msg = step()
+        elapsed = time.perf_counter() - t0
+        raw = pack(msg)
+        if device in self.ms:
+            self.ms[device][stage] = 1e3 * elapsed
+            self.up[device] += len(raw)
+        return raw
+
+    def received(self, requests: dict[str, bytes]) -> None:
+        for device in self.down:
+            self.down[device] += len(requests.get(device, b""))
+
+
+def run_point(
+    n: int, dims: Sequence[int], dropout: float, seed: int, all_real: bool = False
+) -> list[PointResult]:
+    """One round for n devices with one server process per d; devices drop after ShareKeys.
+
+    With ``all_real`` every device masks a real d-vector (only sensible for small n and d)
+    and the result is checked against the plain sum.
+    """
+    rng = random.Random(seed)
+    gen = np.random.default_rng(seed)
+    ids = [f"dev-{i:05d}" for i in range(n)]
+    rep_of = {ids[i]: d for i, d in enumerate(dims)}  # representative device -> its d
+    plan = planned_dropout(dropout)
+    configs = {d: SecAggConfig(FLEET, d, dropout_rate=plan) for d in dims}
+    small = SecAggConfig(FLEET, 1, dropout_rate=plan)
+    dim_of = {u: rep_of.get(u, dims[0] if all_real else 1) for u in ids}
+    authority = Ed25519PrivateKey.generate()
+    clients: dict[str, SecAggClient] = {}
+    for u in ids:
+        key = Ed25519PrivateKey.generate()
+        cert = issue_identity_certificate(authority, FLEET, u, key.public_key())
+        config = configs.get(dim_of[u], small)
+        clients[u] = SecAggClient(u, key, ROUND, config, authority.public_key(), cert)
+    inputs = {u: gen.integers(0, 2**32, dim_of[u], dtype=np.uint64).astype(np.uint32) for u in ids}
+    graph_seed = os.urandom(32)
+    servers = {d: ServerHandle(configs[d], ids, graph_seed, authority.public_key()) for d in dims}
+    rec = Recorder(list(rep_of))
+
+    def to_servers(batch: list[tuple[str, bytes]]) -> None:
+        for handle in servers.values():
+            handle.call(("msgs", batch))
+
+    def close_all() -> dict[str, bytes]:
+        outs = [handle.close_stage() for handle in servers.values()]
+        if any(o != outs[0] for o in outs[1:]):
+            raise SecAggError("server processes disagree")
+        rec.received(outs[0])
+        return outs[0]
+
+    to_servers([(u, rec.run(u, "advertise", clients[u].advertise)) for u in ids])
+    rosters = close_all()
+    shares = []
+    for u in ids:
+        roster = Roster.from_wire(msgpack.unpackb(rosters[u]))
+        shares.append((u, rec.run(u, "share_keys", partial(clients[u].share_keys, roster))))
+    to_servers(shares)
+    requests = close_all()
+    dropped = set(rng.sample([u for u in ids if u not in rep_of], round(dropout * n)))
+    real: list[tuple[str, bytes]] = []
+    for u in ids:
+        if u in dropped:
+            continue
+        req = MaskedInputRequest.from_wire(msgpack.unpackb(requests[u]))
+        raw = rec.run(u, "masked_input", partial(clients[u].masked_input, req, inputs[u]))
+        if dim_of[u] > 1:
+            real.append((u, raw))
+    for d, handle in servers.items():
+        mine = [(u, raw) for u, raw in real if dim_of[u] == d]
+        fakes = [u for u in ids if u not in dropped and dim_of[u] != d]
+        handle.call(("masked", mine, fakes))
+    unmask = close_all()
+    to_servers(
+        [
+            (
+                u,
+                rec.run(
+                    u,
+                    "unmask",
+                    partial(clients[u].unmask, UnmaskRequest.from_wire(msgpack.unpackb(raw))),
+                ),
+            )
+            for u, raw in unmask.items()
+        ]
+    )
+    close_all()
+    k, t = configs[dims[0]].graph_params(n)
+    results = []
+    for rep, d in rep_of.items():
+        stats = servers[d].finish()
+        if all_real:
+            total = np.zeros(d, dtype=np.uint32)
+            for u in ids:
+                if u not in dropped:
+                    total += inputs[u]
+            stats["exact"] = hashlib.sha256(total.tobytes()).hexdigest() == stats["result_sha256"]
+        results.append(
+            PointResult(n, d, dropout, k, t, rec.ms[rep], rec.up[rep], rec.down[rep], stats)
+        )
+    return results
+
+
+# ---- Flower ------------------------------------------------------------------------------
+
+FLOWER_DRIVER = r"""
+import json, os, sys, time
+import numpy as np
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
+    decrypt, encrypt, generate_shared_key)
+from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+    parameters_addition, parameters_mod, parameters_subtraction)
+from flwr.common.secure_aggregation.secaggplus_utils import (
+    pseudo_rand_gen, share_keys_plaintext_concat, share_keys_plaintext_separate)
+from flwr.supercore.primitives.asymmetric import (
+    bytes_to_private_key, bytes_to_public_key, generate_key_pairs, private_key_to_bytes,
+    public_key_to_bytes)
+
+p = json.loads(sys.stdin.read())
+n, d, k, t, mod = p["n"], p["d"], p["k"], p["t"], 1 << 32
+shape = [(d,)]
+
+def keypair():
+    sk, pk = generate_key_pairs()
+    return private_key_to_bytes(sk), public_key_to_bytes(pk)
+
+peers = [keypair() for _ in range(k)]
+out = {}
+t0 = time.perf_counter()
+sk1, pk1 = keypair(); sk2, pk2 = keypair()
+out["client_setup_s"] = time.perf_counter() - t0
+
+t0 = time.perf_counter()
+rd_seed = os.urandom(32)
+b_shares = create_shares(rd_seed, t, k + 1)
+sk1_shares = create_shares(sk1, t, k + 1)
+cts, keys = [], []
+for i, (_, peer_pk) in enumerate(peers):
+    key = generate_shared_key(bytes_to_private_key(sk2), bytes_to_public_key(peer_pk))
+    keys.append(key)
+    plain = share_keys_plaintext_concat(1, i + 2, b_shares[i + 1], sk1_shares[i + 1])
+    cts.append(encrypt(key, plain))
+out["client_share_s"] = time.perf_counter() - t0
+
+x = [np.random.randint(0, 1 << 16, d, dtype=np.int64)]
+t0 = time.perf_counter()
+for key, ct in zip(keys, cts):
+    share_keys_plaintext_separate(decrypt(key, ct))
+masked = parameters_addition(x, pseudo_rand_gen(rd_seed, mod, shape))
+for i, (_, peer_pk) in enumerate(peers):
+    shared = generate_shared_key(bytes_to_private_key(sk1), bytes_to_public_key(peer_pk))
+    mask = pseudo_rand_gen(shared, mod, shape)
+    masked = (parameters_addition if i % 2 else parameters_subtraction)(masked, mask)
+masked = parameters_mod(masked, mod)
+out["client_mask_s"] = time.perf_counter() - t0
+
+def run_items(count, budget, item):
+    done, spent = 0, 0.0
+    while done < count and (done == 0 or spent < budget):
+        t0 = time.perf_counter(); item(); spent += time.perf_counter() - t0; done += 1
+    return (spent / done * count if done else 0.0), done
+
+acc = [np.zeros(d, dtype=np.int64)]
+shares = create_shares(rd_seed, t, k + 1)[:t]
+sk_shares = create_shares(sk1, t, k + 1)[:t]
+state = {"acc": acc}
+def survivor():
+    seed = combine_shares(shares)
+    state["acc"] = parameters_subtraction(state["acc"], pseudo_rand_gen(seed, mod, shape))
+def dropped():
+    combine_shares(sk_shares)
+def pair():
+    shared = generate_shared_key(bytes_to_private_key(sk1), bytes_to_public_key(peers[0][1]))
+    state["acc"] = parameters_addition(state["acc"], pseudo_rand_gen(shared, mod, shape))
+budget = p["budget_s"] / 3
+s_time, s_done = run_items(p["survivors"], budget, survivor)
+d_time, d_done = run_items(p["dropped"], budget, dropped)
+p_time, p_done = run_items(p["pairs"], budget, pair)
+t0 = time.perf_counter(); parameters_mod(state["acc"], mod); mod_time = time.perf_counter() - t0
+out["server_unmask_s"] = s_time + d_time + p_time + mod_time
+items = p["survivors"] + p["dropped"] + p["pairs"]
+out["measured_fraction"] = (s_done + d_done + p_done) / max(items, 1)
+print(json.dumps(out))
+"""
+
+
+def run_flower(
+    point: PointResult, survivors: int, dropped: int, pairs: int, budget_s: float
+) -> dict[str, Any]:
+    """Time Flower's SecAgg+ code paths for the same point in its own venv."""
+    params = {
+        "n": point.n,
+        "d": point.d,
+        "k": point.k,
+        "t": point.t,
+        "survivors": survivors,
+        "dropped": dropped,
+        "pairs": pairs,
+        "budget_s": budget_s,
+    }
+    proc = subprocess.run(
+        [str(FLOWER_PYTHON), "-c", FLOWER_DRIVER],
+        input=json.dumps(params),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    return dict(json.loads(proc.stdout))
+
+
+# ---- reporting ---------------------------------------------------------------------------
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def print_tables(console: Console, results: list[PointResult], command: str) -> None:
+    ours = Table(title="fedge SecAgg+ (one representative client; server in its own process)")
+    for col in (
+        "n",
+        "d",
+        "drop",
+        "k/t",
+        "adv ms",
+        "share ms",
+        "mask ms",
+        "unmask ms",
+        "KiB up/down",
+        "srv add ms",
+        "srv unmask",
+        "PRG bound",
+        "ratio",
+        "masks",
+        "peak MiB",
+    ):
+        ours.add_column(col, justify="right")
+    for r in results:
+        s = r.server
+        ours.add_row(
+            str(r.n),
+            f"{r.d:,}",
+            f"{r.dropout:.0%}",
+            f"{r.k}/{r.t}",
+            f"{r.client_ms['advertise']:.1f}",
+            f"{r.client_ms['share_keys']:.0f}",
+            f"{r.client_ms['masked_input']:.0f}",
+            f"{r.client_ms['unmask']:.1f}",
+            f"{r.bytes_up / 1024:.0f}/{r.bytes_down / 1024:.0f}",
+            f"{s['add_ms_per_input']:.2f}",
+            _fmt_s(s["unmask_s"]),
+            _fmt_s(s["prg_bound_s"]),
+            f"{s['unmask_s'] / s['prg_bound_s']:.2f}x",
+            f"{s['masks']:,}",
+            f"{s['peak_mem_mb']:.1f}",
+        )
+    console.print(ours)
+    if not any(r.flower for r in results):
+        console.print(f"command: {command}")
+        return
+    vs = Table(title="Flower SecAgg+ primitives (flwr, same n, d, k, t, dropouts) vs fedge")
+    for col in (
+        "n",
+        "d",
+        "drop",
+        "share: flwr/ours",
+        "mask: flwr/ours",
+        "unmask: flwr/ours",
+        "speed-up",
+        "meas.",
+    ):
+        vs.add_column(col, justify="right")
+    for r in results:
+        f = r.flower
+        if not f or "error" in f:
+            vs.add_row(
+                str(r.n), f"{r.d:,}", f"{r.dropout:.0%}", f.get("error", "-"), "", "", "", ""
+            )
+            continue
+        vs.add_row(
+            str(r.n),
+            f"{r.d:,}",
+            f"{r.dropout:.0%}",
+            f"{_fmt_s(f['client_share_s'])} / {_fmt_s(r.client_ms['share_keys'] / 1e3)}",
+            f"{_fmt_s(f['client_mask_s'])} / {_fmt_s(r.client_ms['masked_input'] / 1e3)}",
+            f"{_fmt_s(f['server_unmask_s'])} / {_fmt_s(r.server['unmask_s'])}",
+            f"{f['server_unmask_s'] / r.server['unmask_s']:.1f}x",
+            f"{f['measured_fraction']:.0%}",
+        )
+    console.print(vs)
+    console.print(f"command: {command}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print rich tables and write JSON."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bench.secagg", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="n=100, d=100k only (about a minute)")
+    parser.add_argument("--n", type=int, nargs="*", help="override the n values")
+    parser.add_argument("--d", type=int, nargs="*", help="override the d values")
+    parser.add_argument("--dropout", type=float, nargs="*", help="override the dropout rates")
+    parser.add_argument("--no-flower", action="store_true", help="skip the Flower comparison")
+    parser.add_argument(
+        "--flower-budget", type=float, default=6.0, help="seconds per Flower unmask"
+    )
+    parser.add_argument("--json", type=Path, default=Path("out/bench/secagg.json"))
+    args = parser.parse_args(argv)
+    console = Console(width=max(Console().width, 190))
+    ns = args.n or ([100] if args.quick else [100, 500, 1000])
+    ds = args.d or ([100_000] if args.quick else [100_000, 1_000_000])
+    drops = args.dropout if args.dropout is not None else [0.0, 0.1, 0.3]
+    flower = not args.no_flower and FLOWER_PYTHON.exists()
+    if not args.no_flower and not flower:
+        console.print(f"[yellow]Flower venv not found at {FLOWER_PYTHON}: skipping Flower[/]")
+
+    check = run_point(50, [1000], 0.1, seed=1, all_real=True)[0]
+    console.print(
+        f"exactness check (n=50, d=1000, 10 % dropout, all clients real): "
+        f"{'exact' if check.server['exact'] else 'WRONG'}"
+    )
+    if not check.server["exact"]:
+        return 1
+    results: list[PointResult] = []
+    started = time.perf_counter()
+    for n in ns:
+        for dropout in drops:
+            points = run_point(n, ds, dropout, seed=n)
+            for p in points:
+                if flower:
+                    survivors = n - round(dropout * n)
+                    p.flower = run_flower(
+                        p,
+                        survivors,
+                        round(dropout * n),
+                        p.server["pairwise_masks"],
+                        args.flower_budget,
+                    )
+                results.append(p)
+                console.print(
+                    f"  done n={n} d={p.d:,} dropout={dropout:.0%} "
+                    f"({time.perf_counter() - started:.0f} s elapsed)"
+                )
+    command = "python -m tools.bench.secagg " + shlex.join(sys.argv[1:] if argv is None else argv)
+    print_tables(console, results, command.strip())
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps({"command": command.strip(), "points": [asdict(r) for r in results]}, indent=1)
+    )
+    console.print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""Fleet provisioning: CA, TLS certificates, broker credentials and topic ACLs, device folders."""
+
+from tools.provision.command import build_parser, main
+from tools.provision.fleet import ProvisionResult, add_devices, provision_fleet, server_account
+
+__all__ = [
+    "ProvisionResult",
+    "add_devices",
+    "build_parser",
+    "main",
+    "provision_fleet",
+    "server_account",
+]
