@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from enum import Enum
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_client import codec
 from edge_client.artifact import Artifact
@@ -126,7 +128,7 @@ def eligible_by_own_rules(e: m.Eligibility, rules: EligibilityRules) -> str | No
 class DeviceAgent:
     """Runs on the device: MQTT session, check-ins, on-device training, update reporting."""
 
-    def __init__(self, config: DeviceConfig, data: LocalData, server_key: object, *,
+    def __init__(self, config: DeviceConfig, data: LocalData, server_key: Ed25519PublicKey, *,
                  hooks: AgentHooks | None = None, trainers: TrainerCache | None = None,
                  checkin_timeout_s: float = 60.0, seed: int | None = None):
         self.config = config
@@ -136,10 +138,17 @@ class DeviceAgent:
         self.state = AgentState.OFFLINE
         self.history: list[AgentState] = [self.state]
         self.checkin_timeout_s = checkin_timeout_s
-        self.rng = random.Random(seed if seed is not None else os.urandom(8))
+        # Two streams: training seeds depend only on the sequence of tasks (reproducible runs),
+        # protocol jitter may be drawn any number of times.
+        self.train_rng = random.Random(seed if seed is not None else os.urandom(8))
+        self.rng = random.Random(self.train_rng.getrandbits(64))
         self.state_dir = Path(config.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.fetcher = BlobFetcher(self.state_dir / "cache", server_key)  # type: ignore[arg-type]
+        ssl_context = None
+        if config.broker.ca_file is not None:
+            ssl_context = ssl.create_default_context(cafile=str(config.broker.ca_file))
+        self.fetcher = BlobFetcher(self.state_dir / "cache", server_key,
+                                   ssl_context=ssl_context)
         self.inbox: asyncio.Queue[tuple[m.Message, str | None, int | None]] = asyncio.Queue()
         self.replay = ReplayGuard()
         self.rounds_reported = 0
@@ -358,7 +367,7 @@ class DeviceAgent:
         spec = codec.parse_spec(task.codec)
         shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
         encoder = codec.UpdateEncoder(spec, shapes, self.state_dir / "residual.npz")
-        seed = self.rng.getrandbits(31)
+        seed = self.train_rng.getrandbits(31)
         async with self.trainers.lock:
             trainer = self.trainers.get(artifact)
 

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from edge_client.errors import ConfigError
+from edge_client.errors import ConfigError, ProtocolError
 from edge_client.protocol.topics import check_name
-from edge_client.errors import ProtocolError
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,7 @@ class DeviceConfig:
     data: DataConfig
     identity_key_file: Path | None = None
     server_signing_key_file: Path | None = None
+    enrolment_key_file: Path | None = None
     eligibility: EligibilityRules = field(default_factory=EligibilityRules)
     profile: str | None = None
 
@@ -127,6 +127,7 @@ def parse_device_config(raw: dict[str, Any], base_dir: Path) -> DeviceConfig:
         ),
         identity_key_file=_opt_path(base_dir, identity, "key_file", "identity"),
         server_signing_key_file=_opt_path(base_dir, server, "signing_public_key", "server"),
+        enrolment_key_file=_opt_path(base_dir, server, "enrolment_public_key", "server"),
         eligibility=EligibilityRules(**elig),
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,7 +20,7 @@ class BlobFetcher:
     """Fetches blobs once, checks digest and server signature, and keeps them in a cache dir."""
 
     def __init__(self, cache_dir: Path, server_key: Ed25519PublicKey, max_bytes: int = 256 << 20,
-                 ssl_context: object | None = None, timeout_s: float = 60.0):
+                 ssl_context: ssl.SSLContext | None = None, timeout_s: float = 60.0):
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.server_key = server_key
@@ -60,7 +61,7 @@ class BlobFetcher:
         if have:
             request.add_header("Range", f"bytes={len(have)}-")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s, context=self._ssl) as resp:  # type: ignore[arg-type]
+            with urllib.request.urlopen(request, timeout=self.timeout_s, context=self._ssl) as resp:
                 body = resp.read(self.max_bytes + 1)
                 status = resp.status
         except urllib.error.HTTPError as exc:

@@ -18,6 +18,8 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
                    help="iid | dirichlet:ALPHA | shards:K, optionally +qskew:SIGMA")
     p.add_argument("--profiles", default="default", help="default | pi-heavy | android-heavy | PROFILE")
     p.add_argument("--clients-per-round", type=int, default=10)
+    p.add_argument("--over-selection", type=float, default=1.3,
+                   help="devices asked per round = clients per round x this factor")
     p.add_argument("--dropout", type=float, default=None,
                    help="mid-round dropout probability of every device (default: per profile)")
     p.add_argument("--seed", type=int, default=0)
@@ -50,7 +52,8 @@ def config_from_args(args: argparse.Namespace) -> object:
     return SimConfig(
         out=Path(args.out), devices=args.devices, rounds=args.rounds, dataset=args.dataset,
         model=args.model, partition=args.partition, profiles=args.profiles,
-        clients_per_round=args.clients_per_round, dropout=args.dropout, seed=args.seed,
+        clients_per_round=args.clients_per_round,
+        over_selection=args.over_selection, dropout=args.dropout, seed=args.seed,
         broker=args.broker, compression=args.compression, secagg=args.secagg, dp=args.dp,
         local_epochs=args.local_epochs, lr=args.lr, server_optimizer=args.server_optimizer,
         server_lr=args.server_lr, round_deadline_s=args.round_deadline, workers=args.workers,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import numpy as np
 
 from edge_client.agent import TrainerCache
@@ -60,7 +61,15 @@ def _availability(spec: DeviceSpec, seed: int) -> Availability:
     return pattern_availability(pattern, (seed, spec.index))
 
 
+def _quiet_disconnect_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Sessions torn down at shutdown leave aiomqtt futures failed with MqttError: expected."""
+    if isinstance(context.get("exception"), aiomqtt.MqttError):
+        return
+    loop.default_exception_handler(context)
+
+
 async def _run_devices(args: WorkerArgs, stop_flag: Any) -> dict[str, dict[str, Any]]:
+    asyncio.get_running_loop().set_exception_handler(_quiet_disconnect_errors)
     # every worker's clock counts from the same wall instant, so all agree on the time of day
     clock = ScaledClock(args.speedup, start_s=args.start_s + (time.time() - args.clock_wall0) * args.speedup)
     trainers = TrainerCache()

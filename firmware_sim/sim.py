@@ -45,6 +45,7 @@ class SimConfig:
     partition: str = "dirichlet:0.5"
     profiles: str = "default"
     clients_per_round: int = 10
+    over_selection: float = 1.3
     dropout: float | None = None
     seed: int = 0
     broker: str | None = None
@@ -166,7 +167,7 @@ def prepare(c: SimConfig, broker_url: str) -> SimPlan:
         name="sim", fleet=fleet, artifact=artifact_dir, rounds=c.rounds, seed=c.seed,
         codec=c.compression, dp=c.dp, secagg={"enabled": True} if c.secagg else {},
         selection=SelectionConfig(
-            target_reports=k, over_selection=1.3, min_reports=max(1, math.ceil(k * c.min_report_fraction)),
+            target_reports=k, over_selection=c.over_selection, min_reports=max(1, math.ceil(k * c.min_report_fraction)),
             selection_timeout_s=c.selection_timeout_s, round_deadline_s=c.round_deadline_s,
             retry_window_s=2.0,
         ),
@@ -253,7 +254,7 @@ def run_sim(c: SimConfig) -> dict[str, Any]:
         plan = prepare(c, broker_url)
         settings = ServerSettings(state_dir=c.out.resolve() / "server", broker_url=broker_url,
                                   http_port=c.http_port or free_port(),
-                                  signing_key_file=plan.signing_key_file)
+                                  signing_key_file=plan.signing_key_file, expect_devices=c.devices)
         server = FedgeServer(plan.job, settings)
         print(f"dashboard: {server.dashboard_url}", flush=True)
         workers = max(1, min(c.workers, c.devices))
@@ -261,7 +262,7 @@ def run_sim(c: SimConfig) -> dict[str, Any]:
         fleet = Fleet([WorkerArgs(devices=g, seed=c.seed, speedup=c.speedup,
                                   start_s=c.start_hour * 3600.0, clock_wall0=time.time(),
                                   dropout_p=c.dropout, checkin_timeout_s=c.selection_timeout_s + 5,
-                                  connect_spread_s=min(5.0, 0.002 * len(g)),
+                                  connect_spread_s=min(10.0, 0.01 * len(g)),
                                   away_after_dropout_s=c.round_deadline_s,
                                   log_level=logging.WARNING) for g in groups])
 

@@ -45,6 +45,11 @@ class ServerSettings:
     cert_file: Path | None = None
     key_file: Path | None = None
     signing_key_file: Path | None = None
+    enrolment_key_file: Path | None = None
+    http_cert_file: Path | None = None
+    http_key_file: Path | None = None
+    fleet: str | None = None
+    expect_devices: int = 0
     api_tokens: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -62,6 +67,8 @@ def load_server_settings(path: Path, **overrides: Any) -> ServerSettings:
     broker = raw.get("broker", {})
     signing = raw.get("signing", {})
     http = raw.get("http", {})
+    enrolment = raw.get("enrolment", {})
+    public = urlparse(http["url"]) if "url" in http else None
 
     def rel(value: str | None) -> Path | None:
         if value is None:
@@ -78,9 +85,13 @@ def load_server_settings(path: Path, **overrides: Any) -> ServerSettings:
         cert_file=rel(broker.get("cert_file")),
         key_file=rel(broker.get("key_file")),
         signing_key_file=rel(signing.get("key_file")),
-        http_host=http.get("host", "127.0.0.1"),
-        http_port=int(http.get("port", 8080)),
-        public_url=http.get("public_url"),
+        enrolment_key_file=rel(enrolment.get("key_file")),
+        http_host=http.get("host", public.hostname if public else "127.0.0.1"),
+        http_port=int(http.get("port", public.port if public and public.port else 8080)),
+        public_url=http.get("url"),
+        http_cert_file=rel(http.get("cert_file")),
+        http_key_file=rel(http.get("key_file")),
+        fleet=raw.get("fleet", {}).get("name"),
         api_tokens=dict(raw.get("api", {}).get("tokens", {})),
     )
     return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
@@ -90,6 +101,8 @@ class FedgeServer:
     """One server process running one job."""
 
     def __init__(self, job: JobConfig, settings: ServerSettings):
+        if settings.fleet is not None and settings.fleet != job.fleet:
+            raise ConfigError(f"job fleet {job.fleet!r} differs from the server's fleet {settings.fleet!r}")
         self.job = job
         self.settings = settings
         self.broker: EmbeddedBroker | None = None
@@ -101,7 +114,8 @@ class FedgeServer:
 
     @property
     def dashboard_url(self) -> str:
-        return f"http://{self.settings.http_host}:{self.http_port}/"
+        scheme = "https" if self.settings.http_cert_file else "http"
+        return f"{scheme}://{self.settings.http_host}:{self.http_port}/"
 
     def _link_settings(self, broker_url: str) -> LinkSettings:
         s = self.settings
@@ -138,18 +152,22 @@ class FedgeServer:
             central = load_local_dataset(Path(self.job.evaluation.central_data))
         link_stop = asyncio.Event()
         self.link = MqttLink(self._link_settings(broker_url), logger=log)
-        public_url = s.public_url or f"http://{s.http_host}:{self.http_port}"
+        public_url = s.public_url or self.dashboard_url.rstrip("/")
         self.coordinator = Coordinator(
             self.job, artifact, store, blobs, key, public_url,
             publish=lambda topic, data: self.link.publish(topic, data) if self.link else _false(),
             central_data=central, served_bytes=lambda: self.traffic.bytes_served,
+            expect_devices=s.expect_devices,
         )
         app = create_app(blobs, self.traffic)
         from server.api import mount_api  # the management API and dashboard
 
         mount_api(app, store, self, s.api_tokens)
+        tls = {}
+        if s.http_cert_file and s.http_key_file:
+            tls = {"ssl_certfile": str(s.http_cert_file), "ssl_keyfile": str(s.http_key_file)}
         http = uvicorn.Server(uvicorn.Config(app, host=s.http_host, port=self.http_port,
-                                             log_level="warning", lifespan="off"))
+                                             log_level="warning", lifespan="off", **tls))
         tasks = [
             asyncio.create_task(self.link.run(self.coordinator.on_message, link_stop), name="mqtt"),
             asyncio.create_task(http.serve(), name="http"),

@@ -50,7 +50,7 @@ class Coordinator:
                  signing_key: Any, public_url: str, publish: Publish,
                  limits: Limits = DEFAULT_LIMITS,
                  central_data: tuple[np.ndarray, np.ndarray] | None = None,
-                 served_bytes: Callable[[], int] = lambda: 0):
+                 served_bytes: Callable[[], int] = lambda: 0, expect_devices: int = 0):
         self.job = job
         self.artifact = artifact
         self.store = store
@@ -61,6 +61,7 @@ class Coordinator:
         self.limits = limits
         self.central_data = central_data
         self.served_bytes = served_bytes
+        self.expect_devices = expect_devices
         self.codec_spec = codec.parse_spec(job.codec)
         self.shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
         self.pool = SelectionPool(job.selection)
@@ -275,7 +276,8 @@ class Coordinator:
         blobs = self._blob_set()
         plan = m.TrainingPlan(epochs=self.job.training.local_epochs,
                               lr=self.job.training.lr_for_round(rnd.number),
-                              max_steps=self.job.training.max_steps)
+                              max_steps=self.job.training.max_steps,
+                              shuffle=self.job.training.shuffle)
         task = m.Task(kind=rnd.kind, model=blobs.model, manifest=blobs.manifest, weights=blobs.weights,
                       plan=plan, codec=str(self.codec_spec), deadline=rnd.deadline,
                       round_seed=rnd.round_seed)
@@ -285,6 +287,7 @@ class Coordinator:
     async def run(self) -> None:
         """Run rounds until the job has committed all of them (or failed, or was stopped)."""
         committed = self.restore_or_init()
+        await self._wait_for_fleet()
         while not self.finished.is_set() and committed < self.job.rounds:
             await self.paused.wait()
             number = committed + 1
@@ -299,6 +302,12 @@ class Coordinator:
                 return
         if not self.finished.is_set():
             self._finish("finished", None)
+
+    async def _wait_for_fleet(self, timeout_s: float = 60.0) -> None:
+        """Before the first round, give an expected fleet (e.g. a simulation) time to come online."""
+        t0 = time.time()
+        while len(self.online) < self.expect_devices and time.time() - t0 < timeout_s:
+            await asyncio.sleep(0.05)
 
     def _finish(self, status: str, reason: str | None) -> None:
         self.status = status

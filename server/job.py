@@ -52,6 +52,7 @@ class TrainingConfig:
     lr_step_rounds: int = 10
     max_steps: int | None = None
     max_example_weight: int = 10_000
+    shuffle: bool = True
 
     def lr_for_round(self, round_number: int) -> float:
         """Client learning rate of a round (1-based), per the schedule."""

@@ -178,6 +178,7 @@ class TrainingPlan:
     epochs: int
     lr: float
     max_steps: int | None = None
+    shuffle: bool = True
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> TrainingPlan:
@@ -186,6 +187,7 @@ class TrainingPlan:
             epochs=int(F.in_range("epochs", F.get(body, "epochs", int), 0, 1000)),
             lr=F.in_range("lr", F.get(body, "lr", float), 0.0, 100.0),
             max_steps=None if max_steps is None else int(F.in_range("max_steps", max_steps, 1, 10**9)),
+            shuffle=F.get(body, "shuffle", bool, optional=True, default=True),
         )
 
 

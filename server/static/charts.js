@@ -3,7 +3,8 @@
 
 const Charts = (() => {
   const NS = "http://www.w3.org/2000/svg";
-  const PAD = { top: 14, right: 48, bottom: 30, left: 48 };
+  const PAD = { top: 14, right: 52, bottom: 30, left: 56 };
+  const LEGEND_H = 24;
 
   function svgEl(tag, attrs, parent) {
     const el = document.createElementNS(NS, tag);
@@ -18,33 +19,41 @@ const Charts = (() => {
     return t;
   }
 
-  function frame(container) {
+  function frame(container, rightAxis) {
     const width = container.clientWidth || 560;
-    const height = container.clientHeight || 240;
+    const height = (container.clientHeight || 240) - LEGEND_H;
     container.replaceChildren();
     const svg = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img" }, container);
-    return { svg, width, height, w: width - PAD.left - PAD.right, h: height - PAD.top - PAD.bottom };
+    const right = rightAxis ? PAD.right : 16;
+    return { svg, width, height, w: width - PAD.left - right, h: height - PAD.top - PAD.bottom };
   }
 
-  function niceMax(v) {
-    if (!(v > 0)) return 1;
+  // A round axis maximum >= v and how many equal steps label it (0.25, 0.5, 1, 2 ... apart).
+  function niceScale(v) {
+    if (!(v > 0)) return { max: 1, steps: 4 };
     const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
-    return 10 * p;
+    for (const [m, steps] of [[1, 4], [2, 4], [2.5, 5], [5, 5], [10, 5]]) {
+      if (m * p >= v * (1 - 1e-9)) return { max: m * p, steps };
+    }
+    return { max: 10 * p, steps: 5 };
+  }
+
+  function trim(x) {
+    return String(Number(x.toFixed(2)));
   }
 
   function fmt(v) {
-    if (Math.abs(v) >= 1e9) return (v / 1e9).toFixed(1) + "G";
-    if (Math.abs(v) >= 1e6) return (v / 1e6).toFixed(1) + "M";
-    if (Math.abs(v) >= 1e3) return (v / 1e3).toFixed(1) + "k";
-    return Number.isInteger(v) ? String(v) : v.toFixed(2);
+    if (Math.abs(v) >= 1e9) return trim(v / 1e9) + "G";
+    if (Math.abs(v) >= 1e6) return trim(v / 1e6) + "M";
+    if (Math.abs(v) >= 1e3) return trim(v / 1e3) + "k";
+    return trim(v);
   }
 
-  function yAxis(f, max, side, label) {
+  function yAxis(f, scale, side, label) {
     const x = side === "left" ? PAD.left : PAD.left + f.w;
-    for (let i = 0; i <= 4; i++) {
-      const v = (max * i) / 4;
-      const y = PAD.top + f.h - (f.h * i) / 4;
+    for (let i = 0; i <= scale.steps; i++) {
+      const v = (scale.max * i) / scale.steps;
+      const y = PAD.top + f.h - (f.h * i) / scale.steps;
       if (side === "left") svgEl("line", { x1: PAD.left, x2: PAD.left + f.w, y1: y, y2: y, class: "grid" }, f.svg);
       text(f.svg, side === "left" ? x - 6 : x + 6, y + 4, fmt(v), "tick", side === "left" ? "end" : "start");
     }
@@ -87,17 +96,17 @@ const Charts = (() => {
   // series: [{name, color, values: [number|null], axis: "left"|"right"}], xs: round numbers.
   function line(container, xs, series, opts) {
     if (!xs.length) return empty(container, "no rounds yet");
-    const f = frame(container);
-    const maxOf = (axis) => niceMax(Math.max(0, ...series.filter((s) => s.axis === axis)
+    const f = frame(container, series.some((s) => s.axis === "right"));
+    const scaleOf = (axis) => niceScale(Math.max(0, ...series.filter((s) => s.axis === axis)
       .flatMap((s) => s.values.filter((v) => v != null))));
-    const max = { left: opts.leftMax || maxOf("left"), right: maxOf("right") };
-    yAxis(f, max.left, "left", opts.leftLabel);
-    if (series.some((s) => s.axis === "right")) yAxis(f, max.right, "right", opts.rightLabel);
+    const scale = { left: opts.leftMax ? niceScale(opts.leftMax) : scaleOf("left"), right: scaleOf("right") };
+    yAxis(f, scale.left, "left", opts.leftLabel);
+    if (series.some((s) => s.axis === "right")) yAxis(f, scale.right, "right", opts.rightLabel);
     const xOf = (i) => PAD.left + (xs.length === 1 ? f.w / 2 : (f.w * i) / (xs.length - 1));
     xTicks(f, xs, xOf);
     let drawn = 0;
     for (const s of series) {
-      const yOf = (v) => PAD.top + f.h - (f.h * v) / max[s.axis];
+      const yOf = (v) => PAD.top + f.h - (f.h * v) / scale[s.axis].max;
       const pts = s.values.map((v, i) => (v == null ? null : [xOf(i), yOf(v)])).filter(Boolean);
       if (!pts.length) continue;
       svgEl("polyline", { points: pts.map((p) => p.join(",")).join(" "), fill: "none",
@@ -112,12 +121,13 @@ const Charts = (() => {
   // groups: [{name, color, values: [number]}], stacked if opts.stacked.
   function bars(container, xs, groups, opts) {
     if (!xs.length) return empty(container, "no rounds yet");
-    const f = frame(container);
+    const f = frame(container, false);
     const totals = xs.map((_, i) => (opts.stacked
       ? groups.reduce((a, g) => a + (g.values[i] || 0), 0)
       : Math.max(0, ...groups.map((g) => g.values[i] || 0))));
-    const max = niceMax(Math.max(0, ...totals));
-    yAxis(f, max, "left", opts.label);
+    const scale = niceScale(Math.max(0, ...totals));
+    const max = scale.max;
+    yAxis(f, scale, "left", opts.label);
     const slot = f.w / xs.length;
     const xOf = (i) => PAD.left + slot * (i + 0.5);
     xTicks(f, xs, xOf);
@@ -140,11 +150,11 @@ const Charts = (() => {
     container.dataset.rendered = String(drawn);
   }
 
-  // items: [{label, parts: [{name, value, color}]}] as horizontal stacked bars.
+  // items: [{label, text, parts: [{name, value, color}]}] as horizontal stacked bars.
   function hbars(container, items) {
     if (!items.length) return empty(container, "no devices yet");
     container.replaceChildren();
-    const max = niceMax(Math.max(1, ...items.map((it) => it.parts.reduce((a, p) => a + p.value, 0))));
+    const max = Math.max(1, ...items.map((it) => it.parts.reduce((a, p) => a + p.value, 0)));
     for (const it of items) {
       const row = document.createElement("div");
       row.className = "hbar";
@@ -163,7 +173,7 @@ const Charts = (() => {
       }
       const total = document.createElement("span");
       total.className = "hbar-value";
-      total.textContent = it.parts.map((p) => p.value).join(" / ");
+      total.textContent = it.text;
       row.append(label, track, total);
       container.appendChild(row);
     }

@@ -97,6 +97,7 @@ function drawDevices(fleet) {
   const profiles = Object.entries(fleet.by_profile).sort((a, b) => a[0].localeCompare(b[0]));
   Charts.hbars($("chart-profiles"), profiles.map(([name, c]) => ({
     label: name,
+    text: `${c.online} of ${c.total} online`,
     parts: [
       { name: "online", value: c.online, color: COLORS.online },
       { name: "offline", value: c.total - c.online, color: COLORS.offline },
@@ -104,7 +105,7 @@ function drawDevices(fleet) {
   })));
   const statuses = Object.entries(fleet.by_status);
   Charts.hbars($("chart-status"), statuses.map(([name, n]) => ({
-    label: name, parts: [{ name, value: n, color: COLORS[name] || COLORS.idle }],
+    label: name, text: String(n), parts: [{ name, value: n, color: COLORS[name] || COLORS.idle }],
   })));
 }
 

@@ -204,6 +204,7 @@ def test_real_job_through_the_api(live: Live) -> None:
 
 
 def test_stop_through_the_api_ends_the_paused_job(live: Live) -> None:
+    live.fleet.stop()  # devices leave while their broker is still up
     resp = live.http.post("/v1/jobs/dash/stop", headers=ADMIN)
     assert resp.status_code == 200 and resp.json()["status"] == "stopped"
     assert live.srv.future.result(timeout=60) == "stopped"

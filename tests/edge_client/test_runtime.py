@@ -1,0 +1,126 @@
+"""The interpreter shim: backend choice, fast signatures, flatbuffer bounds checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_client.errors import ArtifactError
+from edge_client.runtime import (
+    Signature,
+    check_flatbuffer,
+    make_interpreter,
+    runtime_name,
+    runtime_version,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_bytes(mlp_artifact: Path) -> bytes:
+    return (mlp_artifact / "model.tflite").read_bytes()
+
+
+def test_tflite_runtime_is_preferred_and_reports_its_version() -> None:
+    assert runtime_name() == "tflite-runtime"
+    assert runtime_version() == "2.14.0"
+
+
+def test_edge_runtime_does_not_import_tensorflow() -> None:
+    code = (
+        "import sys, edge_client.runtime as r, edge_client.artifact, edge_client.trainer, "
+        "edge_client.data; r.backend(); print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_signatures_run_and_expose_their_tensors(model_bytes: bytes) -> None:
+    interpreter = make_interpreter(model_bytes, num_threads=2)
+    infer = Signature(interpreter, "infer")
+    assert infer.inputs["x"].shape == (32, 64) and infer.inputs["x"].dtype == np.float32
+    logits = infer(x=np.zeros((32, 64), np.float32))["logits"]
+    assert logits.shape == (32, 10)
+    # the fast path gives the same answer as the checked call
+    x = np.random.default_rng(0).uniform(size=(32, 64)).astype(np.float32)
+    infer.setter("x")(x)
+    infer.invoker()()
+    assert np.array_equal(infer.getter("logits")(), infer(x=x)["logits"])
+
+
+def test_signature_calls_are_checked(model_bytes: bytes) -> None:
+    interpreter = make_interpreter(model_bytes)
+    with pytest.raises(ArtifactError, match="signature 'predict' missing.*infer"):
+        Signature(interpreter, "predict")
+    train = Signature(interpreter, "train")
+    with pytest.raises(ArtifactError, match="takes inputs"):
+        train(x=np.zeros((32, 64), np.float32))
+    with pytest.raises(ArtifactError, match="input 'x' needs shape \\(32, 64\\)"):
+        train(
+            x=np.zeros((16, 64), np.float32),
+            y=np.zeros(32, np.int32),
+            mask=np.ones(32, np.float32),
+            lr=0.1,
+        )
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, None])
+def test_bad_thread_counts_are_refused(threads: object, model_bytes: bytes) -> None:
+    with pytest.raises(ArtifactError, match="num_threads"):
+        make_interpreter(model_bytes, num_threads=threads)  # type: ignore[arg-type]
+
+
+def test_non_bytes_models_are_refused(model_bytes: bytes) -> None:
+    with pytest.raises(ArtifactError, match="bytes"):
+        make_interpreter(bytearray(model_bytes))  # type: ignore[arg-type]
+
+
+def test_flatbuffer_check_names_what_is_wrong(model_bytes: bytes) -> None:
+    check_flatbuffer(model_bytes)
+    with pytest.raises(ArtifactError, match="TFL3"):
+        check_flatbuffer(b"")
+    with pytest.raises(ArtifactError, match="TFL3"):
+        check_flatbuffer(b"\x00" * 4 + b"PK\x03\x04" + model_bytes[8:])
+    bad = bytearray(model_bytes)
+    bad[0:4] = (len(bad) + 100).to_bytes(4, "little")
+    with pytest.raises(ArtifactError, match="outside"):
+        check_flatbuffer(bytes(bad))
+
+
+_SWEEP = """
+import sys
+from edge_client.errors import ArtifactError
+from edge_client.runtime import make_interpreter
+model = open(sys.argv[1], "rb").read()
+lengths = sorted(set(range(0, 600)) | set(range(600, len(model), 53)))
+refused = loaded = 0
+for n in lengths:
+    try:
+        make_interpreter(model[:n])
+        loaded += 1
+    except ArtifactError:
+        refused += 1
+print(refused, loaded)
+"""
+
+
+def test_truncated_models_never_crash_the_process(mlp_artifact: Path) -> None:
+    """Without the bounds check, the interpreter segfaults on many of these prefixes."""
+    out = subprocess.run(
+        [sys.executable, "-c", _SWEEP, str(mlp_artifact / "model.tflite")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stderr[-500:]}"
+    refused, loaded = map(int, out.stdout.split())
+    assert refused > 600 and loaded == 0

@@ -1,0 +1,216 @@
+"""Shared benchmark helpers: a Mosquitto process, resource probes, the bench model, tables, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from edge_client.errors import ConfigError
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+BENCH_FLEET = "bench"
+
+
+def command_line(module: str) -> str:
+    """The command that reproduces this run (``python -m <module> <args>``)."""
+    return shlex.join(["python", "-m", module, *sys.argv[1:]])
+
+
+def machine_load() -> dict[str, Any]:
+    """Load averages (1, 5, 15 min) and core count, to judge how idle the machine was."""
+    one, five, fifteen = os.getloadavg()
+    return {"loadavg": [round(one, 2), round(five, 2), round(fifteen, 2)],
+            "cpus": os.cpu_count(), "python": platform.python_version()}
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]],
+                command: str, note: str | None = None) -> None:
+    """Print a rich table, an optional note and the command that produced it."""
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        text = bool(rows) and isinstance(rows[0][i], str)
+        table.add_column(col, justify="left" if text else "right")
+    for row in rows:
+        table.add_row(*(fmt(v) for v in row))
+    console = Console(width=max(160, Console().width))
+    console.print(table)
+    if note:
+        console.print(note, soft_wrap=True)
+    console.print(f"command: {command}", soft_wrap=True)
+
+
+def fmt(value: object) -> str:
+    """Human-friendly cell text (3 significant decimals for floats)."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == 0 or abs(value) >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.3g}" if abs(value) < 1 else f"{value:.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """The same table as Markdown (for docs/benchmarks.md)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(out_dir: Path, name: str, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``out_dir/name`` (pretty JSON) and return the path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / name
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return path
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft open-file limit to the hard limit; return the new soft limit.
+
+    Children (Mosquitto, simulator workers) inherit it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Mosquitto:
+    """A real Mosquitto on a free loopback port, configured for benchmarks (no limits that drop).
+
+    ``stop()`` then ``start()`` restarts it on the same port with no sessions left.
+    """
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.conf = self.workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser root\n"
+            "persistence false\nmax_connections -1\nmax_queued_messages 100000\n"
+            "max_inflight_messages 1000\nmax_queued_bytes 0\nset_tcp_nodelay true\nsys_interval 1\n"
+            f"log_dest file {self.workdir / 'mosquitto.log'}\nlog_type error\nlog_type warning\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise ConfigError("mosquitto is not running")
+        return self.proc.pid
+
+    def start(self, timeout_s: float = 10.0) -> Mosquitto:
+        """Start it and wait until it accepts connections."""
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ConfigError(f"mosquitto exited with {self.proc.returncode}; see {self.conf}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise ConfigError(f"mosquitto did not accept connections within {timeout_s} s")
+
+    def stop(self) -> None:
+        """Terminate it (and wait)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def __enter__(self) -> Mosquitto:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class Usage:
+    """CPU seconds (user + system) and resident memory of a set of processes at one instant."""
+
+    at: float
+    cpu_s: float
+    rss_bytes: int
+
+    def cpu_share_since(self, earlier: Usage) -> float:
+        """Cores used on average between ``earlier`` and this sample (1.0 = one full core)."""
+        wall = self.at - earlier.at
+        return (self.cpu_s - earlier.cpu_s) / wall if wall > 0 else 0.0
+
+
+def usage(pids: Sequence[int]) -> Usage:
+    """Sum CPU time and RSS over ``pids`` (processes that have exited count as zero)."""
+    cpu, rss = 0.0, 0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            times = proc.cpu_times()
+            cpu += times.user + times.system
+            rss += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return Usage(time.monotonic(), cpu, rss)
+
+
+def artifact_cache() -> Path:
+    """Where exported bench artifacts are kept between runs (beside the simulator's)."""
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return root / "fedge" / "artifacts"
+
+
+def bench_mlp_artifact(hidden: int, cache_dir: Path | None = None) -> Path:
+    """Export (once, cached) a Flatten-Dense(hidden)-ReLU-Dense(10) MLP on 28x28x1 inputs.
+
+    ``hidden=128`` is the 784-128-10 MLP of 101,770 parameters used by the ingest benchmark.
+    Imports TensorFlow (through ``model_export``) only when the artifact is not cached yet.
+    """
+    target = (cache_dir or artifact_cache()) / f"bench-mlp784-{hidden}-b32-s0"
+    if (target / "manifest.json").exists():
+        return target
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from model_export import ModelSpec, export_spec
+    from model_export import layers as L
+
+    spec = ModelSpec(f"bench-mlp784-{hidden}", (28, 28, 1), 10,
+                     (L.Flatten(), L.Dense(hidden), L.ReLU(), L.Dense(10)))
+    export_spec(spec, target, batch_size=32, seed=0)
+    return target
