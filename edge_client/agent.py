@@ -23,6 +23,7 @@ from edge_client.config import DeviceConfig, EligibilityRules
 from edge_client.errors import ArtifactError, CodecError, DataError, ProtocolError
 from edge_client.fetch import BlobFetcher
 from edge_client.mqtt_link import LinkSettings, MqttLink
+from edge_client.privacy import clip_update
 from edge_client.probe import probe_eligibility
 from edge_client.protocol import messages as m
 from edge_client.protocol import topics
@@ -382,11 +383,15 @@ class DeviceAgent:
         if self.hooks.drops_out("after-training"):
             return None
         delta = [nw - w for nw, w in zip(new_weights, weights, strict=True)]
+        within_clip = None
+        if task.dp is not None:  # clip on the device: DP bounds each device's contribution
+            clipped = clip_update(delta, float(task.dp.get("clip", 0.0)))
+            delta, within_clip = list(clipped.arrays), bool(clipped.within_clip)
         encoded = encoder.encode(delta, round_seed=task.round_seed, rng_seed=seed)
         metrics = m.TrainMetrics(loss=float(result.loss), accuracy=float(result.accuracy),
                                  examples=int(result.examples), train_time_s=float(result.wall_time_s))
         return m.Update(payload=encoded.payload, codec=str(spec), base_weights=task.weights.sha256,
-                        metrics=metrics)
+                        metrics=metrics, within_clip=within_clip)
 
     async def _evaluate(self, artifact: Artifact, weights: list[np.ndarray], job_id: str | None,
                         round_id: int | None) -> None:

@@ -92,7 +92,7 @@ def make_interpreter(model_bytes: bytes, num_threads: int = 1) -> Any:
     ArtifactError
         If the bytes are not a loadable TFLite model.
     """
-    if not isinstance(num_threads, int) or num_threads < 1:
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ArtifactError(f"num_threads must be an int >= 1, got {num_threads!r}")
     if not isinstance(model_bytes, bytes):
         raise ArtifactError(f"model must be bytes, got {type(model_bytes).__name__}")

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -134,6 +135,8 @@ def prepare(c: SimConfig, broker_url: str) -> SimPlan:
     validate_sim_config(c)
     out = c.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    for stale in ("server", "devices"):  # a simulation always starts from a fresh fleet and server
+        shutil.rmtree(out / stale, ignore_errors=True)
     model = c.model or DEFAULT_MODELS[c.dataset]
     artifact_dir = _artifact_dir(c, model)
     manifest = load_artifact(artifact_dir).manifest

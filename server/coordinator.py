@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from edge_client.trainer import LocalTrainer
 from edge_client.weights import pack_weights, unpack_weights
 from server.aggregator import StreamingMean
 from server.blobs import BlobStore
+from server.dp_controller import central_dp_for
 from server.job import JobConfig
 from server.optimizers import ServerOptimizer
 from server.rounds import ParticipantReport, RoundRun, RoundState
@@ -67,6 +69,7 @@ class Coordinator:
         self.pool = SelectionPool(job.selection)
         self.replay = ReplayGuard(limits.max_clock_skew_s)
         self.optimizer = ServerOptimizer(job.optimizer)
+        self.dp = central_dp_for(job.dp, job.selection.target_reports)
         self.evaluator = LocalTrainer(artifact)
         self.current: RoundRun | None = None
         self.online: set[str] = set()
@@ -112,6 +115,11 @@ class Coordinator:
                 keys, arrays = _unpack_state(self.blobs.get(row["optimizer_sha"]))
                 self.optimizer.load_state_arrays(keys, arrays)
             log.info("job %s: resuming after committed round %d", self.job.name, row["committed_round"])
+            if self.dp is not None and self.dp.clipper is not None:
+                clips = [r["dp_clip"] for r in self.store.rounds(self.job.name, "train")
+                         if r["state"] == "committed" and r["dp_clip"] is not None]
+                if clips:
+                    self.dp.clipper.clip = clips[-1]
         else:
             self.weights = self.evaluator.get_weights()
             self.weights_sha = self.blobs.put(pack_weights(self.weights))
@@ -224,6 +232,9 @@ class Coordinator:
             return
         delta = codec.decode_update(update.payload, self.codec_spec, self.shapes,
                                     round_seed=rnd.round_seed)
+        if self.dp is not None:
+            delta = self.dp.bound(delta)
+            rnd.within_clip += int(bool(update.within_clip))
         assert rnd.aggregator is not None
         rnd.aggregator.add(delta, update.metrics.examples)
         report = ParticipantReport(update.metrics.examples, update.metrics.loss,
@@ -280,7 +291,8 @@ class Coordinator:
                               shuffle=self.job.training.shuffle)
         task = m.Task(kind=rnd.kind, model=blobs.model, manifest=blobs.manifest, weights=blobs.weights,
                       plan=plan, codec=str(self.codec_spec), deadline=rnd.deadline,
-                      round_seed=rnd.round_seed)
+                      round_seed=rnd.round_seed,
+                      dp=self.dp.task_settings() if self.dp and rnd.kind == "train" else None)
         rnd.downlink_bytes += await self._send(device_id, task)
 
     # the job -------------------------------------------------------------------------------
@@ -290,6 +302,12 @@ class Coordinator:
         await self._wait_for_fleet()
         while not self.finished.is_set() and committed < self.job.rounds:
             await self.paused.wait()
+            if self.dp is not None:
+                self.dp.ensure_accountant(self._population(), rounds_done=committed)
+                exhausted = self.dp.budget_exhausted()
+                if exhausted:
+                    self._finish("finished", exhausted)
+                    return
             number = committed + 1
             ok = await self._run_round(number, "train")
             if ok:
@@ -302,6 +320,11 @@ class Coordinator:
                 return
         if not self.finished.is_set():
             self._finish("finished", None)
+
+    def _population(self) -> int:
+        """Devices of the fleet the server knows: the population DP sampling draws from."""
+        rows = self.store.query("SELECT COUNT(*) AS n FROM devices WHERE fleet=?", (self.job.fleet,))
+        return max(int(rows[0]["n"]), len(self.online))
 
     async def _wait_for_fleet(self, timeout_s: float = 60.0) -> None:
         """Before the first round, give an expected fleet (e.g. a simulation) time to come online."""
@@ -330,8 +353,9 @@ class Coordinator:
         want = sel.selected_per_round if kind == "train" else self.job.evaluation.federated_devices
         rnd.target = sel.target_reports if kind == "train" else max(1, int(want / sel.over_selection))
         minimum = sel.min_reports if kind == "train" else 1
-        if kind == "train":
-            rnd.aggregator = StreamingMean(self.shapes, self.job.training.max_example_weight)
+        if kind == "train":  # DP-FedAvg weighs every device the same (bounded sensitivity)
+            cap = 1 if self.dp is not None else self.job.training.max_example_weight
+            rnd.aggregator = StreamingMean(self.shapes, cap)
         self.current = rnd
         served_before = self.served_bytes()
         log.info("round %d (%s, attempt %d): selecting %d devices", number, kind, attempt, want)
@@ -348,8 +372,10 @@ class Coordinator:
         if self.finished.is_set():
             self._fail(rnd, "job stopped")
             return False
-        chosen, rest = self.pool.select(round_rng(self.job.seed, self.job.name, number, attempt,
-                                                  f"select-{kind}"), want)
+        # DP jobs sample with OS randomness: a predictable seed would void privacy amplification.
+        rng = secrets.SystemRandom() if self.dp is not None else round_rng(
+            self.job.seed, self.job.name, number, attempt, f"select-{kind}")
+        chosen, rest = self.pool.select(rng, want)
         rnd.selected = set(chosen)
         rnd.deadline = time.time() + sel.round_deadline_s
         rnd.advance(RoundState.CONFIGURING)
@@ -390,12 +416,20 @@ class Coordinator:
                                   fed_eval_loss=rnd.weighted_metric("loss"),
                                   fed_eval_accuracy=rnd.weighted_metric("accuracy"))
             return True
-        return self._aggregate_and_commit(rnd, counts)
+        try:
+            return self._aggregate_and_commit(rnd, counts)
+        except FedgeError as exc:  # a bad aggregate fails the round, never the server
+            log.exception("round %d: aggregation failed", number)
+            self._fail(rnd, f"aggregation failed: {exc}", **counts)
+            return False
 
     def _aggregate_and_commit(self, rnd: RoundRun, counts: dict[str, int]) -> bool:
         assert rnd.aggregator is not None
         t_agg = time.time()
-        mean_delta = rnd.aggregator.mean()
+        if self.dp is not None:
+            mean_delta = self.dp.private_mean(rnd.aggregator.sums())
+        else:
+            mean_delta = rnd.aggregator.mean()
         new_weights = self.optimizer.apply(self.weights, mean_delta)
         if not all(np.isfinite(w).all() for w in new_weights):
             self._fail(rnd, "aggregate is not finite", **counts)
@@ -411,12 +445,17 @@ class Coordinator:
             result = self.evaluator.evaluate(*self.central_data)
             eval_loss, eval_acc = result.loss, result.accuracy
         slowest = max((r.train_time_s for r in rnd.reports.values()), default=0.0)
+        privacy: dict[str, float] = {}
+        if self.dp is not None:
+            privacy["dp_clip"] = self.dp.clip
+            privacy["epsilon"] = self.dp.account()
+            self.dp.after_round(rnd.within_clip, len(rnd.reports))
         rnd.advance(RoundState.COMMITTED)
         self.store.commit_round(
             rnd.rid, self.job.name, rnd.number, weights_sha, optimizer_sha,
             train_loss=rnd.weighted_metric("loss"), train_accuracy=rnd.weighted_metric("accuracy"),
             eval_loss=eval_loss, eval_accuracy=eval_acc, aggregation_s=aggregation_s,
-            slowest_train_s=slowest, **counts,
+            slowest_train_s=slowest, **privacy, **counts,
         )
         self.weights, self.weights_sha = new_weights, weights_sha
         log.info("round %d committed: %d reported, %d dropped, accuracy %s", rnd.number,

@@ -153,6 +153,16 @@ def validate(job: JobConfig) -> JobConfig:
     _check(0 <= o.momentum < 1 and 0 <= o.beta1 < 1 and 0 <= o.beta2 < 1,
            "server_optimizer momentum/betas must be in [0, 1)")
     _check(o.epsilon > 0, "server_optimizer.epsilon must be positive")
+    if job.dp:
+        from edge_client.errors import PrivacyError
+        from edge_client.privacy import parse_dp_spec
+
+        try:
+            spec = parse_dp_spec(job.dp)
+        except PrivacyError as exc:
+            raise ConfigError(f"job.dp: {exc}") from exc
+        _check(not spec.requires_secagg or bool(job.secagg.get("enabled")),
+               f"job.dp {job.dp!r} is distributed DP: it needs secure aggregation ([secagg] enabled = true)")
     return job
 
 

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     reported INTEGER DEFAULT 0, dropped INTEGER DEFAULT 0, refused INTEGER DEFAULT 0,
     uplink_bytes INTEGER DEFAULT 0, downlink_bytes INTEGER DEFAULT 0,
     train_loss REAL, train_accuracy REAL, eval_loss REAL, eval_accuracy REAL,
-    fed_eval_loss REAL, fed_eval_accuracy REAL, epsilon REAL,
+    fed_eval_loss REAL, fed_eval_accuracy REAL, epsilon REAL, dp_clip REAL,
     aggregation_s REAL, slowest_train_s REAL, weights_sha TEXT, reason TEXT,
     UNIQUE (job_id, kind, round, attempt)
 );

@@ -270,6 +270,7 @@ class Update(Message):
     codec: str
     base_weights: str
     metrics: TrainMetrics
+    within_clip: bool | None = None
 
     @classmethod
     def from_body(cls, body: dict[str, Any], limits: Limits) -> Update:
@@ -278,6 +279,7 @@ class Update(Message):
             codec=F.get(body, "codec", str),
             base_weights=F.get(body, "base_weights", str),
             metrics=TrainMetrics.from_body(F.get(body, "metrics", dict)),
+            within_clip=F.get(body, "within_clip", bool, optional=True),
         )
 
 

@@ -27,9 +27,8 @@ def _idx_bytes(array: np.ndarray) -> bytes:
 @pytest.mark.parametrize("dtype", list(IDX_CODES))
 @pytest.mark.parametrize("compress", [False, True])
 def test_read_idx_round_trips_every_type(dtype: type, compress: bool, tmp_path: Path) -> None:
-    array = (np.arange(24).reshape(2, 3, 4) - 7).astype(dtype)
-    if dtype is np.uint8:
-        array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    values = np.arange(24).reshape(2, 3, 4) - (0 if dtype is np.uint8 else 7)
+    array: np.ndarray = values.astype(dtype)
     raw = _idx_bytes(array)
     path = tmp_path / "a.idx"
     path.write_bytes(gzip.compress(raw) if compress else raw)
@@ -173,7 +172,9 @@ def test_save_refuses_invalid_datasets(
     ),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_save_then_load_round_trips(x: np.ndarray, seed: int, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_save_then_load_round_trips(
+    x: np.ndarray, seed: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     y = np.random.default_rng(seed).integers(0, 10, len(x)).astype(np.int64)
     path = tmp_path_factory.mktemp("rt") / "d.npz"
     save_npz_dataset(path, x, y)

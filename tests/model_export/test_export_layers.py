@@ -153,15 +153,14 @@ def test_every_layer_runs_in_tflite_with_builtin_ops_and_matches_tf() -> None:
         model = converter.convert()
     assert not [op for op in op_names(model) if op.startswith("Flex")]
     got = Signature(make_interpreter(model), "run")(
-        **{
-            f"{c['name']}_{i}": a
-            for c in CASES
-            for i, a in enumerate([c["x"], *c["params"]])
-        }
+        **{f"{c['name']}_{i}": a for c in CASES for i, a in enumerate([c["x"], *c["params"]])}
     )
     for c in CASES:
         want = _grads(
-            c["ref"], tf.constant(c["x"]), [tf.constant(p) for p in c["params"]], tf.constant(c["g"])
+            c["ref"],
+            tf.constant(c["x"]),
+            [tf.constant(p) for p in c["params"]],
+            tf.constant(c["g"]),
         )
         for j, b in enumerate(want):
             assert _close(got[f"{c['name']}_out{j}"], b.numpy()), f"{c['name']} output {j}"

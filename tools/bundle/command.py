@@ -118,12 +118,23 @@ def _summary(console: Console, entries: list[Entry], new: tuple[str, ...]) -> No
     for column in ("file", "mode", "size", "source"):
         table.add_column(column, justify="right" if column == "size" else "left")
     for entry in entries:
-        name = Path(entry.name).name
-        origin = ("downloaded" if name in new else "cache") if entry.source else "generated"
-        if entry.name.startswith("config/"):
-            origin = "provisioned"
-        table.add_row(entry.name, f"{entry.mode:04o}", f"{entry.size() / 1024:,.0f} KiB", origin)
+        table.add_row(entry.name, f"{entry.mode:04o}", _size(entry.size()), _origin(entry, new))
     console.print(table)
+
+
+def _origin(entry: Entry, new: tuple[str, ...]) -> str:
+    name = Path(entry.name).name
+    if entry.name.startswith("config/"):
+        return "provisioned"
+    if entry.source is None:
+        return "generated"
+    if name.startswith("fedge-"):
+        return "built from source"
+    return "downloaded" if name in new else "cache"
+
+
+def _size(n: int) -> str:
+    return f"{n:,} B" if n < 1 << 10 else f"{n / (1 << 10):,.0f} KiB"
 
 
 def build_parser(prog: str = "fedge bundle") -> argparse.ArgumentParser:

@@ -1,0 +1,312 @@
+"""Fleet-scale benchmark: device sessions one Mosquitto holds here, and round overhead per device.
+
+Run ``python -m tools.bench.fleet [--quick] [--out DIR]``.
+
+1. Sessions: N = 1k, 2k, 5k, 10k real ``DeviceAgent``s (the simulator's worker processes,
+   ``firmware_sim.fleet.Fleet``, 2 workers, connections spread over min(5 s, 2 ms x devices
+   per worker) as ``fedge sim`` does) connect to a fresh Mosquitto. Each agent opens its MQTT
+   session (clean_session false, last will, subscriptions to its down topic and the fleet
+   broadcast), publishes its retained presence and sends one check-in. No server runs in this
+   part, so check-ins stay unanswered (the agents' check-in timeout is longer than the hold).
+   A watcher client counts the online presences; the broker's ``$SYS`` connected-client
+   count confirms them. Then the fleet holds its sessions for a while (keepalives only) and
+   stops. Reported: start-up (spawn + building agents, until the first presence), connect
+   window (first to last presence), worker and broker memory (RSS) and CPU (cores, psutil).
+2. Round overhead at 100 and 1,000 selected per round on a 10k fleet: ``run_sim`` with a real
+   server and real agents on Mosquitto, Fashion-MNIST IID (about 5 training examples per
+   device, one step), a 784-16-10 MLP (12,730 parameters), profile pi5 at ``--speedup 1000``
+   (no simulated sleeps), no dropouts, 1.3x over-selection (the server's default: the round
+   closes when the target, selected / 1.3, has reported). Round 1 (fleet start-up) is
+   excluded. ``(round wall - slowest training) / selected`` is the overhead per device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import psutil
+
+from edge_client.errors import ConfigError, ProtocolError
+from edge_client.protocol import messages as m
+from edge_client.protocol import topics
+from edge_client.protocol.envelope import unpack
+from firmware_sim.fleet import DeviceSpec, Fleet, WorkerArgs
+from firmware_sim.sim import SimConfig, prepare
+from tools.bench._common import (
+    Mosquitto,
+    Usage,
+    bench_mlp_artifact,
+    command_line,
+    machine_load,
+    print_table,
+    raise_fd_limit,
+    usage,
+    write_json,
+)
+from tools.bench.ingest import ROUND_COLUMNS, ROUND_NOTE, RoundRow, round_table_rows, simulate_rounds
+
+MODULE = "tools.bench.fleet"
+SIM_FLEET = "sim"  # the fleet name firmware_sim.sim.prepare writes into device.toml
+BROKER_CLIENTS = "$SYS/broker/clients/connected"
+MB = 1024 * 1024
+
+
+class PresenceWatch:
+    """A paho client counting devices whose retained presence says online, and broker clients."""
+
+    def __init__(self, port: int, fleet: str = SIM_FLEET):
+        self.port = port
+        self.fleet = fleet
+        self.online: set[str] = set()
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.broker_clients: int | None = None
+        self.refused = 0
+        self._lock = threading.Lock()
+        self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-watch",
+                                   protocol=paho.MQTTv311)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+
+    def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: object,
+                    properties: object) -> None:
+        client.subscribe([(topics.server_presence_filter(self.fleet), 1), (BROKER_CLIENTS, 0)])
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        if msg.topic == BROKER_CLIENTS:
+            self.broker_clients = int(msg.payload) - 1  # minus this watcher
+            return
+        if not msg.payload:
+            return
+        try:
+            _, device_id, _ = topics.parse_device_topic(msg.topic)
+            presence = m.parse(unpack(msg.payload, check_time=False))
+        except ProtocolError:
+            self.refused += 1
+            return
+        if not isinstance(presence, m.Presence):
+            self.refused += 1
+            return
+        now = time.monotonic()
+        with self._lock:
+            if presence.online:
+                self.online.add(device_id)
+                self.first_at = self.first_at or now
+                self.last_at = now
+            else:
+                self.online.discard(device_id)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.online)
+
+    def start(self) -> PresenceWatch:
+        self._client.connect("127.0.0.1", self.port, keepalive=60)
+        self._client.loop_start()
+        return self
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    """What holding N device sessions cost."""
+
+    devices: int
+    workers: int
+    connected: int
+    broker_clients: int | None
+    startup_s: float | None
+    connect_s: float | None
+    worker_rss_mb: float
+    worker_cpu_hold: float
+    broker_rss_mb: float
+    broker_fds: int
+    broker_cpu_connect: float
+    broker_cpu_hold: float
+    stop_s: float
+
+    @property
+    def kb_per_device(self) -> float:
+        return self.worker_rss_mb * 1024 / max(self.devices, 1)
+
+
+def _worker_args(devices: Sequence[DeviceSpec], workers: int, hold_s: float) -> list[WorkerArgs]:
+    groups = [tuple(devices[i::workers]) for i in range(workers)]
+    return [WorkerArgs(devices=g, seed=0, speedup=1000.0, start_s=0.0, clock_wall0=time.time(),
+                       dropout_p=0.0, checkin_timeout_s=hold_s + 600.0,
+                       connect_spread_s=min(5.0, 0.002 * len(g)), log_level=logging.WARNING)
+            for g in groups]
+
+
+def hold_sessions(devices: Sequence[DeviceSpec], workers: int, broker: Mosquitto, hold_s: float,
+                  connect_timeout_s: float) -> SessionRow:
+    """Connect ``devices`` as real agents, hold the sessions ``hold_s`` seconds, stop them."""
+    n = len(devices)
+    watch = PresenceWatch(broker.port).start()
+    fleet = Fleet(_worker_args(devices, workers, hold_s))
+    try:
+        t0 = time.monotonic()
+        b0 = usage([broker.pid])
+        fleet.start()
+        pids = [p.pid for p in fleet.processes if p.pid is not None]
+        deadline = t0 + connect_timeout_s
+        while watch.count() < n and time.monotonic() < deadline:
+            if not any(p.is_alive() for p in fleet.processes):
+                break
+            time.sleep(0.2)
+        b1 = usage([broker.pid])
+        connected_at = watch.last_at
+        w1 = usage(pids)
+        time.sleep(hold_s)
+        b2, w2 = usage([broker.pid]), usage(pids)
+        broker_fds = psutil.Process(broker.pid).num_fds()
+        connected = watch.count()
+        clients = watch.broker_clients
+    finally:
+        t_stop = time.monotonic()
+        fleet.stop(timeout_s=60.0)
+        stop_s = time.monotonic() - t_stop
+        watch.stop()
+    return SessionRow(
+        devices=n, workers=workers, connected=connected, broker_clients=clients,
+        startup_s=None if watch.first_at is None else watch.first_at - t0,
+        connect_s=None if watch.first_at is None or connected_at is None
+        else connected_at - watch.first_at,
+        worker_rss_mb=w2.rss_bytes / MB, worker_cpu_hold=w2.cpu_share_since(w1),
+        broker_rss_mb=b2.rss_bytes / MB, broker_fds=broker_fds,
+        broker_cpu_connect=_share(b1, b0), broker_cpu_hold=_share(b2, b1), stop_s=stop_s)
+
+
+def _share(later: Usage, earlier: Usage) -> float:
+    return later.cpu_share_since(earlier)
+
+
+def fleet_config(fleet: int, selected: int, rounds: int, broker_url: str, out: Path,
+                 artifact: Path, workers: int) -> SimConfig:
+    """``fleet`` agents, about ``selected`` selected per round (target = selected / 1.3)."""
+    target = max(1, math.floor(selected / 1.3))
+    return SimConfig(out=out, devices=fleet, rounds=rounds, dataset="fashion-mnist",
+                     artifact=artifact, partition="iid", profiles="pi5", availability="always",
+                     dropout=0.0, clients_per_round=target, broker=broker_url, speedup=1000.0,
+                     round_deadline_s=60.0, workers=workers, progress=False)
+
+
+SESSION_COLUMNS = ("devices", "connected", "broker clients", "start-up s", "connect s",
+                   "workers RSS MB", "kB/device", "workers cores (hold)", "broker RSS MB",
+                   "broker fds", "broker cores (connect)", "broker cores (hold)", "stop s")
+
+
+def session_table_rows(rows: Sequence[SessionRow]) -> list[list[object]]:
+    return [[r.devices, r.connected, r.broker_clients, _r(r.startup_s), _r(r.connect_s),
+             round(r.worker_rss_mb), round(r.kb_per_device, 1), round(r.worker_cpu_hold, 3),
+             round(r.broker_rss_mb, 1), r.broker_fds, round(r.broker_cpu_connect, 3),
+             round(r.broker_cpu_hold, 3), round(r.stop_s, 1)] for r in rows]
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="1k and 2k sessions, 100 selected of 2k (about 2 minutes)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="results directory")
+    p.add_argument("--sessions", default=None, help="session counts (1000,2000,5000,10000)")
+    p.add_argument("--fleet", type=int, default=None, help="fleet size for the rounds (10000)")
+    p.add_argument("--selected", default=None, help="selected per round (100,1000)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per run (the first is excluded)")
+    p.add_argument("--workers", type=int, default=2, help="simulator worker processes")
+    p.add_argument("--hold", type=float, default=None, help="seconds to hold the sessions (20)")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: sessions,rounds")
+    args = p.parse_args(argv)
+    if args.rounds < 2 or args.workers < 1:
+        p.error("--rounds must be >= 2 and --workers >= 1")
+    return args
+
+
+def _ints(text: str | None, default: str) -> list[int]:
+    return [int(v) for v in (text or default).split(",") if v.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; print the tables; write ``<out>/fleet.json``."""
+    args = parse_args(argv)
+    command = command_line(MODULE)
+    skip = {s for s in args.skip.split(",") if s}
+    sessions = _ints(args.sessions, "1000,2000" if args.quick else "1000,2000,5000,10000")
+    selected = _ints(args.selected, "100" if args.quick else "100,1000")
+    fleet_size = args.fleet or (2000 if args.quick else 10000)
+    hold_s = args.hold if args.hold is not None else (5.0 if args.quick else 20.0)
+    if max(selected) > fleet_size:
+        raise ConfigError(f"--selected {max(selected)} exceeds --fleet {fleet_size}")
+    fd_limit = raise_fd_limit()
+    if max(sessions) + 100 > fd_limit:
+        raise ConfigError(f"{max(sessions)} sessions need more open files than the limit "
+                          f"{fd_limit} (ulimit -Hn)")
+    out = args.out.resolve()
+    artifact = bench_mlp_artifact(16)
+    result: dict[str, Any] = {"command": command, "load_start": machine_load(),
+                              "fd_limit": fd_limit}
+    session_rows: list[SessionRow] = []
+    round_rows: list[RoundRow] = []
+    raw_rounds: dict[int, list[dict[str, float]]] = {}
+    broker = Mosquitto(out / "fleet-broker")
+    if "sessions" not in skip:
+        broker.start()
+        try:
+            plan = prepare(fleet_config(max(sessions), 1, 1, broker.url, out / "fleet-sessions",
+                                        artifact, args.workers), broker.url)
+            for n in sessions:
+                if n != sessions[0]:
+                    broker.stop()
+                    broker.start()
+                session_rows.append(hold_sessions(plan.devices[:n], args.workers, broker, hold_s,
+                                                  connect_timeout_s=150.0))
+                print(f"sessions: {asdict(session_rows[-1])}", flush=True)
+        finally:
+            broker.stop()
+    if "rounds" not in skip:
+        for k in selected:
+            broker.start()
+            try:
+                config = fleet_config(fleet_size, k, args.rounds, broker.url,
+                                      out / "fleet-sim" / f"f{fleet_size}-s{k}", artifact,
+                                      args.workers)
+                row, stats = simulate_rounds(config)
+            finally:
+                broker.stop()
+            round_rows.append(row)
+            raw_rounds[k] = stats
+            print(f"rounds: {row.to_dict()}", flush=True)
+    result["load_end"] = machine_load()
+    result["sessions"] = [asdict(r) | {"kb_per_device": r.kb_per_device} for r in session_rows]
+    result["rounds"] = [r.to_dict() for r in round_rows]
+    result["rounds_raw"] = raw_rounds
+    path = write_json(out, "fleet.json", result)
+    load = f"load average {result['load_start']['loadavg']} -> {result['load_end']['loadavg']}"
+    if session_rows:
+        print_table(f"MQTT sessions of real device agents ({args.workers} worker processes), "
+                    f"one Mosquitto, held {hold_s:.0f} s", SESSION_COLUMNS,
+                    session_table_rows(session_rows), command, load)
+    if round_rows:
+        print_table(f"Round overhead on a fleet of {fleet_size:,} (rounds after the first)",
+                    ROUND_COLUMNS, round_table_rows(round_rows), command, ROUND_NOTE)
+    print(f"results: {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
