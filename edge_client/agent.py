@@ -30,7 +30,7 @@ from edge_client.protocol import topics
 from edge_client.protocol.envelope import DEFAULT_LIMITS, ReplayGuard, unpack
 from edge_client.runtime import runtime_name, runtime_version
 from edge_client.trainer import EvalResult, LocalTrainer, TrainResult
-from edge_client.weights import unpack_weights
+from edge_client.weights import pack_weights, unpack_weights
 
 log = logging.getLogger("fedge.device")
 
@@ -359,10 +359,38 @@ class DeviceAgent:
         model = await self.fetcher.fetch(task.model, "model")
         manifest = await self.fetcher.fetch(task.manifest, "manifest")
         artifact = Artifact.from_bytes(manifest, model)
-        weights_blob = await self.fetcher.fetch(task.weights, "weights")
-        weights = unpack_weights(weights_blob, [tuple(t.shape) for t in artifact.manifest.tensors])
+        shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
+        weights = await self._weights_from_delta(task, shapes)
+        if weights is None:
+            weights_blob = await self.fetcher.fetch(task.weights, "weights")
+            weights = unpack_weights(weights_blob, shapes)
         await self.hooks.after_transfer(self.fetcher.bytes_downloaded - before, "down")
         return artifact, weights
+
+    async def _weights_from_delta(self, task: m.Task, shapes: list[tuple[int, ...]]
+                                  ) -> list[np.ndarray] | None:
+        """Rebuild the new global weights from the cached previous ones plus the signed delta.
+
+        The result must hash to the signed weights digest of the task; otherwise (or when the
+        previous weights are not cached) the caller downloads the full weights.
+        """
+        if task.weights_delta is None or task.delta_base is None:
+            return None
+        base = self.fetcher.cached(task.delta_base)
+        if base is None:
+            return None
+        try:
+            old = unpack_weights(base, shapes)
+            delta = await self.fetcher.fetch(task.weights_delta, "weights-delta")
+            new = codec.apply_model_delta(old, delta)
+        except (ArtifactError, CodecError) as exc:
+            log.info("device %s: weights delta unusable (%s); fetching full weights",
+                     self.config.device_id, exc)
+            return None
+        blob = pack_weights(new)
+        if not self.fetcher.store_verified(task.weights, "weights", blob):
+            return None
+        return new
 
     async def _train(self, task: m.Task, artifact: Artifact, weights: list[np.ndarray]) -> m.Update | None:
         spec = codec.parse_spec(task.codec)

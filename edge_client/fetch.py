@@ -32,6 +32,24 @@ class BlobFetcher:
     def cached_digests(self) -> list[str]:
         return sorted(p.name for p in self.cache_dir.iterdir() if len(p.name) == 64)[:64]
 
+    def cached(self, digest: str) -> bytes | None:
+        """A blob already in the cache (it was verified when it was stored), or None."""
+        path = self.cache_dir / digest
+        if len(digest) != 64 or not path.exists():
+            return None
+        return path.read_bytes()
+
+    def store_verified(self, ref: BlobRef, kind: str, data: bytes) -> bool:
+        """Cache ``data`` built locally if it matches the signed ``ref``; False if it does not."""
+        try:
+            verify_blob(self.server_key, kind, data, ref.sha256, ref.signature)
+        except ArtifactError:
+            return False
+        tmp = (self.cache_dir / ref.sha256).with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.cache_dir / ref.sha256)
+        return True
+
     async def fetch(self, ref: BlobRef, kind: str) -> bytes:
         """Return the verified blob, from the cache when present."""
         return await asyncio.to_thread(self.fetch_sync, ref, kind)

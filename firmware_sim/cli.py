@@ -25,6 +25,8 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--broker", default=None, help="mqtt://host:port (default: embedded amqtt)")
     p.add_argument("--compression", default="none", help="codec spec, e.g. topk:0.01+q8")
+    p.add_argument("--downlink", default=None,
+                   help="send new models as a compressed delta, e.g. q8 (default: full weights)")
     p.add_argument("--secagg", action="store_true", help="secure aggregation (SecAgg+)")
     p.add_argument("--dp", default=None, help="central:Z:CLIP or distributed:Z:CLIP")
     p.add_argument("--local-epochs", type=int, default=1)
@@ -54,7 +56,7 @@ def config_from_args(args: argparse.Namespace) -> object:
         model=args.model, partition=args.partition, profiles=args.profiles,
         clients_per_round=args.clients_per_round,
         over_selection=args.over_selection, dropout=args.dropout, seed=args.seed,
-        broker=args.broker, compression=args.compression, secagg=args.secagg, dp=args.dp,
+        broker=args.broker, compression=args.compression, downlink=args.downlink, secagg=args.secagg, dp=args.dp,
         local_epochs=args.local_epochs, lr=args.lr, server_optimizer=args.server_optimizer,
         server_lr=args.server_lr, round_deadline_s=args.round_deadline, workers=args.workers,
         speedup=args.speedup, start_hour=args.start_hour, availability=args.availability,

@@ -51,6 +51,7 @@ class SimConfig:
     seed: int = 0
     broker: str | None = None
     compression: str = "none"
+    downlink: str | None = None
     secagg: bool = False
     dp: str | None = None
     local_epochs: int = 1
@@ -168,7 +169,7 @@ def prepare(c: SimConfig, broker_url: str) -> SimPlan:
     k = c.clients_per_round
     job = validate(JobConfig(
         name="sim", fleet=fleet, artifact=artifact_dir, rounds=c.rounds, seed=c.seed,
-        codec=c.compression, dp=c.dp, secagg={"enabled": True} if c.secagg else {},
+        codec=c.compression, downlink=c.downlink, dp=c.dp, secagg={"enabled": True} if c.secagg else {},
         selection=SelectionConfig(
             target_reports=k, over_selection=c.over_selection, min_reports=max(1, math.ceil(k * c.min_report_fraction)),
             selection_timeout_s=c.selection_timeout_s, round_deadline_s=c.round_deadline_s,

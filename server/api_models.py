@@ -52,12 +52,18 @@ class DeviceOut(BaseModel):
     def from_row(cls, row: dict[str, Any], current: RoundRun | None) -> DeviceOut:
         key = row.get("identity_key")
         return cls(
-            id=row["id"], fleet=row["fleet"], profile=row["profile"], runtime=row["runtime"],
-            online=bool(row["online"]), status=device_status(row["id"], bool(row["online"]), current),
-            first_seen=row["first_seen"], last_seen=row["last_seen"],
+            id=row["id"],
+            fleet=row["fleet"],
+            profile=row["profile"],
+            runtime=row["runtime"],
+            online=bool(row["online"]),
+            status=device_status(row["id"], bool(row["online"]), current),
+            first_seen=row["first_seen"],
+            last_seen=row["last_seen"],
             eligibility=json.loads(row["eligibility"]) if row["eligibility"] else None,
             identity_key=bytes(key).hex() if key else None,
-            rounds_reported=row["rounds_reported"], rounds_dropped=row["rounds_dropped"],
+            rounds_reported=row["rounds_reported"],
+            rounds_dropped=row["rounds_dropped"],
             rejected_messages=row["rejected_messages"],
         )
 
@@ -109,9 +115,18 @@ class CurrentRound(BaseModel):
 
     @classmethod
     def from_run(cls, run: RoundRun) -> CurrentRound:
-        return cls(rid=run.rid, number=run.number, kind=run.kind, attempt=run.attempt,
-                   state=run.state.value, selected=len(run.selected), reported=len(run.reports),
-                   refused=run.refused, started=run.started_at, deadline=run.deadline or None)
+        return cls(
+            rid=run.rid,
+            number=run.number,
+            kind=run.kind,
+            attempt=run.attempt,
+            state=run.state.value,
+            selected=len(run.selected),
+            reported=len(run.reports),
+            refused=run.refused,
+            started=run.started_at,
+            deadline=run.deadline or None,
+        )
 
 
 class ActiveJob(BaseModel):
@@ -183,9 +198,14 @@ class RoundOut(BaseModel):
         for key in ("selected", "reported", "dropped", "refused", "uplink_bytes", "downlink_bytes"):
             data[key] = data.get(key) or 0
         if current is not None and current.rid == row["rid"] and current.state in LIVE_STATES:
-            data.update(selected=len(current.selected), reported=len(current.reports),
-                        dropped=0, refused=current.refused, uplink_bytes=current.uplink_bytes,
-                        downlink_bytes=current.downlink_bytes)
+            data.update(
+                selected=len(current.selected),
+                reported=len(current.reports),
+                dropped=0,
+                refused=current.refused,
+                uplink_bytes=current.uplink_bytes,
+                downlink_bytes=current.downlink_bytes,
+            )
         end = row["ended"] if row["ended"] is not None else time.time()
         return cls(duration_s=end - row["started"], **data)
 
@@ -241,5 +261,7 @@ def timings(rows: list[dict[str, Any]], terminal: bool) -> list[Transition]:
     for i, row in enumerate(rows):
         nxt = rows[i + 1]["at"] if i + 1 < len(rows) else None
         seconds = nxt - row["at"] if nxt is not None else (0.0 if terminal else None)
-        out.append(Transition(state=row["state"], at=row["at"], seconds=seconds, reason=row["reason"]))
+        out.append(
+            Transition(state=row["state"], at=row["at"], seconds=seconds, reason=row["reason"])
+        )
     return out

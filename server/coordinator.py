@@ -75,6 +75,8 @@ class Coordinator:
         self.online: set[str] = set()
         self.weights: list[np.ndarray] = []
         self.weights_sha = ""
+        self.downlink_spec = codec.parse_spec(job.downlink) if job.downlink else None
+        self.weights_delta: tuple[str, m.BlobRef] | None = None  # (base sha, signed delta blob)
         self.finished = asyncio.Event()
         self.paused = asyncio.Event()
         self.paused.set()  # set = running
@@ -289,7 +291,9 @@ class Coordinator:
                               lr=self.job.training.lr_for_round(rnd.number),
                               max_steps=self.job.training.max_steps,
                               shuffle=self.job.training.shuffle)
+        delta_base, delta_ref = self.weights_delta if self.weights_delta else (None, None)
         task = m.Task(kind=rnd.kind, model=blobs.model, manifest=blobs.manifest, weights=blobs.weights,
+                      weights_delta=delta_ref, delta_base=delta_base,
                       plan=plan, codec=str(self.codec_spec), deadline=rnd.deadline,
                       round_seed=rnd.round_seed,
                       dp=self.dp.task_settings() if self.dp and rnd.kind == "train" else None)
@@ -434,6 +438,13 @@ class Coordinator:
         if not all(np.isfinite(w).all() for w in new_weights):
             self._fail(rnd, "aggregate is not finite", **counts)
             return False
+        delta_blob = None
+        if self.downlink_spec is not None:
+            # Devices holding the previous model fetch a compressed delta; the server adopts the
+            # same reconstruction, so everyone holds identical weights (and errors do not pile up).
+            delta_blob = codec.encode_model_delta(new_weights, self.weights, self.downlink_spec,
+                                                  seed=rnd.round_seed)
+            new_weights = codec.apply_model_delta(self.weights, delta_blob)
         weights_sha = self.blobs.put(pack_weights(new_weights))
         keys, arrays = self.optimizer.state_arrays()
         optimizer_sha = self.blobs.put(_pack_state(keys, arrays)) if keys else None
@@ -457,6 +468,8 @@ class Coordinator:
             eval_loss=eval_loss, eval_accuracy=eval_acc, aggregation_s=aggregation_s,
             slowest_train_s=slowest, **privacy, **counts,
         )
+        if delta_blob is not None:
+            self.weights_delta = (self.weights_sha, self._ref("weights-delta", delta_blob))
         self.weights, self.weights_sha = new_weights, weights_sha
         log.info("round %d committed: %d reported, %d dropped, accuracy %s", rnd.number,
                  counts["reported"], counts["dropped"],

@@ -98,6 +98,7 @@ class JobConfig:
     rounds: int
     seed: int = 0
     codec: str = "none"
+    downlink: str | None = None
     secagg: dict[str, Any] = field(default_factory=dict)
     dp: str | None = None
     selection: SelectionConfig = field(default_factory=SelectionConfig)
@@ -153,6 +154,15 @@ def validate(job: JobConfig) -> JobConfig:
     _check(0 <= o.momentum < 1 and 0 <= o.beta1 < 1 and 0 <= o.beta2 < 1,
            "server_optimizer momentum/betas must be in [0, 1)")
     _check(o.epsilon > 0, "server_optimizer.epsilon must be positive")
+    for name, text in (("codec", job.codec), ("downlink", job.downlink)):
+        if text is not None:
+            from edge_client.codec import parse_spec
+            from edge_client.errors import CodecError
+
+            try:
+                parse_spec(text)
+            except CodecError as exc:
+                raise ConfigError(f"job.{name}: {exc}") from exc
     if job.dp:
         from edge_client.errors import PrivacyError
         from edge_client.privacy import parse_dp_spec
@@ -171,7 +181,7 @@ def parse_job_config(raw: dict[str, Any], base_dir: Path) -> JobConfig:
     job = raw.get("job")
     if not isinstance(job, dict):
         raise ConfigError("job.toml needs a [job] table with name, fleet, artifact and rounds")
-    allowed = {"name", "fleet", "artifact", "rounds", "seed", "codec", "dp"}
+    allowed = {"name", "fleet", "artifact", "rounds", "seed", "codec", "downlink", "dp"}
     unknown = set(job) - allowed
     if unknown:
         raise ConfigError(f"[job] has unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -200,6 +210,7 @@ def parse_job_config(raw: dict[str, Any], base_dir: Path) -> JobConfig:
         rounds=job["rounds"],
         seed=int(job.get("seed", 0)),
         codec=str(job.get("codec", "none")),
+        downlink=job.get("downlink"),
         dp=job.get("dp"),
         secagg=secagg,
         selection=_table(raw, "selection", SelectionConfig),
@@ -214,7 +225,8 @@ def job_from_dict(data: dict[str, Any]) -> JobConfig:
     """Inverse of `JobConfig.to_dict` (used when resuming a stored job)."""
     return validate(JobConfig(
         name=data["name"], fleet=data["fleet"], artifact=Path(data["artifact"]),
-        rounds=data["rounds"], seed=data["seed"], codec=data["codec"], secagg=data["secagg"],
+        rounds=data["rounds"], seed=data["seed"], codec=data["codec"],
+        downlink=data.get("downlink"), secagg=data["secagg"],
         dp=data["dp"],
         selection=SelectionConfig(**data["selection"]),
         training=TrainingConfig(**data["training"]),

@@ -46,23 +46,32 @@ class FedgeCollector(Collector):
 
     def _rounds(self) -> Iterable[Metric]:
         labels = ["job", "kind"]
-        rounds = GaugeMetricFamily("fedge_rounds", "Round attempts by state", labels=[*labels, "state"])
+        rounds = GaugeMetricFamily(
+            "fedge_rounds", "Round attempts by state", labels=[*labels, "state"]
+        )
         sums = {
-            "reported": CounterMetricFamily("fedge_reports", "Device reports accepted", labels=labels),
-            "dropped": CounterMetricFamily("fedge_dropouts", "Selected devices that did not report",
-                                           labels=labels),
-            "refused": CounterMetricFamily("fedge_round_refused_messages",
-                                           "Messages refused while a round ran", labels=labels),
-            "uplink_bytes": CounterMetricFamily("fedge_uplink_bytes", "Update bytes received",
-                                                labels=labels),
-            "downlink_bytes": CounterMetricFamily("fedge_downlink_bytes",
-                                                  "Task and model bytes sent", labels=labels),
+            "reported": CounterMetricFamily(
+                "fedge_reports", "Device reports accepted", labels=labels
+            ),
+            "dropped": CounterMetricFamily(
+                "fedge_dropouts", "Selected devices that did not report", labels=labels
+            ),
+            "refused": CounterMetricFamily(
+                "fedge_round_refused_messages", "Messages refused while a round ran", labels=labels
+            ),
+            "uplink_bytes": CounterMetricFamily(
+                "fedge_uplink_bytes", "Update bytes received", labels=labels
+            ),
+            "downlink_bytes": CounterMetricFamily(
+                "fedge_downlink_bytes", "Task and model bytes sent", labels=labels
+            ),
         }
         totals: dict[tuple[str, str], dict[str, float]] = {}
         for row in self.store.query(
-                "SELECT job_id, kind, state, COUNT(*) AS n, SUM(reported) AS reported, "
-                "SUM(dropped) AS dropped, SUM(refused) AS refused, SUM(uplink_bytes) AS uplink_bytes,"
-                " SUM(downlink_bytes) AS downlink_bytes FROM rounds GROUP BY job_id, kind, state"):
+            "SELECT job_id, kind, state, COUNT(*) AS n, SUM(reported) AS reported, "
+            "SUM(dropped) AS dropped, SUM(refused) AS refused, SUM(uplink_bytes) AS uplink_bytes,"
+            " SUM(downlink_bytes) AS downlink_bytes FROM rounds GROUP BY job_id, kind, state"
+        ):
             rounds.add_metric([row["job_id"], row["kind"], row["state"]], row["n"])
             acc = totals.setdefault((row["job_id"], row["kind"]), dict.fromkeys(sums, 0.0))
             for key in sums:
@@ -80,8 +89,9 @@ class FedgeCollector(Collector):
                 family.add_metric([job, kind], acc[key])
             yield family
         refused = self.store.query("SELECT COUNT(*) AS n FROM rejections")[0]["n"]
-        yield CounterMetricFamily("fedge_refused_messages", "Device messages refused (all causes)",
-                                  value=refused)
+        yield CounterMetricFamily(
+            "fedge_refused_messages", "Device messages refused (all causes)", value=refused
+        )
 
     def _live_round(self) -> Any:
         c = self.server.coordinator
@@ -89,13 +99,18 @@ class FedgeCollector(Collector):
         return run if run is not None and run.state in LIVE_STATES else None
 
     def _durations(self) -> Iterable[Metric]:
-        rows = self.store.query("SELECT job_id, kind, ended - started AS seconds, aggregation_s "
-                                "FROM rounds WHERE state='committed' AND ended IS NOT NULL")
-        duration = HistogramMetricFamily("fedge_round_duration_seconds",
-                                         "Wall time of committed rounds", labels=["job", "kind"])
-        aggregation = HistogramMetricFamily("fedge_aggregation_seconds",
-                                            "Server time to aggregate and commit a training round",
-                                            labels=["job"])
+        rows = self.store.query(
+            "SELECT job_id, kind, ended - started AS seconds, aggregation_s "
+            "FROM rounds WHERE state='committed' AND ended IS NOT NULL"
+        )
+        duration = HistogramMetricFamily(
+            "fedge_round_duration_seconds", "Wall time of committed rounds", labels=["job", "kind"]
+        )
+        aggregation = HistogramMetricFamily(
+            "fedge_aggregation_seconds",
+            "Server time to aggregate and commit a training round",
+            labels=["job"],
+        )
         groups: dict[tuple[str, str], list[float]] = {}
         agg: dict[str, list[float]] = {}
         for r in rows:
@@ -103,48 +118,65 @@ class FedgeCollector(Collector):
             if r["aggregation_s"] is not None:
                 agg.setdefault(r["job_id"], []).append(float(r["aggregation_s"]))
         for (job, kind), values in sorted(groups.items()):
-            duration.add_metric([job, kind], histogram_buckets(values, ROUND_SECONDS_BUCKETS),
-                                sum(values))
+            duration.add_metric(
+                [job, kind], histogram_buckets(values, ROUND_SECONDS_BUCKETS), sum(values)
+            )
         for job, values in sorted(agg.items()):
-            aggregation.add_metric([job], histogram_buckets(values, AGGREGATION_SECONDS_BUCKETS),
-                                   sum(values))
+            aggregation.add_metric(
+                [job], histogram_buckets(values, AGGREGATION_SECONDS_BUCKETS), sum(values)
+            )
         yield duration
         yield aggregation
 
     def _devices(self) -> Iterable[Metric]:
         known = GaugeMetricFamily("fedge_devices_known", "Devices ever seen", labels=["profile"])
-        online = GaugeMetricFamily("fedge_devices_connected", "Devices online now", labels=["profile"])
-        for r in self.store.query("SELECT COALESCE(profile, 'unknown') AS profile, COUNT(*) AS n, "
-                                  "SUM(online) AS up FROM devices GROUP BY 1 ORDER BY 1"):
+        online = GaugeMetricFamily(
+            "fedge_devices_connected", "Devices online now", labels=["profile"]
+        )
+        for r in self.store.query(
+            "SELECT COALESCE(profile, 'unknown') AS profile, COUNT(*) AS n, "
+            "SUM(online) AS up FROM devices GROUP BY 1 ORDER BY 1"
+        ):
             known.add_metric([r["profile"]], r["n"])
             online.add_metric([r["profile"]], r["up"] or 0)
         yield known
         yield online
 
     def _jobs(self) -> Iterable[Metric]:
-        info = GaugeMetricFamily("fedge_job_info", "Jobs and their status (value 1)",
-                                 labels=["job", "status"])
-        committed = GaugeMetricFamily("fedge_committed_rounds", "Last committed round of a job",
-                                      labels=["job"])
+        info = GaugeMetricFamily(
+            "fedge_job_info", "Jobs and their status (value 1)", labels=["job", "status"]
+        )
+        committed = GaugeMetricFamily(
+            "fedge_committed_rounds", "Last committed round of a job", labels=["job"]
+        )
         for r in self.store.query("SELECT id, status, committed_round FROM jobs ORDER BY id"):
             info.add_metric([r["id"], r["status"]], 1)
             committed.add_metric([r["id"]], r["committed_round"])
         yield info
         yield committed
-        accuracy = GaugeMetricFamily("fedge_eval_accuracy",
-                                     "Central evaluation accuracy after the last committed round",
-                                     labels=["job"])
-        loss = GaugeMetricFamily("fedge_eval_loss", "Central evaluation loss after the last "
-                                 "committed round", labels=["job"])
+        accuracy = GaugeMetricFamily(
+            "fedge_eval_accuracy",
+            "Central evaluation accuracy after the last committed round",
+            labels=["job"],
+        )
+        loss = GaugeMetricFamily(
+            "fedge_eval_loss",
+            "Central evaluation loss after the last committed round",
+            labels=["job"],
+        )
         for r in self.store.query(
-                "SELECT job_id, eval_accuracy, eval_loss FROM rounds WHERE rid IN (SELECT MAX(rid) "
-                "FROM rounds WHERE state='committed' AND eval_accuracy IS NOT NULL GROUP BY job_id)"):
+            "SELECT job_id, eval_accuracy, eval_loss FROM rounds WHERE rid IN (SELECT MAX(rid) "
+            "FROM rounds WHERE state='committed' AND eval_accuracy IS NOT NULL GROUP BY job_id)"
+        ):
             accuracy.add_metric([r["job_id"]], r["eval_accuracy"])
             loss.add_metric([r["job_id"]], r["eval_loss"])
         yield accuracy
         yield loss
-        current = GaugeMetricFamily("fedge_current_round", "Number of the round in progress",
-                                    labels=["job", "kind", "state"])
+        current = GaugeMetricFamily(
+            "fedge_current_round",
+            "Number of the round in progress",
+            labels=["job", "kind", "state"],
+        )
         c = self.server.coordinator
         if c is not None and c.current is not None:
             run = c.current
@@ -152,17 +184,27 @@ class FedgeCollector(Collector):
         yield current
 
     def _traffic(self) -> Iterable[Metric]:
-        yield CounterMetricFamily("fedge_http_bytes_served", "Blob bytes served over HTTP since start",
-                                  value=self.server.traffic.bytes_served)
+        yield CounterMetricFamily(
+            "fedge_http_bytes_served",
+            "Blob bytes served over HTTP since start",
+            value=self.server.traffic.bytes_served,
+        )
         link = self.server.link
         if link is not None:
             stats = link.stats
-            yield CounterMetricFamily("fedge_mqtt_bytes_sent", "MQTT payload bytes published since "
-                                      "start", value=stats.bytes_sent)
-            yield CounterMetricFamily("fedge_mqtt_bytes_received", "MQTT payload bytes received "
-                                      "since start", value=stats.bytes_received)
-            yield CounterMetricFamily("fedge_mqtt_connects", "Broker (re)connections since start",
-                                      value=stats.connects)
+            yield CounterMetricFamily(
+                "fedge_mqtt_bytes_sent",
+                "MQTT payload bytes published since start",
+                value=stats.bytes_sent,
+            )
+            yield CounterMetricFamily(
+                "fedge_mqtt_bytes_received",
+                "MQTT payload bytes received since start",
+                value=stats.bytes_received,
+            )
+            yield CounterMetricFamily(
+                "fedge_mqtt_connects", "Broker (re)connections since start", value=stats.connects
+            )
 
 
 def metrics_registry(store: Store, server: ServerView) -> CollectorRegistry:

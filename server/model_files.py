@@ -82,8 +82,10 @@ class _Model:
     def __init__(self, data: bytes):
         self.data = data
         self.root = Table(data, int(struct.unpack_from("<I", data, 0)[0]))
-        self.codes = [max(_scalar(c, 0, fbn.Int8Flags), _scalar(c, 3, fbn.Int32Flags))
-                      for c in _tables(self.root, _M_OPCODES)]
+        self.codes = [
+            max(_scalar(c, 0, fbn.Int8Flags), _scalar(c, 3, fbn.Int32Flags))
+            for c in _tables(self.root, _M_OPCODES)
+        ]
         self.subgraphs = _tables(self.root, _M_SUBGRAPHS)
 
     def element(self, slot: int, index: int) -> int:
@@ -107,15 +109,17 @@ class _Model:
 
     def handles(self, sg: Table) -> dict[int, tuple[bytes, bytes]]:
         """Tensor index -> variable key, for every VAR_HANDLE output of a subgraph."""
-        return {_ints(op, 2)[0]: self.var_key(op) for op in self.ops(sg)
-                if self.code(op) == _VAR_HANDLE}
+        return {
+            _ints(op, 2)[0]: self.var_key(op) for op in self.ops(sg) if self.code(op) == _VAR_HANDLE
+        }
 
     def signature(self, key: str) -> tuple[int, dict[str, int]]:
         """Subgraph index and output name -> tensor index of a signature."""
         for sig in _tables(self.root, _M_SIGNATURES):
             if _string(sig, 2).decode() == key:
-                outputs = {_string(m, 0).decode(): _scalar(m, 1, fbn.Uint32Flags)
-                           for m in _tables(sig, 1)}
+                outputs = {
+                    _string(m, 0).decode(): _scalar(m, 1, fbn.Uint32Flags) for m in _tables(sig, 1)
+                }
                 return _scalar(sig, 4, fbn.Uint32Flags), outputs
         raise ArtifactError(f"cannot bake weights: the model has no {key!r} signature")
 
@@ -128,7 +132,9 @@ class _Model:
                 if options is not None:
                     found.add(_scalar(options, 0, fbn.Int32Flags))
         if len(found) != 1:
-            raise ArtifactError(f"cannot bake weights: expected one init subgraph, found {sorted(found)}")
+            raise ArtifactError(
+                f"cannot bake weights: expected one init subgraph, found {sorted(found)}"
+            )
         return found.pop()
 
     def variable_of_weights(self) -> dict[str, tuple[bytes, bytes]]:
@@ -141,7 +147,9 @@ class _Model:
         for name, tensor in outputs.items():
             op = producers.get(tensor)
             if op is None or self.code(op) != _READ_VARIABLE or _ints(op, 1)[0] not in handles:
-                raise ArtifactError(f"cannot bake weights: get_weights output {name!r} is not a variable read")
+                raise ArtifactError(
+                    f"cannot bake weights: get_weights output {name!r} is not a variable read"
+                )
             out[name] = handles[_ints(op, 1)[0]]
         return out
 
@@ -158,9 +166,16 @@ class _Model:
                 raise ArtifactError(f"cannot bake weights: init subgraph runs builtin op {code}")
             handle, value = _ints(op, 1)[:2]
             t = tensors[value]
-            out.append(_Var(handles[handle], _string(tensors[handle], 3), _string(t, 3),
-                            tuple(_ints(t, 0)), _scalar(t, 1, fbn.Int8Flags),
-                            _scalar(t, 2, fbn.Uint32Flags)))
+            out.append(
+                _Var(
+                    handles[handle],
+                    _string(tensors[handle], 3),
+                    _string(t, 3),
+                    tuple(_ints(t, 0)),
+                    _scalar(t, 1, fbn.Int8Flags),
+                    _scalar(t, 2, fbn.Uint32Flags),
+                )
+            )
         return out
 
     def buffers_used_outside(self, skip: int) -> set[int]:
@@ -182,7 +197,7 @@ def _float_buffer(b: Builder, array: np.ndarray) -> int:
     data = np.ascontiguousarray(array, dtype="<f4").tobytes()
     b.StartVector(1, len(data), _DATA_ALIGN)
     b.head = b.Head() - len(data)
-    b.Bytes[b.Head():b.Head() + len(data)] = data
+    b.Bytes[b.Head() : b.Head() + len(data)] = data
     vec = b.EndVector()
     b.StartObject(3)
     b.PrependUOffsetTRelativeSlot(0, vec, 0)
@@ -200,8 +215,14 @@ def _tensor(b: Builder, name: bytes, shape: tuple[int, ...], ttype: int, buffer:
     return int(b.EndObject())
 
 
-def _operator(b: Builder, opcode: int, inputs: Sequence[int], outputs: Sequence[int],
-              options_type: int, options: int) -> int:
+def _operator(
+    b: Builder,
+    opcode: int,
+    inputs: Sequence[int],
+    outputs: Sequence[int],
+    options_type: int,
+    options: int,
+) -> int:
     ins, outs = _int_vector(b, inputs), _int_vector(b, outputs)
     b.StartObject(5)
     b.PrependUint32Slot(0, opcode, 0)
@@ -237,39 +258,53 @@ def bake_weights(model_bytes: bytes, manifest: Manifest, weights: Sequence[np.nd
         raise ArtifactError(f"expected {len(manifest.tensors)} weight tensors, got {len(weights)}")
     for spec, w in zip(manifest.tensors, weights, strict=True):
         if tuple(np.shape(w)) != spec.shape:
-            raise ArtifactError(f"weight {spec.name!r} has shape {np.shape(w)}, expected {spec.shape}")
+            raise ArtifactError(
+                f"weight {spec.name!r} has shape {np.shape(w)}, expected {spec.shape}"
+            )
     try:
         return _bake(_Model(model_bytes), manifest, weights)
     except (struct.error, IndexError, KeyError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"cannot bake weights: unexpected model.tflite layout ({exc!r})") from exc
+        raise ArtifactError(
+            f"cannot bake weights: unexpected model.tflite layout ({exc!r})"
+        ) from exc
 
 
 def _bake(model: _Model, manifest: Manifest, weights: Sequence[np.ndarray]) -> bytes:
-    by_var = {model.variable_of_weights()[t.name]: np.asarray(w)
-              for t, w in zip(manifest.tensors, weights, strict=True)}
+    by_var = {
+        model.variable_of_weights()[t.name]: np.asarray(w)
+        for t, w in zip(manifest.tensors, weights, strict=True)
+    }
     init = model.init_subgraph()
     old = model.subgraphs[init]
     variables = model.init_vars(old)
     missing = set(by_var) - {v.key for v in variables}
     if missing:
-        raise ArtifactError(f"cannot bake weights: variables {sorted(missing)} have no initial value")
+        raise ArtifactError(
+            f"cannot bake weights: variables {sorted(missing)} have no initial value"
+        )
     kept = {v.value_buffer for v in variables if v.key not in by_var}
-    free = sorted({_scalar(t, 2, fbn.Uint32Flags) for t in _tables(old, 0)}
-                  - kept - model.buffers_used_outside(init))
+    free = sorted(
+        {_scalar(t, 2, fbn.Uint32Flags) for t in _tables(old, 0)}
+        - kept
+        - model.buffers_used_outside(init)
+    )
     if len(free) < len(by_var):
         raise ArtifactError("cannot bake weights: the init subgraph's buffers are shared")
     opcodes = {c: i for i, c in reversed(list(enumerate(model.codes)))}
 
     b = Builder(1024 + sum(a.nbytes for a in by_var.values()))
     new_buffers: dict[int, int] = {}
-    tensors, ops = [], []
+    tensors: list[int] = []
+    ops: list[int] = []
     for var in variables:
         value_buffer, shape, ttype = var.value_buffer, var.value_shape, var.value_type
         if var.key in by_var:
             value = by_var[var.key]
             if value.shape != shape or ttype != _FLOAT32:
-                raise ArtifactError(f"cannot bake weights: variable {var.key[1]!r} is initialised "
-                                    f"as type {ttype} {list(shape)}, weights are {list(value.shape)}")
+                raise ArtifactError(
+                    f"cannot bake weights: variable {var.key[1]!r} is initialised "
+                    f"as type {ttype} {list(shape)}, weights are {list(value.shape)}"
+                )
             value_buffer = free.pop(0)
             new_buffers[value_buffer] = _float_buffer(b, value)
         handle_index, value_index = len(tensors), len(tensors) + 1
@@ -280,11 +315,20 @@ def _bake(model: _Model, manifest: Manifest, weights: Sequence[np.ndarray]) -> b
         b.PrependUOffsetTRelativeSlot(0, container, 0)
         b.PrependUOffsetTRelativeSlot(1, shared, 0)
         handle_options = b.EndObject()
-        ops.append(_operator(b, opcodes[_VAR_HANDLE], [], [handle_index], _OPT_VAR_HANDLE,
-                             handle_options))
+        ops.append(
+            _operator(b, opcodes[_VAR_HANDLE], [], [handle_index], _OPT_VAR_HANDLE, handle_options)
+        )
         b.StartObject(0)
-        ops.append(_operator(b, opcodes[_ASSIGN_VARIABLE], [handle_index, value_index], [],
-                             _OPT_ASSIGN_VARIABLE, b.EndObject()))
+        ops.append(
+            _operator(
+                b,
+                opcodes[_ASSIGN_VARIABLE],
+                [handle_index, value_index],
+                [],
+                _OPT_ASSIGN_VARIABLE,
+                b.EndObject(),
+            )
+        )
     tensors_vec, ops_vec = _table_vector(b, tensors), _table_vector(b, ops)
     empty_in, empty_out = _int_vector(b, []), _int_vector(b, [])
     name = b.CreateString(_string(old, 4))
@@ -320,13 +364,19 @@ def baked_manifest(manifest: Manifest, model_bytes: bytes) -> Manifest:
 def weights_npz(manifest: Manifest, weights: Sequence[np.ndarray]) -> bytes:
     """Weights as an ``.npz`` keyed by the manifest's tensor names."""
     buf = io.BytesIO()
-    np.savez(buf, **{t.name: np.asarray(w, np.float32)
-                     for t, w in zip(manifest.tensors, weights, strict=True)})
+    np.savez(
+        buf,
+        **{
+            t.name: np.asarray(w, np.float32)
+            for t, w in zip(manifest.tensors, weights, strict=True)
+        },
+    )
     return buf.getvalue()
 
 
-def model_zip(manifest: Manifest, model_bytes: bytes, weights: Sequence[np.ndarray],
-              description: str) -> bytes:
+def model_zip(
+    manifest: Manifest, model_bytes: bytes, weights: Sequence[np.ndarray], description: str
+) -> bytes:
     """A zip that is itself a fedge artifact directory whose initial weights are ``weights``.
 
     Holds ``model.tflite`` (weights baked in), ``manifest.json`` (its sha256 updated),
@@ -337,13 +387,14 @@ def model_zip(manifest: Manifest, model_bytes: bytes, weights: Sequence[np.ndarr
         MODEL_FILE: baked,
         MANIFEST_FILE: baked_manifest(manifest, baked).to_json(),
         WEIGHTS_FILE: pack_weights(weights),
-        README_FILE: (f"{description}. {MODEL_FILE} starts with these weights (load it with any "
-                      f"TFLite interpreter, signatures infer/evaluate/train); {WEIGHTS_FILE} holds "
-                      f"the same tensors for set_weights; {MANIFEST_FILE} describes both.\n").encode(),
+        README_FILE: (
+            f"{description}. {MODEL_FILE} starts with these weights (load it with any "
+            f"TFLite interpreter, signatures infer/evaluate/train); {WEIGHTS_FILE} holds "
+            f"the same tensors for set_weights; {MANIFEST_FILE} describes both.\n"
+        ).encode(),
     }
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in files.items():
             zf.writestr(name, data)
     return buf.getvalue()
-

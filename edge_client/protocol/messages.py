@@ -206,9 +206,15 @@ class Task(Message):
     round_seed: int
     secagg: dict[str, Any] | None = None
     dp: dict[str, Any] | None = None
+    weights_delta: BlobRef | None = None
+    delta_base: str | None = None
 
     @classmethod
     def from_body(cls, body: dict[str, Any], limits: Limits) -> Task:
+        delta = F.get(body, "weights_delta", dict, optional=True)
+        base = F.get(body, "delta_base", str, optional=True)
+        if (delta is None) != (base is None):
+            raise ProtocolError("weights_delta and delta_base come together")
         kind = F.get(body, "kind", str)
         if kind not in ("train", "evaluate"):
             raise ProtocolError(f"task kind must be train or evaluate, got {kind!r}")
@@ -223,6 +229,8 @@ class Task(Message):
             round_seed=int(F.in_range("round_seed", F.get(body, "round_seed", int), 0, 2**63 - 1)),
             secagg=F.get(body, "secagg", dict, optional=True),
             dp=F.get(body, "dp", dict, optional=True),
+            weights_delta=BlobRef.from_body(delta) if delta is not None else None,
+            delta_base=base,
         )
 
 

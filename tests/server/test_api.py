@@ -42,8 +42,10 @@ PROFILES = ["pi4"] * 5 + ["pi-zero"] * 4 + ["android"] * 3
 
 
 def job_toml(name: str, artifact: Path, rounds: int = 10) -> str:
-    return (f'[job]\nname = "{name}"\nfleet = "test"\nartifact = "{artifact}"\nrounds = {rounds}\n'
-            "[selection]\ntarget_reports = 4\nmin_reports = 2\n")
+    return (
+        f'[job]\nname = "{name}"\nfleet = "test"\nartifact = "{artifact}"\nrounds = {rounds}\n'
+        "[selection]\ntarget_reports = 4\nmin_reports = 2\n"
+    )
 
 
 def make_job(name: str, artifact: Path, rounds: int = 10) -> JobConfig:
@@ -70,8 +72,15 @@ class StandInServer:
 
     def coordinator_for(self, job: JobConfig) -> Coordinator:
         key = load_or_create_signing_key(self.settings.state_dir / "signing.key")
-        return Coordinator(job, load_artifact(job.artifact), self.store, self.blobs, key,
-                           "http://127.0.0.1", _published)
+        return Coordinator(
+            job,
+            load_artifact(job.artifact),
+            self.store,
+            self.blobs,
+            key,
+            "http://127.0.0.1",
+            _published,
+        )
 
     def submit_job(self, job: JobConfig) -> None:
         """Start ``job`` unless one is running (as FedgeServer.submit_job does)."""
@@ -88,8 +97,9 @@ class Served:
     def __init__(self, app: Any):
         self.url = f"http://127.0.0.1:{free_port()}"
         port = int(self.url.rsplit(":", 1)[1])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                                    log_level="warning", lifespan="off"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 15
@@ -118,14 +128,21 @@ def perturbed(base: list[np.ndarray], seed: int) -> list[np.ndarray]:
     return [(w + rng.normal(scale=0.05, size=w.shape)).astype(np.float32) for w in base]
 
 
-def fill_store(store: Store, blobs: BlobStore, artifact: Path) -> tuple[dict[int, list[np.ndarray]],
-                                                                        dict[str, int]]:
+def fill_store(
+    store: Store, blobs: BlobStore, artifact: Path
+) -> tuple[dict[int, list[np.ndarray]], dict[str, int]]:
     """Two jobs with committed, failed and evaluation rounds, 12 devices, 3 rejections."""
     base = LocalTrainer(load_artifact(artifact)).get_weights()
     for i, profile in enumerate(PROFILES):
-        store.upsert_device(f"dev-{i:02d}", "test", online=i % 2 == 0, profile=profile,
-                            runtime="tflite-runtime 2.14.0", eligibility={"charging": True},
-                            identity_key=bytes([i]) * 32)
+        store.upsert_device(
+            f"dev-{i:02d}",
+            "test",
+            online=i % 2 == 0,
+            profile=profile,
+            runtime="tflite-runtime 2.14.0",
+            eligibility={"charging": True},
+            identity_key=bytes([i]) * 32,
+        )
     rids: dict[str, int] = {}
     store.create_job("old", make_job("old", artifact).to_dict())
     rid = store.start_round("old", 1, 1, "train", "selecting")
@@ -136,8 +153,12 @@ def fill_store(store: Store, blobs: BlobStore, artifact: Path) -> tuple[dict[int
 
     store.create_job("digits", make_job("digits", artifact).to_dict())
     weights: dict[int, list[np.ndarray]] = {}
-    plan = [(1, 1, "committed", range(0, 5)), (2, 1, "failed", range(5, 7)),
-            (2, 2, "committed", range(7, 12)), (3, 1, "committed", range(0, 5))]
+    plan = [
+        (1, 1, "committed", range(0, 5)),
+        (2, 1, "failed", range(5, 7)),
+        (2, 2, "committed", range(7, 12)),
+        (3, 1, "committed", range(0, 5)),
+    ]
     for number, attempt, final, members in plan:
         devices = [f"dev-{i:02d}" for i in members]
         rid = store.start_round("digits", number, attempt, "train", "selecting")
@@ -147,21 +168,43 @@ def fill_store(store: Store, blobs: BlobStore, artifact: Path) -> tuple[dict[int
         store.transition(rid, "collecting")
         reported = devices[:-1] if final == "committed" else devices[:1]
         for j, d in enumerate(reported):
-            store.set_participant(rid, d, "reported", examples=40 + j, loss=1.0 / number,
-                                  accuracy=0.5 + 0.1 * number, train_time_s=0.2, uplink_bytes=1000)
-        for d in devices[len(reported):]:
+            store.set_participant(
+                rid,
+                d,
+                "reported",
+                examples=40 + j,
+                loss=1.0 / number,
+                accuracy=0.5 + 0.1 * number,
+                train_time_s=0.2,
+                uplink_bytes=1000,
+            )
+        for d in devices[len(reported) :]:
             store.set_participant(rid, d, "dropped", reason="no report by deadline")
-        counts = dict(reported=len(reported), dropped=len(devices) - len(reported), refused=0,
-                      uplink_bytes=1000 * len(reported), downlink_bytes=5000 * len(devices))
+        counts: dict[str, Any] = dict(
+            reported=len(reported),
+            dropped=len(devices) - len(reported),
+            refused=0,
+            uplink_bytes=1000 * len(reported),
+            downlink_bytes=5000 * len(devices),
+        )
         if final == "failed":
             store.transition(rid, "failed", reason="only 1 of the minimum 2 reported", **counts)
             continue
         store.transition(rid, "aggregating", **counts)
         weights[number] = perturbed(base, number)
-        store.commit_round(rid, "digits", number, blobs.put(pack_weights(weights[number])), None,
-                           train_loss=1.0 / number, train_accuracy=0.5 + 0.1 * number,
-                           eval_loss=1.2 / number, eval_accuracy=0.45 + 0.1 * number,
-                           aggregation_s=0.01 * number, slowest_train_s=0.2)
+        store.commit_round(
+            rid,
+            "digits",
+            number,
+            blobs.put(pack_weights(weights[number])),
+            None,
+            train_loss=1.0 / number,
+            train_accuracy=0.5 + 0.1 * number,
+            eval_loss=1.2 / number,
+            eval_accuracy=0.45 + 0.1 * number,
+            aggregation_s=0.01 * number,
+            slowest_train_s=0.2,
+        )
     rid = store.start_round("digits", 3, 1, "evaluate", "selecting")
     rids["eval3"] = rid
     store.transition(rid, "committed", reported=3, fed_eval_loss=0.5, fed_eval_accuracy=0.8)
@@ -182,17 +225,28 @@ def start_live_round(server: StandInServer, rids: dict[str, int]) -> None:
     store.set_participants(rid, selected)
     store.transition(rid, "configuring", selected=3)
     store.transition(rid, "collecting")
-    run = RoundRun(rid=rid, job_id="digits", number=4, attempt=1, kind="train", round_seed=7,
-                   selected=set(selected), deadline=time.time() + 60)
+    run = RoundRun(
+        rid=rid,
+        job_id="digits",
+        number=4,
+        attempt=1,
+        kind="train",
+        round_seed=7,
+        selected=set(selected),
+        deadline=time.time() + 60,
+    )
     run.advance(RoundState.CONFIGURING)
     run.advance(RoundState.COLLECTING)
     run.record("dev-00", ParticipantReport(40, 0.3, 0.9, 0.1, 1234))
-    store.set_participant(rid, "dev-00", "reported", examples=40, loss=0.3, accuracy=0.9,
-                          uplink_bytes=1234)
+    store.set_participant(
+        rid, "dev-00", "reported", examples=40, loss=0.3, accuracy=0.9, uplink_bytes=1234
+    )
     c.current = run
 
 
-def build_env(root: Path, artifact: Path, tokens: dict[str, str], host: str = "127.0.0.1") -> tuple[Env, Served]:
+def build_env(
+    root: Path, artifact: Path, tokens: dict[str, str], host: str = "127.0.0.1"
+) -> tuple[Env, Served]:
     state = root / "state"
     store = Store(state / "fedge.db")
     blobs = BlobStore(state / "blobs")
@@ -207,7 +261,9 @@ def build_env(root: Path, artifact: Path, tokens: dict[str, str], host: str = "1
     app = create_app(blobs, server.traffic)
     mount_api(app, store, server, tokens)
     served = Served(app)
-    return Env(server, httpx.Client(base_url=served.url, timeout=30), weights, rids, artifact), served
+    return Env(
+        server, httpx.Client(base_url=served.url, timeout=30), weights, rids, artifact
+    ), served
 
 
 @pytest.fixture(scope="module")
@@ -238,10 +294,25 @@ def error_of(resp: httpx.Response, status: int) -> str:
     return str(body["error"])
 
 
-GET_ROUTES = ["/v1/fleet", "/v1/devices", "/v1/devices/dev-00", "/v1/jobs", "/v1/jobs/digits",
-              "/v1/jobs/digits/rounds", "/v1/jobs/digits/rounds/2", "/v1/jobs/digits/model",
-              "/v1/jobs/digits/model.tflite", "/v1/jobs/digits/weights", "/metrics"]
-ADMIN_ROUTES = ["/v1/jobs", "/v1/jobs/digits/pause", "/v1/jobs/digits/resume", "/v1/jobs/digits/stop"]
+GET_ROUTES = [
+    "/v1/fleet",
+    "/v1/devices",
+    "/v1/devices/dev-00",
+    "/v1/jobs",
+    "/v1/jobs/digits",
+    "/v1/jobs/digits/rounds",
+    "/v1/jobs/digits/rounds/2",
+    "/v1/jobs/digits/model",
+    "/v1/jobs/digits/model.tflite",
+    "/v1/jobs/digits/weights",
+    "/metrics",
+]
+ADMIN_ROUTES = [
+    "/v1/jobs",
+    "/v1/jobs/digits/pause",
+    "/v1/jobs/digits/resume",
+    "/v1/jobs/digits/stop",
+]
 
 
 # auth -------------------------------------------------------------------------------------
@@ -301,12 +372,20 @@ def test_no_tokens_open_on_loopback_closed_elsewhere(mlp_artifact: Path, tmp_pat
 def test_fleet_overview(env: Env) -> None:
     body = env.http.get("/v1/fleet", headers=READ).json()
     assert body["devices_total"] == 12 and body["devices_online"] == 6
-    assert body["by_profile"] == {"pi4": {"total": 5, "online": 3}, "pi-zero": {"total": 4, "online": 2},
-                                  "android": {"total": 3, "online": 1}}
+    assert body["by_profile"] == {
+        "pi4": {"total": 5, "online": 3},
+        "pi-zero": {"total": 4, "online": 2},
+        "android": {"total": 3, "online": 1},
+    }
     # dev-00 reported, dev-02 and dev-08 selected (all online), 3 other online idle, 6 offline
     assert body["by_status"] == {"offline": 6, "idle": 3, "selected": 2, "reported": 1}
     job = body["job"]
-    assert (job["id"], job["status"], job["rounds_total"], job["rounds_committed"]) == ("digits", "running", 10, 3)
+    assert (job["id"], job["status"], job["rounds_total"], job["rounds_committed"]) == (
+        "digits",
+        "running",
+        10,
+        3,
+    )
     assert job["current_round"]["number"] == 4 and job["current_round"]["state"] == "collecting"
     assert (job["current_round"]["selected"], job["current_round"]["reported"]) == (3, 1)
 
@@ -315,7 +394,8 @@ def test_devices_filters_and_pagination(env: Env) -> None:
     get = lambda q: env.http.get(f"/v1/devices{q}", headers=READ).json()  # noqa: E731
     everything = get("?limit=1000")
     assert everything["total"] == 12 and [d["id"] for d in everything["items"]] == sorted(
-        f"dev-{i:02d}" for i in range(12))
+        f"dev-{i:02d}" for i in range(12)
+    )
     online = get("?online=true")
     assert online["total"] == 6 and all(d["online"] for d in online["items"])
     assert get("?online=false")["total"] == 6
@@ -342,7 +422,9 @@ def test_device_detail_history(env: Env) -> None:
     assert hist == [("digits", 3, 1, "dropped"), ("digits", 1, 1, "dropped")]
     assert body["rounds_dropped"] == 2 and body["status"] == "idle"
     zero = env.http.get("/v1/devices/dev-00?history=1", headers=READ).json()
-    assert [(h["round"], h["status"], h["round_state"]) for h in zero["history"]] == [(4, "reported", "collecting")]
+    assert [(h["round"], h["status"], h["round_state"]) for h in zero["history"]] == [
+        (4, "reported", "collecting")
+    ]
     assert "dev-99" in error_of(env.http.get("/v1/devices/dev-99", headers=READ), 404)
 
 
@@ -350,7 +432,9 @@ def test_device_detail_history(env: Env) -> None:
 def test_jobs_list_and_detail(env: Env) -> None:
     jobs = env.http.get("/v1/jobs", headers=READ).json()
     assert [(j["id"], j["status"], j["active"]) for j in jobs["items"]] == [
-        ("digits", "running", True), ("old", "finished", False)]
+        ("digits", "running", True),
+        ("old", "finished", False),
+    ]
     assert env.http.get("/v1/jobs?limit=1&offset=1", headers=READ).json()["items"][0]["id"] == "old"
     detail = env.http.get("/v1/jobs/digits", headers=READ).json()
     assert detail["committed_round"] == 3 and detail["rounds_total"] == 10
@@ -367,13 +451,23 @@ def test_rounds_filters_and_pagination(env: Env) -> None:
     every = get("")
     assert every["total"] == 6
     assert [(r["round"], r["attempt"], r["kind"], r["state"]) for r in every["items"]] == [
-        (1, 1, "train", "committed"), (2, 1, "train", "failed"), (2, 2, "train", "committed"),
-        (3, 1, "train", "committed"), (3, 1, "evaluate", "committed"), (4, 1, "train", "collecting")]
+        (1, 1, "train", "committed"),
+        (2, 1, "train", "failed"),
+        (2, 2, "train", "committed"),
+        (3, 1, "train", "committed"),
+        (3, 1, "evaluate", "committed"),
+        (4, 1, "train", "collecting"),
+    ]
     assert get("?kind=evaluate")["items"][0]["fed_eval_accuracy"] == 0.8
     assert [r["round"] for r in get("?state=committed&kind=train")["items"]] == [1, 2, 3]
     assert [r["attempt"] for r in get("?limit=2&offset=1")["items"]] == [1, 2]
     live = every["items"][-1]
-    assert (live["selected"], live["reported"], live["uplink_bytes"], live["ended"]) == (3, 1, 1234, None)
+    assert (live["selected"], live["reported"], live["uplink_bytes"], live["ended"]) == (
+        3,
+        1,
+        1234,
+        None,
+    )
     assert every["items"][0]["dropped"] == 1 and every["items"][0]["duration_s"] >= 0
     error_of(env.http.get("/v1/jobs/digits/rounds?limit=0", headers=READ), 422)
 
@@ -383,8 +477,13 @@ def test_round_detail(env: Env) -> None:
     body = env.http.get(f"/v1/jobs/digits/rounds/{rid}", headers=READ).json()
     assert [p["device_id"] for p in body["participants"]] == [f"dev-{i:02d}" for i in range(5)]
     assert body["dropouts"] == ["dev-04"]
-    assert [t["state"] for t in body["timings"]] == ["selecting", "configuring", "collecting",
-                                                     "aggregating", "committed"]
+    assert [t["state"] for t in body["timings"]] == [
+        "selecting",
+        "configuring",
+        "collecting",
+        "aggregating",
+        "committed",
+    ]
     assert all(t["seconds"] is not None and t["seconds"] >= 0 for t in body["timings"])
     assert (body["uplink_bytes"], body["downlink_bytes"]) == (4000, 25000)
     failed = env.http.get(f"/v1/jobs/digits/rounds/{env.rids['2.1']}", headers=READ).json()
@@ -403,8 +502,9 @@ def test_weights_msgpack_and_npz(env: Env) -> None:
     assert resp.headers["content-disposition"].startswith("attachment")
     for got, want in zip(unpack_weights(resp.content, shapes), env.weights[3], strict=True):
         np.testing.assert_array_equal(got, want)
-    npz = np.load(io.BytesIO(env.http.get("/v1/jobs/digits/weights?format=npz&round=1",
-                                          headers=READ).content))
+    npz = np.load(
+        io.BytesIO(env.http.get("/v1/jobs/digits/weights?format=npz&round=1", headers=READ).content)
+    )
     names = [t.name for t in load_artifact(env.artifact).manifest.tensors]
     assert list(npz.files) == names
     for name, want in zip(names, env.weights[1], strict=True):
@@ -425,12 +525,18 @@ def test_model_tflite_has_the_weights_baked_in(env: Env) -> None:
     original = load_artifact(env.artifact)
     for query, weights in (("", env.weights[3]), ("?round=1", env.weights[1])):
         data = env.http.get(f"/v1/jobs/digits/model.tflite{query}", headers=READ).content
-        baked = LocalTrainer(Artifact.from_bytes(baked_manifest(original.manifest, data).to_json(), data))
+        baked = LocalTrainer(
+            Artifact.from_bytes(baked_manifest(original.manifest, data).to_json(), data)
+        )
         for got, want in zip(baked.get_weights(), weights, strict=True):
             np.testing.assert_array_equal(got, want)
         reference = LocalTrainer(original)
         reference.set_weights(weights)
-        x = np.random.default_rng(0).normal(size=(50, *original.manifest.input_shape)).astype(np.float32)
+        x = (
+            np.random.default_rng(0)
+            .normal(size=(50, *original.manifest.input_shape))
+            .astype(np.float32)
+        )
         np.testing.assert_allclose(baked.predict(x), reference.predict(x), rtol=1e-6, atol=1e-6)
         assert not np.allclose(LocalTrainer(original).predict(x), reference.predict(x))
 
@@ -439,13 +545,23 @@ def test_model_zip_is_an_artifact_starting_at_the_weights(env: Env, tmp_path: Pa
     resp = env.http.get("/v1/jobs/old/model", headers=READ)
     assert resp.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(resp.content)) as zf:
-        assert sorted(zf.namelist()) == ["README.txt", "manifest.json", "model.tflite", "weights.msgpack"]
+        assert sorted(zf.namelist()) == [
+            "README.txt",
+            "manifest.json",
+            "model.tflite",
+            "weights.msgpack",
+        ]
         zf.extractall(tmp_path)
     assert "after round 1" in (tmp_path / "README.txt").read_text()
     art = load_artifact(tmp_path)  # sha256 in the manifest matches the baked model
-    for got, want, packed in zip(LocalTrainer(art).get_weights(), env.weights[-1],
-                                 unpack_weights((tmp_path / "weights.msgpack").read_bytes(),
-                                                [w.shape for w in env.weights[-1]]), strict=True):
+    for got, want, packed in zip(
+        LocalTrainer(art).get_weights(),
+        env.weights[-1],
+        unpack_weights(
+            (tmp_path / "weights.msgpack").read_bytes(), [w.shape for w in env.weights[-1]]
+        ),
+        strict=True,
+    ):
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(packed, want)
 
@@ -454,8 +570,11 @@ def test_model_zip_is_an_artifact_starting_at_the_weights(env: Env, tmp_path: Pa
 def scrape(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     resp = http.get("/metrics", headers=READ)
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(resp.text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(resp.text)
+        for s in fam.samples
+    }
 
 
 def test_metrics_read_from_the_store(env: Env) -> None:
@@ -473,7 +592,10 @@ def test_metrics_read_from_the_store(env: Env) -> None:
     assert m[("fedge_aggregation_seconds_sum", (("job", "digits"),))] == pytest.approx(0.06)
     assert m[("fedge_devices_connected", (("profile", "pi4"),))] == 3
     assert m[("fedge_devices_known", (("profile", "android"),))] == 3
-    assert m[("fedge_current_round", (("job", "digits"), ("kind", "train"), ("state", "collecting")))] == 4
+    assert (
+        m[("fedge_current_round", (("job", "digits"), ("kind", "train"), ("state", "collecting")))]
+        == 4
+    )
     assert m[("fedge_committed_rounds", (("job", "digits"),))] == 3
     assert m[("fedge_eval_accuracy", (("job", "digits"),))] == pytest.approx(0.75)
     assert m[("fedge_job_info", (("job", "old"), ("status", "finished")))] == 1
@@ -483,21 +605,31 @@ def test_metrics_read_from_the_store(env: Env) -> None:
 
 def test_metrics_survive_a_restart(env: Env) -> None:
     """A new app over the reopened database reports the same stored totals."""
-    from server.metrics import metrics_registry
     from prometheus_client import generate_latest
+
+    from server.metrics import metrics_registry
 
     before = scrape(env.http)
     reopened = Store(env.server.store.path)
     try:
-        text = generate_latest(metrics_registry(reopened, StandInServer(
-            env.server.settings, reopened, env.server.blobs))).decode()
+        text = generate_latest(
+            metrics_registry(
+                reopened, StandInServer(env.server.settings, reopened, env.server.blobs)
+            )
+        ).decode()
     finally:
         reopened.close()
-    after = {(s.name, tuple(sorted(s.labels.items()))): s.value
-             for fam in text_string_to_metric_families(text) for s in fam.samples}
-    for key in (("fedge_rounds", (("job", "digits"), ("kind", "train"), ("state", "committed"))),
-                ("fedge_round_duration_seconds_sum", (("job", "digits"), ("kind", "train"))),
-                ("fedge_refused_messages_total", ()), ("fedge_devices_known", (("profile", "pi4"),))):
+    after = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+    for key in (
+        ("fedge_rounds", (("job", "digits"), ("kind", "train"), ("state", "committed"))),
+        ("fedge_round_duration_seconds_sum", (("job", "digits"), ("kind", "train"))),
+        ("fedge_refused_messages_total", ()),
+        ("fedge_devices_known", (("profile", "pi4"),)),
+    ):
         assert after[key] == before[key]
     train = (("job", "digits"), ("kind", "train"))
     assert after[("fedge_reports_total", train)] == before[("fedge_reports_total", train)] - 1
@@ -514,45 +646,70 @@ def test_pause_resume_stop_and_create(fresh: Env) -> None:
     assert fresh.http.post("/v1/jobs/digits/resume", headers=ADMIN).json()["status"] == "running"
     assert c.paused.is_set()
     fresh.http.post("/v1/jobs/digits/pause", headers=ADMIN)
-    busy = fresh.http.post("/v1/jobs", headers={**ADMIN, "Content-Type": "application/toml"},
-                           content=job_toml("second", fresh.artifact))
+    busy = fresh.http.post(
+        "/v1/jobs",
+        headers={**ADMIN, "Content-Type": "application/toml"},
+        content=job_toml("second", fresh.artifact),
+    )
     assert "still running" in error_of(busy, 409)
     stopped = fresh.http.post("/v1/jobs/digits/stop", headers=ADMIN).json()
     assert stopped["status"] == "stopped" and not stopped["active"]
     assert c.finished.is_set() and c.paused.is_set()  # woken so the run loop sees the stop
     assert fresh.server.store.job("digits")["status"] == "stopped"  # type: ignore[index]
     for action in ("pause", "resume", "stop"):
-        assert "not running" in error_of(fresh.http.post(f"/v1/jobs/digits/{action}", headers=ADMIN), 409)
+        assert "not running" in error_of(
+            fresh.http.post(f"/v1/jobs/digits/{action}", headers=ADMIN), 409
+        )
     assert "old" in error_of(fresh.http.post("/v1/jobs/old/pause", headers=ADMIN), 409)
     error_of(fresh.http.post("/v1/jobs/ghost/pause", headers=ADMIN), 404)
 
-    created = fresh.http.post("/v1/jobs", headers=ADMIN, json={
-        "job": {"name": "second", "fleet": "test", "artifact": str(fresh.artifact), "rounds": 3}})
+    created = fresh.http.post(
+        "/v1/jobs",
+        headers=ADMIN,
+        json={
+            "job": {"name": "second", "fleet": "test", "artifact": str(fresh.artifact), "rounds": 3}
+        },
+    )
     assert created.status_code == 201, created.text
     assert created.headers["location"] == "/v1/jobs/second"
     assert created.json()["status"] == "running" and created.json()["active"]
     assert [j.name for j in fresh.server.submitted] == ["second"]
     assert fresh.http.get("/v1/fleet", headers=READ).json()["job"]["id"] == "second"
-    again = fresh.http.post("/v1/jobs", headers={**ADMIN, "Content-Type": "application/toml"},
-                            content=job_toml("old", fresh.artifact))
+    again = fresh.http.post(
+        "/v1/jobs",
+        headers={**ADMIN, "Content-Type": "application/toml"},
+        content=job_toml("old", fresh.artifact),
+    )
     assert "already exists" in error_of(again, 409)
 
 
-@pytest.mark.parametrize(("body", "ctype", "needle"), [
-    (b"[job]\nname = 'x'", "application/toml", "missing"),
-    (b"not toml = = =", "application/toml", "not valid TOML"),
-    (b"{", "application/json", "not valid JSON"),
-    (b"[1, 2]", "application/json", "table"),
-    (b"\xff\xfe", "application/toml", "UTF-8"),
-    (b"{}", "image/png", "application/toml"),
-    (b'{"job": {"name": "x", "fleet": "test", "artifact": "a", "rounds": 0}}', "application/json",
-     "rounds"),
-    (b'{"job": {"name": "x", "fleet": "t", "artifact": "a", "rounds": 1}, "selection": 3}',
-     "application/json", "[selection] must be a table"),
-    (b'{"job": {"name": "x", "fleet": "t", "artifact": "a", "rounds": 1, "seed": [1]}}',
-     "application/json", "invalid job config"),
-    (b"x" * (300 * 1024), "application/toml", "limit"),
-])
+@pytest.mark.parametrize(
+    ("body", "ctype", "needle"),
+    [
+        (b"[job]\nname = 'x'", "application/toml", "missing"),
+        (b"not toml = = =", "application/toml", "not valid TOML"),
+        (b"{", "application/json", "not valid JSON"),
+        (b"[1, 2]", "application/json", "table"),
+        (b"\xff\xfe", "application/toml", "UTF-8"),
+        (b"{}", "image/png", "application/toml"),
+        (
+            b'{"job": {"name": "x", "fleet": "test", "artifact": "a", "rounds": 0}}',
+            "application/json",
+            "rounds",
+        ),
+        (
+            b'{"job": {"name": "x", "fleet": "t", "artifact": "a", "rounds": 1}, "selection": 3}',
+            "application/json",
+            "[selection] must be a table",
+        ),
+        (
+            b'{"job": {"name": "x", "fleet": "t", "artifact": "a", "rounds": 1, "seed": [1]}}',
+            "application/json",
+            "invalid job config",
+        ),
+        (b"x" * (300 * 1024), "application/toml", "limit"),
+    ],
+)
 def test_invalid_job_config_is_422(env: Env, body: bytes, ctype: str, needle: str) -> None:
     resp = env.http.post("/v1/jobs", headers={**ADMIN, "Content-Type": ctype}, content=body)
     assert needle in error_of(resp, 422)
@@ -563,21 +720,51 @@ def rounds_count(store: Store) -> int:
 
 
 toml_values = st.recursive(
-    st.one_of(st.integers(-10, 10**12), st.floats(allow_nan=False), st.text(max_size=12), st.booleans()),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-    max_leaves=8)
-FIELDS = ["target_reports", "min_reports", "over_selection", "selection_timeout_s", "min_battery",
-          "local_epochs", "lr", "lr_schedule", "lr_decay", "name", "momentum", "beta1", "epsilon",
-          "central_every", "central_data", "federated_every", "unknown"]
-job_tables = st.fixed_dictionaries({
-    "job": st.fixed_dictionaries({
-        "name": st.sampled_from(["fuzz", "digits"]) | toml_values,
-        "fleet": st.just("test") | toml_values,
-        "artifact": st.just("model") | toml_values,
-        "rounds": st.integers(-2, 5) | toml_values,
-    }, optional={k: toml_values for k in ("seed", "codec", "dp", "other")}),
-}, optional={k: st.dictionaries(st.sampled_from(FIELDS), st.integers(-1, 3) | toml_values, max_size=4)
-             | toml_values for k in ("selection", "training", "server_optimizer", "evaluation", "secagg")})
+    st.one_of(
+        st.integers(-10, 10**12), st.floats(allow_nan=False), st.text(max_size=12), st.booleans()
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+FIELDS = [
+    "target_reports",
+    "min_reports",
+    "over_selection",
+    "selection_timeout_s",
+    "min_battery",
+    "local_epochs",
+    "lr",
+    "lr_schedule",
+    "lr_decay",
+    "name",
+    "momentum",
+    "beta1",
+    "epsilon",
+    "central_every",
+    "central_data",
+    "federated_every",
+    "unknown",
+]
+job_tables = st.fixed_dictionaries(
+    {
+        "job": st.fixed_dictionaries(
+            {
+                "name": st.sampled_from(["fuzz", "digits"]) | toml_values,
+                "fleet": st.just("test") | toml_values,
+                "artifact": st.just("model") | toml_values,
+                "rounds": st.integers(-2, 5) | toml_values,
+            },
+            optional={k: toml_values for k in ("seed", "codec", "dp", "other")},
+        ),
+    },
+    optional={
+        k: st.dictionaries(st.sampled_from(FIELDS), st.integers(-1, 3) | toml_values, max_size=4)
+        | toml_values
+        for k in ("selection", "training", "server_optimizer", "evaluation", "secagg")
+    },
+)
 
 
 def _toml_text(value: Any) -> str:
@@ -593,10 +780,16 @@ def _toml_text(value: Any) -> str:
 
 
 bodies = st.one_of(
-    st.tuples(st.binary(max_size=300), st.sampled_from(["application/toml", "application/json", ""])),
+    st.tuples(
+        st.binary(max_size=300), st.sampled_from(["application/toml", "application/json", ""])
+    ),
     st.tuples(job_tables.map(lambda d: json.dumps(d).encode()), st.just("application/json")),
-    st.tuples(job_tables.map(lambda d: "\n".join(
-        f"{k} = {_toml_text(v)}" for k, v in d.items()).encode()), st.just("application/toml")),
+    st.tuples(
+        job_tables.map(
+            lambda d: "\n".join(f"{k} = {_toml_text(v)}" for k, v in d.items()).encode()
+        ),
+        st.just("application/toml"),
+    ),
     st.tuples(st.text(max_size=200).map(str.encode), st.just("text/plain")),
 )
 
@@ -616,4 +809,3 @@ def test_fuzz_job_bodies_never_5xx_nor_lose_rounds(env: Env) -> None:
     check()
     assert rounds_count(store) == before
     assert env.server.coordinator is not None and env.server.coordinator.job.name == "digits"
-

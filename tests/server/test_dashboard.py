@@ -57,30 +57,53 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
 
 
 @pytest.fixture(scope="module")
-def live(mlp_artifact: Path, digits: tuple[np.ndarray, ...],
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def live(
+    mlp_artifact: Path, digits: tuple[np.ndarray, ...], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("dashboard")
     x_tr, y_tr, x_te, y_te = digits
     save_npz_dataset(root / "central.npz", x_te, y_te)
-    job = validate(JobConfig(
-        name="dash", fleet="test", artifact=mlp_artifact, rounds=40, seed=1,
-        selection=SelectionConfig(target_reports=4, over_selection=1.25, min_reports=3,
-                                  selection_timeout_s=SELECTION_TIMEOUT_S, round_deadline_s=15.0, retry_window_s=0.5),
-        training=TrainingConfig(local_epochs=2, lr=0.2),
-        evaluation=EvaluationConfig(central_every=1, central_data=str(root / "central.npz")),
-    ))
+    job = validate(
+        JobConfig(
+            name="dash",
+            fleet="test",
+            artifact=mlp_artifact,
+            rounds=40,
+            seed=1,
+            selection=SelectionConfig(
+                target_reports=4,
+                over_selection=1.25,
+                min_reports=3,
+                selection_timeout_s=SELECTION_TIMEOUT_S,
+                round_deadline_s=15.0,
+                retry_window_s=0.5,
+            ),
+            training=TrainingConfig(local_epochs=2, lr=0.2),
+            evaluation=EvaluationConfig(central_every=1, central_data=str(root / "central.npz")),
+        )
+    )
     key_file = root / "server" / "signing.key"
     load_or_create_signing_key(key_file)
-    srv = start_server(job, ServerSettings(state_dir=root / "server", http_port=0, api_tokens=TOKENS))
+    srv = start_server(
+        job, ServerSettings(state_dir=root / "server", http_port=0, api_tokens=TOKENS)
+    )
     assert srv.server.broker is not None
-    configs = device_configs(root / "devices", len(PROFILES), srv.server.broker.url,
-                             key_file.with_suffix(".pub"), iid_shards(x_tr, y_tr, len(PROFILES)))
-    fleet = DeviceFleet([replace(c, profile=p) for c, p in zip(configs, PROFILES, strict=True)],
-                        key_file.with_suffix(".pub"))
+    configs = device_configs(
+        root / "devices",
+        len(PROFILES),
+        srv.server.broker.url,
+        key_file.with_suffix(".pub"),
+        iid_shards(x_tr, y_tr, len(PROFILES)),
+    )
+    fleet = DeviceFleet(
+        [replace(c, profile=p) for c, p in zip(configs, PROFILES, strict=True)],
+        key_file.with_suffix(".pub"),
+    )
     fleet.start()
     url = f"http://127.0.0.1:{srv.server.http_port}"
     http = httpx.Client(base_url=url, timeout=30, headers=READ)
     try:
+
         def committed() -> bool:
             job_state = http.get("/v1/fleet").json()["job"]
             return bool(job_state and job_state["rounds_committed"] >= ROUNDS_BEFORE_PAUSE)
@@ -92,8 +115,14 @@ def live(mlp_artifact: Path, digits: tuple[np.ndarray, ...],
             """The round in flight closed, or is selecting past its timeout: paused devices are
             not admitted, so it stays there until the job resumes or stops."""
             cur = http.get("/v1/fleet").json()["job"]["current_round"]
-            return cur is None or cur["state"] in ("committed", "failed") or (
-                cur["state"] == "selecting" and time.time() - cur["started"] > SELECTION_TIMEOUT_S + 1.5)
+            return (
+                cur is None
+                or cur["state"] in ("committed", "failed")
+                or (
+                    cur["state"] == "selecting"
+                    and time.time() - cur["started"] > SELECTION_TIMEOUT_S + 1.5
+                )
+            )
 
         wait_for("the round in flight to close", parked, 60)
         yield Live(srv, fleet, http, url)
@@ -139,10 +168,22 @@ class Attributes(HTMLParser):
 
 
 def chromium(tmp: Path, *args: str) -> str:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--hide-scrollbars", f"--user-data-dir={tmp / 'profile'}", "--window-size=1280,900",
-           "--virtual-time-budget=5000", *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp / 'profile'}",
+        "--window-size=1280,900",
+        "--virtual-time-budget=5000",
+        *args,
+    ]
     done = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     return done.stdout.decode()
@@ -160,9 +201,16 @@ def test_dashboard_draws_the_job_from_the_store(live: Live, tmp_path: Path) -> N
     assert len(committed) >= ROUNDS_BEFORE_PAUSE
     page = dom(tmp_path, f"{live.url}/dashboard?token=read-token")
     assert page.body.get("data-ready") == "1"
-    rendered = {k: int(str(v.get("data-rendered"))) for k, v in page.by_id.items() if "data-rendered" in v}
-    assert rendered == {"chart-quality": len(committed), "chart-participation": len(rounds),
-                        "chart-bytes": len(rounds), "chart-profiles": 3, "chart-status": 4}
+    rendered = {
+        k: int(str(v.get("data-rendered"))) for k, v in page.by_id.items() if "data-rendered" in v
+    }
+    assert rendered == {
+        "chart-quality": len(committed),
+        "chart-participation": len(rounds),
+        "chart-bytes": len(rounds),
+        "chart-profiles": 3,
+        "chart-status": 4,
+    }
     assert page.text["job-name"] == "dash" and page.text["job-status"] == "paused"
     assert page.text["t-rounds"] == f"{len(committed)} / 40"
     assert page.text["t-online"] == "6 / 6"
@@ -190,8 +238,11 @@ def test_real_job_through_the_api(live: Live) -> None:
     c = live.srv.server.coordinator
     assert c is not None and not c.paused.is_set()
     fleet = live.http.get("/v1/fleet").json()
-    assert fleet["by_profile"] == {"android": {"total": 2, "online": 2}, "pi-zero": {"total": 2, "online": 2},
-                                   "pi4": {"total": 2, "online": 2}}
+    assert fleet["by_profile"] == {
+        "android": {"total": 2, "online": 2},
+        "pi-zero": {"total": 2, "online": 2},
+        "pi4": {"total": 2, "online": 2},
+    }
     rounds = live.http.get("/v1/jobs/dash/rounds?state=committed").json()["items"]
     last = rounds[-1]
     assert last["eval_accuracy"] is not None and last["reported"] >= 3 and last["uplink_bytes"] > 0
@@ -199,11 +250,15 @@ def test_real_job_through_the_api(live: Live) -> None:
     reported = [p for p in detail["participants"] if p["status"] == "reported"]
     assert len(reported) == last["reported"]
     assert sum(p["uplink_bytes"] for p in reported) == last["uplink_bytes"]
-    weights = unpack_weights(live.http.get("/v1/jobs/dash/weights").content, [w.shape for w in c.weights])
+    weights = unpack_weights(
+        live.http.get("/v1/jobs/dash/weights").content, [w.shape for w in c.weights]
+    )
     for got, want in zip(weights, c.weights, strict=True):
         np.testing.assert_array_equal(got, want)
     metrics = live.http.get("/metrics").text
-    assert f'fedge_committed_rounds{{job="dash"}} {float(fleet["job"]["rounds_committed"])}' in metrics
+    assert (
+        f'fedge_committed_rounds{{job="dash"}} {float(fleet["job"]["rounds_committed"])}' in metrics
+    )
     assert 'fedge_devices_connected{profile="pi4"} 2.0' in metrics
 
 

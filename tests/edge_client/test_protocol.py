@@ -1,0 +1,525 @@
+"""Wire protocol: round trips of every message, every malformed case, replay, fuzzing, topics."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from paho.mqtt.client import topic_matches_sub
+
+from edge_client.errors import ArtifactError, ProtocolError
+from edge_client.protocol import messages as m
+from edge_client.protocol import topics
+from edge_client.protocol.envelope import DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, ReplayGuard, unpack
+from edge_client.weights import pack_weights, unpack_weights
+
+# --- strategies ---------------------------------------------------------------------------
+
+NAME = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", fullmatch=True)
+TEXT = st.text(max_size=40)
+DIGEST = st.binary(min_size=32, max_size=32).map(bytes.hex)
+
+
+def unit_floats(lo: float, hi: float) -> st.SearchStrategy[float]:
+    return st.floats(lo, hi, allow_nan=False, allow_infinity=False)
+
+
+# Anything msgpack carries inside free-form dicts (secagg/dp settings, secagg stage data).
+SCALAR = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+          | st.floats(allow_nan=False) | TEXT | st.binary(max_size=24))
+FREE_VALUE = st.recursive(SCALAR, lambda c: st.lists(c, max_size=4)
+                          | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=12)
+FREE_DICT = st.dictionaries(st.text(max_size=8), FREE_VALUE, max_size=5)
+
+ELIGIBILITY = st.builds(m.Eligibility, charging=st.booleans(), unmetered=st.booleans(),
+                        idle=st.booleans(), battery=unit_floats(0.0, 1.0),
+                        free_memory_mb=st.integers(0, 1 << 30))
+BLOB_REF = st.builds(
+    m.BlobRef, sha256=DIGEST,
+    url=st.tuples(st.sampled_from(["http://", "https://"]), TEXT).map("".join),
+    signature=st.binary(min_size=64, max_size=64), size=st.integers(0, 2**40))
+PLAN = st.builds(m.TrainingPlan, epochs=st.integers(0, 1000), lr=unit_floats(0.0, 100.0),
+                 max_steps=st.none() | st.integers(1, 10**9), shuffle=st.booleans())
+METRICS = st.builds(m.TrainMetrics, loss=unit_floats(0.0, 1e9), accuracy=unit_floats(0.0, 1.0),
+                    examples=st.integers(0, 1 << 40), train_time_s=unit_floats(0.0, 1e7))
+
+MESSAGE_STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
+    m.CheckIn: st.builds(
+        m.CheckIn, eligibility=ELIGIBILITY, runtime=TEXT, runtime_version=TEXT,
+        examples=st.integers(0, 1 << 40), cached_artifacts=st.lists(DIGEST, max_size=64),
+        profile=st.none() | TEXT, identity_key=st.none() | st.binary(max_size=64),
+        identity_cert=st.none() | st.binary(max_size=256)),
+    m.Task: st.builds(
+        m.Task, kind=st.sampled_from(["train", "evaluate"]), model=BLOB_REF, manifest=BLOB_REF,
+        weights=BLOB_REF, plan=PLAN, codec=TEXT, deadline=unit_floats(-1e12, 1e12),
+        round_seed=st.integers(0, 2**63 - 1), secagg=st.none() | FREE_DICT,
+        dp=st.none() | FREE_DICT),
+    m.RetryLater: st.builds(m.RetryLater, reason=TEXT, retry_after_s=unit_floats(0.0, 7 * 86400)),
+    m.Update: st.builds(m.Update, payload=st.binary(max_size=512), codec=TEXT, base_weights=TEXT,
+                        metrics=METRICS, within_clip=st.none() | st.booleans()),
+    m.EvalResult: st.builds(m.EvalResult, loss=unit_floats(0.0, 1e9),
+                            accuracy=unit_floats(0.0, 1.0), examples=st.integers(0, 1 << 40)),
+    m.Ack: st.builds(m.Ack, accepted=st.booleans(), reason=TEXT),
+    m.ErrorReport: st.builds(m.ErrorReport, code=TEXT, message=TEXT),
+    m.SecAggStage: st.builds(m.SecAggStage, stage=TEXT, data=FREE_DICT),
+    m.Presence: st.builds(m.Presence, online=st.booleans(), profile=st.none() | TEXT),
+    m.JobState: st.builds(m.JobState, state=TEXT),
+    m.RoundOpen: st.builds(m.RoundOpen, round=st.integers(0, 1 << 40),
+                           wake_probability=unit_floats(0.0, 1.0)),
+}
+ANY_MESSAGE = st.one_of(*MESSAGE_STRATEGIES.values())
+
+# One valid instance of each type, the starting point of every malformed case below.
+REF = m.BlobRef(sha256="ab" * 32, url="http://127.0.0.1:8080/v1/blobs/" + "ab" * 32,
+                signature=b"s" * 64, size=1234)
+EXAMPLES: dict[str, m.Message] = {
+    "checkin": m.CheckIn(eligibility=m.Eligibility(), runtime="tflite_runtime",
+                         runtime_version="2.14.0", examples=100, cached_artifacts=["cd" * 32]),
+    "task": m.Task(kind="train", model=REF, manifest=REF, weights=REF,
+                   plan=m.TrainingPlan(epochs=1, lr=0.1, max_steps=10), codec="none",
+                   deadline=time.time() + 60, round_seed=7, secagg={"threshold": 3}),
+    "retry": m.RetryLater(reason="busy", retry_after_s=5.0),
+    "update": m.Update(payload=b"\x01\x02", codec="none", base_weights="ef" * 32,
+                       metrics=m.TrainMetrics(loss=0.5, accuracy=0.8, examples=10,
+                                              train_time_s=1.0)),
+    "eval_result": m.EvalResult(loss=0.4, accuracy=0.9, examples=50),
+    "ack": m.Ack(accepted=True, reason=""),
+    "error": m.ErrorReport(code="ArtifactError", message="bad signature"),
+    "secagg": m.SecAggStage(stage="advertise", data={"pk": b"k" * 32}),
+    "presence": m.Presence(online=True, profile="pi4"),
+    "job_state": m.JobState(state="finished"),
+    "round_open": m.RoundOpen(round=3, wake_probability=0.5),
+}
+
+
+def header(msg_type: str, body: Any, **overrides: Any) -> dict[str, Any]:
+    raw = {"v": PROTOCOL_VERSION, "t": msg_type, "id": os.urandom(12), "from": "dev-1",
+           "job": "job", "round": 1, "ts": time.time(), "body": body}
+    raw.update(overrides)
+    return raw
+
+
+def packed(raw: Any) -> bytes:
+    return msgpack.packb(raw, use_bin_type=True)
+
+
+def body_of(msg_type: str) -> dict[str, Any]:
+    return m.make(EXAMPLES[msg_type], sender="dev-1").body
+
+
+def with_path(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A deep copy of ``body`` with ``a.b.c`` set to ``value`` (or deleted for DELETE)."""
+    out = msgpack.unpackb(packed(body), raw=False)
+    target = out
+    *parents, last = path.split(".")
+    for key in parents:
+        target = target[key]
+    if value is DELETE:
+        del target[last]
+    else:
+        target[last] = value
+    return out
+
+
+DELETE = object()
+
+
+def parse_bytes(data: bytes, limits: Limits = DEFAULT_LIMITS) -> m.Message:
+    return m.parse(unpack(data, limits), limits)
+
+
+# --- round trips --------------------------------------------------------------------------
+
+def test_every_message_type_has_a_round_trip_strategy() -> None:
+    assert {cls.TYPE for cls in MESSAGE_STRATEGIES} == set(m.MESSAGE_TYPES)
+    assert set(EXAMPLES) == set(m.MESSAGE_TYPES)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(message=ANY_MESSAGE, sender=NAME, job_id=st.none() | NAME,
+       round_id=st.none() | st.integers(0, 1 << 40))
+def test_round_trip_make_pack_unpack_parse(message: m.Message, sender: str, job_id: str | None,
+                                           round_id: int | None) -> None:
+    envelope = m.make(message, sender=sender, job_id=job_id, round_id=round_id)
+    back = unpack(envelope.pack())
+    assert back == envelope
+    assert m.parse(back) == message
+
+
+# --- malformed envelopes ------------------------------------------------------------------
+
+ENVELOPE_CASES = [
+    ("wrong version", {"v": 2}, "unsupported protocol version 2"),
+    ("missing version", {"v": None}, "field 'v'"),
+    ("bool version", {"v": True}, "field 'v' must be .*got bool"),
+    ("type not a string", {"t": 5}, "field 't'"),
+    ("id too short", {"id": b"1234567"}, "8-32 bytes"),
+    ("id too long", {"id": b"x" * 33}, "8-32 bytes"),
+    ("id is text", {"id": "abcdefghijkl"}, "field 'id'"),
+    ("sender too long", {"from": "d" * 65}, "sender too long"),
+    ("sender missing", {"from": None}, "field 'from'"),
+    ("job not a string", {"job": 5}, "field 'job'"),
+    ("negative round", {"round": -1}, "round must be >= 0"),
+    ("bool round", {"round": True}, "field 'round' must be .*got bool"),
+    ("float round", {"round": 1.0}, "field 'round' has type float"),
+    ("timestamp too old", {"ts": time.time() - 3600}, "stale or replayed"),
+    ("timestamp too new", {"ts": time.time() + 3600}, "stale or replayed"),
+    ("timestamp infinite", {"ts": math.inf}, "stale or replayed"),
+    ("timestamp NaN", {"ts": math.nan}, "ts"),
+    ("timestamp text", {"ts": "now"}, "field 'ts'"),
+    ("timestamp bool", {"ts": True}, "field 'ts' must be .*got bool"),
+    ("body not a map", {"body": [1, 2]}, "field 'body'"),
+]
+
+
+@pytest.mark.parametrize("overrides, match", [c[1:] for c in ENVELOPE_CASES],
+                         ids=[c[0] for c in ENVELOPE_CASES])
+def test_malformed_envelope_is_refused(overrides: dict[str, Any], match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        unpack(packed(header("ack", body_of("ack"), **overrides)))
+
+
+def test_envelope_that_is_not_a_map_or_not_msgpack_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="must be a msgpack map"):
+        unpack(packed([1, 2, 3]))
+    with pytest.raises(ProtocolError, match="not a msgpack message"):
+        unpack(b"\xc1")
+    with pytest.raises(ProtocolError, match="not a msgpack message"):
+        unpack(packed(header("ack", body_of("ack"))) + b"\x00")  # trailing garbage
+
+
+def test_oversized_message_is_refused_before_decoding() -> None:
+    small = Limits(max_message_bytes=256)
+    data = packed(header("error", {"code": "x", "message": "y" * 300}))
+    with pytest.raises(ProtocolError, match=f"{len(data)} bytes exceeds the limit of 256"):
+        unpack(data, small)
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        unpack(b"\x00" * (DEFAULT_LIMITS.max_message_bytes + 1))
+
+
+def test_old_timestamp_is_accepted_only_without_time_check() -> None:
+    data = packed(header("presence", {"online": False, "profile": None}, ts=time.time() - 86400))
+    with pytest.raises(ProtocolError, match="stale"):
+        unpack(data)
+    assert m.parse(unpack(data, check_time=False)) == m.Presence(online=False)
+
+
+def test_clock_skew_limit_is_configurable() -> None:
+    now = 1_000_000.0
+    data = packed(header("ack", body_of("ack"), ts=now + 30))
+    assert unpack(data, now=now).ts == now + 30
+    with pytest.raises(ProtocolError, match="stale"):
+        unpack(data, Limits(max_clock_skew_s=10), now=now)
+
+
+def test_unknown_message_type_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="unknown message type 'launch'"):
+        parse_bytes(packed(header("launch", {})))
+
+
+# --- malformed bodies ---------------------------------------------------------------------
+
+BODY_CASES: list[tuple[str, str, Any, str]] = [
+    ("checkin", "runtime", DELETE, "checkin: missing field 'runtime'"),
+    ("checkin", "runtime", 5, "field 'runtime' has type int"),
+    ("checkin", "examples", True, "field 'examples' must not be a bool"),
+    ("checkin", "examples", 1.5, "field 'examples' has type float"),
+    ("checkin", "examples", -1, "field 'examples'=-1 outside"),
+    ("checkin", "runtime", "r" * 4097, "field 'runtime' is too long"),
+    ("checkin", "eligibility", [1], "field 'eligibility' has type list"),
+    ("checkin", "eligibility.battery", math.nan, "field 'battery' is not finite"),
+    ("checkin", "eligibility.battery", math.inf, "field 'battery' is not finite"),
+    ("checkin", "eligibility.battery", 1.5, "field 'battery'=1.5 outside"),
+    ("checkin", "eligibility.charging", 1, "field 'charging' has type int"),
+    ("checkin", "eligibility.free_memory_mb", -1, "free_memory_mb"),
+    ("checkin", "cached_artifacts", ["cd" * 32] * 65, "cached_artifacts"),
+    ("checkin", "cached_artifacts", ["short"], "cached_artifacts"),
+    ("checkin", "identity_key", "text", "field 'identity_key' has type str"),
+    ("task", "kind", "delete", "task kind must be train or evaluate"),
+    ("task", "model.sha256", "AB" * 32, "sha256 must be 64 lowercase hex"),
+    ("task", "model.url", "ftp://host/blob", "blob url must be http"),
+    ("task", "weights.signature", b"s" * 63, "signature must be 64 bytes"),
+    ("task", "manifest.size", -1, "size"),
+    ("task", "plan.epochs", 1001, "field 'epochs'=1001 outside"),
+    ("task", "plan.lr", math.nan, "field 'lr' is not finite"),
+    ("task", "plan.lr", -0.1, "field 'lr'=-0.1 outside"),
+    ("task", "plan.max_steps", 0, "field 'max_steps'=0 outside"),
+    ("task", "plan.shuffle", "yes", "field 'shuffle' has type str"),
+    ("task", "round_seed", -1, "round_seed"),
+    ("task", "round_seed", 2**63, "round_seed"),
+    ("task", "deadline", math.inf, "field 'deadline' is not finite"),
+    ("task", "secagg", [1, 2], "field 'secagg' has type list"),
+    ("retry", "retry_after_s", -1.0, "retry_after_s"),
+    ("retry", "retry_after_s", 8 * 86400.0, "retry_after_s"),
+    ("update", "payload", "text", "field 'payload' has type str"),
+    ("update", "metrics", DELETE, "missing field 'metrics'"),
+    ("update", "metrics.loss", math.nan, "field 'loss' is not finite"),
+    ("update", "metrics.accuracy", 1.5, "field 'accuracy'=1.5 outside"),
+    ("update", "metrics.examples", False, "field 'examples' must not be a bool"),
+    ("update", "metrics.train_time_s", -1.0, "train_time_s"),
+    ("eval_result", "examples", True, "must not be a bool"),
+    ("eval_result", "loss", -0.5, "field 'loss'=-0.5 outside"),
+    ("ack", "accepted", DELETE, "missing field 'accepted'"),
+    ("ack", "accepted", 1, "field 'accepted' has type int"),
+    ("ack", "reason", "r" * 4097, "field 'reason' is too long"),
+    ("error", "message", b"bytes", "field 'message' has type bytes"),
+    ("secagg", "data", "text", "field 'data' has type str"),
+    ("presence", "online", None, "missing field 'online'"),
+    ("job_state", "state", 3, "field 'state' has type int"),
+    ("round_open", "wake_probability", 1.5, "wake_probability"),
+    ("round_open", "round", True, "must not be a bool"),
+]
+
+
+@pytest.mark.parametrize("msg_type, path, value, match", BODY_CASES,
+                         ids=[f"{c[0]}-{c[1]}-{c[2]!r}"[:60] for c in BODY_CASES])
+def test_malformed_body_is_refused_with_a_clear_message(msg_type: str, path: str, value: Any,
+                                                        match: str) -> None:
+    data = packed(header(msg_type, with_path(body_of(msg_type), path, value)))
+    with pytest.raises(ProtocolError, match=match):
+        parse_bytes(data)
+
+
+def test_string_limit_of_the_given_limits_applies() -> None:
+    envelope = m.make(m.Ack(accepted=False, reason="r" * 100), sender="server")
+    assert m.parse(envelope) == m.Ack(accepted=False, reason="r" * 100)
+    with pytest.raises(ProtocolError, match="too long"):
+        m.parse(envelope, Limits(max_string_len=16))
+
+
+def test_longest_allowed_string_is_accepted() -> None:
+    message = m.ErrorReport(code="c", message="x" * DEFAULT_LIMITS.max_string_len)
+    assert parse_bytes(m.make(message, sender="dev-1").pack()) == message
+
+
+# --- replay -------------------------------------------------------------------------------
+
+def test_replay_guard_refuses_a_replayed_id_from_the_same_sender() -> None:
+    guard = ReplayGuard(window_s=600)
+    envelope = unpack(m.make(EXAMPLES["ack"], sender="dev-1").pack())
+    guard.check(envelope, now=1000.0)
+    with pytest.raises(ProtocolError, match=f"replayed message id {envelope.msg_id.hex()}"):
+        guard.check(unpack(envelope.pack()), now=1100.0)
+    other_sender = m.Envelope(type="ack", body={}, sender="dev-2", msg_id=envelope.msg_id)
+    guard.check(other_sender, now=1100.0)  # ids are scoped per sender
+    guard.check(m.make(EXAMPLES["ack"], sender="dev-1"), now=1100.0)  # a fresh id
+
+
+@settings(max_examples=50, deadline=None)
+@given(ids=st.lists(st.binary(min_size=8, max_size=32), min_size=1, max_size=30, unique=True),
+       delays=st.lists(st.floats(0, 1199), min_size=30, max_size=30))
+def test_replay_within_twice_the_window_is_always_refused(ids: list[bytes],
+                                                          delays: list[float]) -> None:
+    guard = ReplayGuard(window_s=600)
+    for i, msg_id in enumerate(ids):
+        guard.check(m.Envelope(type="ack", body={}, sender="d", msg_id=msg_id), now=float(i))
+    last = len(ids) - 1
+    for i, msg_id in enumerate(ids):
+        with pytest.raises(ProtocolError, match="replayed"):
+            guard.check(m.Envelope(type="ack", body={}, sender="d", msg_id=msg_id),
+                        now=last + min(delays[i], 1199.0 - last))
+
+
+def test_replay_guard_memory_is_bounded() -> None:
+    guard = ReplayGuard(window_s=600, capacity=3)
+    envelopes = [m.Envelope(type="ack", body={}, sender="d", msg_id=bytes([i]) * 12)
+                 for i in range(4)]
+    for e in envelopes:
+        guard.check(e, now=0.0)
+    guard.check(envelopes[0], now=1.0)  # evicted to stay within capacity
+    with pytest.raises(ProtocolError, match="replayed"):
+        guard.check(envelopes[3], now=1.0)
+
+
+# --- fuzzing: nothing but ProtocolError ---------------------------------------------------
+
+def parse_or_protocol_error(data: bytes) -> None:
+    try:
+        parse_bytes(data)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_random_bytes_raise_only_protocol_error(data: bytes) -> None:
+    parse_or_protocol_error(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(msg_type=st.sampled_from(sorted(EXAMPLES)), body=FREE_DICT)
+def test_random_bodies_raise_only_protocol_error(msg_type: str, body: dict[str, Any]) -> None:
+    parse_or_protocol_error(packed(header(msg_type, body)))
+
+
+def leaf_paths(body: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key, value in body.items():
+        out.append(prefix + key)
+        if isinstance(value, dict):
+            out.extend(leaf_paths(value, prefix + key + "."))
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), msg_type=st.sampled_from(sorted(EXAMPLES)))
+def test_one_mutated_field_raises_only_protocol_error(data: st.DataObject, msg_type: str) -> None:
+    body = body_of(msg_type)
+    path = data.draw(st.sampled_from(leaf_paths(body)))
+    value = data.draw(st.just(DELETE) | FREE_VALUE | st.floats()
+                      | st.integers(-(2**63), 2**64 - 1))
+    parse_or_protocol_error(packed(header(msg_type, with_path(body, path, value))))
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.sampled_from(["v", "t", "id", "from", "job", "round", "ts", "body"]),
+       value=FREE_VALUE | st.floats())
+def test_random_header_values_raise_only_protocol_error(key: str, value: Any) -> None:
+    parse_or_protocol_error(packed(header("ack", body_of("ack"), **{key: value})))
+
+
+# --- tensors and the weights blob ---------------------------------------------------------
+
+ALLOWED = sorted(m.ALLOWED_DTYPES)
+
+
+@settings(max_examples=150, deadline=None)
+@given(array=st.sampled_from(ALLOWED).flatmap(lambda dt: hnp.arrays(
+    np.dtype(dt), hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5),
+    elements={"allow_nan": False, "allow_infinity": False} if dt.startswith("float") else None)),
+    big_endian=st.booleans())
+def test_tensor_round_trip(array: np.ndarray, big_endian: bool) -> None:
+    if big_endian:
+        array = array.astype(array.dtype.newbyteorder(">"))
+    back = m.decode_tensor(msgpack.unpackb(packed(m.encode_tensor(array)), raw=False))
+    assert back.dtype.name == array.dtype.name and back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+
+
+def tensor(**overrides: Any) -> dict[str, Any]:
+    obj = m.encode_tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    obj.update(overrides)
+    return obj
+
+
+TENSOR_CASES = [
+    ("float64 dtype", tensor(dtype="float64"), "dtype 'float64' not allowed"),
+    ("object dtype", tensor(dtype="object"), "dtype 'object' not allowed"),
+    ("missing dtype", {"shape": [1], "data": b"\0" * 4}, "dtype None not allowed"),
+    ("shape not a list", tensor(shape=6), "shape must be a list"),
+    ("nine dims", tensor(shape=[1] * 9), "at most 8 dims"),
+    ("negative dim", tensor(shape=[-2, -3]), "non-negative ints"),
+    ("bool dim", tensor(shape=[True, 6]), "non-negative ints"),
+    ("float dim", tensor(shape=[2.0, 3]), "non-negative ints"),
+    ("too few bytes", tensor(data=b"\0" * 20), "20 bytes do not match shape"),
+    ("too many bytes", tensor(data=b"\0" * 28), "28 bytes do not match shape"),
+    ("data not bytes", tensor(data="abc"), "data must be bytes"),
+    ("NaN", m.encode_tensor(np.array([1.0, np.nan], np.float32)), "NaN or infinity"),
+    ("inf float16", m.encode_tensor(np.array([np.inf], np.float16)), "NaN or infinity"),
+    ("not a map", [1, 2], "expected a tensor map"),
+    ("huge empty dims", tensor(shape=[2**63, 0], data=b""), "shape"),
+    ("huge empty 3d", tensor(shape=[2**40, 2**40, 0], data=b""), "shape"),
+]
+
+
+@pytest.mark.parametrize("obj, match", [c[1:] for c in TENSOR_CASES],
+                         ids=[c[0] for c in TENSOR_CASES])
+def test_malformed_tensor_is_refused(obj: Any, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        m.decode_tensor(obj, name="t")
+
+
+def test_tensor_element_limit() -> None:
+    obj = m.encode_tensor(np.zeros(100, np.uint8))
+    assert m.decode_tensor(obj, Limits(max_tensor_elements=100)).shape == (100,)
+    with pytest.raises(ProtocolError, match="100 elements exceed the limit 99"):
+        m.decode_tensor(obj, Limits(max_tensor_elements=99))
+
+
+def test_encoding_a_dtype_the_wire_does_not_carry_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="cannot travel"):
+        m.encode_tensor(np.zeros(3, np.float64))
+
+
+def test_weights_blob_round_trip_and_refusals() -> None:
+    weights = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, np.float32)]
+    shapes = [(2, 3), (4,)]
+    back = unpack_weights(pack_weights(weights), shapes)
+    assert all(np.array_equal(a, b) and b.dtype == np.float32 for a, b in zip(weights, back))
+    with pytest.raises(ArtifactError, match="must hold 3 tensors"):
+        unpack_weights(pack_weights(weights), shapes + [(1,)])
+    with pytest.raises(ArtifactError, match=r"weights\[1\] is float32\[4\], expected float32\[5\]"):
+        unpack_weights(pack_weights(weights), [(2, 3), (5,)])
+    with pytest.raises(ArtifactError, match="not msgpack"):
+        unpack_weights(b"\xc1", shapes)
+    with pytest.raises(ArtifactError, match="unknown format"):
+        unpack_weights(packed({"format": "other", "tensors": []}), shapes)
+    half = packed({"format": "fedge-weights-v1",
+                   "tensors": [m.encode_tensor(np.zeros((2, 3), np.float16)),
+                               m.encode_tensor(np.zeros(4, np.float32))]})
+    with pytest.raises(ArtifactError, match=r"weights\[0\] is float16"):
+        unpack_weights(half, shapes)
+
+
+def test_weights_blob_with_absurd_dims_gives_artifact_error() -> None:
+    blob = packed({"format": "fedge-weights-v1",
+                   "tensors": [{"dtype": "float32", "shape": [2**63, 0], "data": b""}]})
+    with pytest.raises(ArtifactError):
+        unpack_weights(blob, [(0,)])
+
+
+# --- topics -------------------------------------------------------------------------------
+
+@settings(max_examples=100, deadline=None)
+@given(fleet=NAME, device=NAME)
+def test_device_topics_round_trip_and_match_the_server_filters(fleet: str, device: str) -> None:
+    for make_topic, kind in ((topics.device_up, "up"), (topics.device_down, "down"),
+                             (topics.device_presence, "presence")):
+        topic = make_topic(fleet, device)
+        assert topics.parse_device_topic(topic) == (fleet, device, kind)
+    assert topic_matches_sub(topics.server_up_filter(fleet), topics.device_up(fleet, device))
+    assert topic_matches_sub(topics.server_presence_filter(fleet),
+                             topics.device_presence(fleet, device))
+    assert not topic_matches_sub(topics.server_up_filter(fleet), topics.device_down(fleet, device))
+    assert topics.check_name("device id", device) == device
+
+
+BAD_NAMES = ["", "-dev", ".dev", "a/b", "+", "#", "dev 1", "d" * 65, "dév", "dev\n", "dev\x00",
+             "a+b"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=[repr(n)[:20] for n in BAD_NAMES])
+def test_check_name_refuses_unsafe_topic_segments(name: str) -> None:
+    with pytest.raises(ProtocolError, match="invalid device id"):
+        topics.check_name("device id", name)
+
+
+def test_check_name_refuses_non_strings() -> None:
+    with pytest.raises(ProtocolError, match="invalid fleet 5"):
+        topics.check_name("fleet", 5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fleet, device", [("test", "+"), ("a/b", "dev-1"), ("test", "#"),
+                                           ("test", "dev/up")])
+def test_topic_helpers_validate_names(fleet: str, device: str) -> None:
+    for make_topic in (topics.device_up, topics.device_down, topics.device_presence):
+        with pytest.raises(ProtocolError, match="invalid"):
+            make_topic(fleet, device)
+
+
+@pytest.mark.parametrize("topic", [
+    "fedge/v1/test/dev/dev-1", "fedge/v2/test/dev/dev-1/up", "fedge/v1/test/broadcast",
+    "fedge/v1/test/dev/dev-1/up/extra", "other/v1/test/dev/dev-1/up", "fedge/v1/test/xyz/d/up",
+    "fedge/v1/test/dev/ bad id/up", "fedge/v1/test/dev//up", "fedge/v1//dev/dev-1/up",
+])
+def test_parse_device_topic_refuses_other_topics(topic: str) -> None:
+    with pytest.raises(ProtocolError):
+        topics.parse_device_topic(topic)
