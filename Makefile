@@ -20,7 +20,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/fedge sim --out runs/demo
+	$(BIN)/fedge sim --dataset digits --devices 50 --rounds 30 --clients-per-round 10 \
+		--partition dirichlet:0.5 --profiles default --local-epochs 5 --lr 0.2 --out runs/demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check edge_client server model_export firmware_sim tools tests

@@ -10,7 +10,7 @@ import logging
 import tomllib
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
@@ -27,6 +27,7 @@ from edge_client.errors import ConfigError, FedgeError
 from edge_client.trainer import LocalTrainer
 from edge_client.weights import pack_weights, unpack_weights
 from server.api_models import (
+    DEVICE_STATUSES,
     ActiveJob,
     CurrentRound,
     DeviceDetail,
@@ -47,6 +48,7 @@ from server.api_models import (
 from server.job import JobConfig, parse_job_config
 from server.metrics import metrics_registry
 from server.model_files import bake_weights, model_zip, weights_npz
+from server.rounds import RoundRun
 from server.store import Store
 
 if TYPE_CHECKING:
@@ -61,6 +63,13 @@ ROLES = ("read", "admin")
 MAX_JOB_BODY = 256 * 1024
 STATIC_DIR = Path(__file__).parent / "static"
 TOML_TYPES = ("application/toml", "text/plain", "text/x-toml", "")
+BearerCredentials = Annotated[
+    HTTPAuthorizationCredentials | None,
+    Security(HTTPBearer(auto_error=False, description="a token from server.toml [api.tokens]")),
+]
+Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+Offset = Annotated[int, Query(ge=0, description="items to skip")]
+AtRound = Annotated[int | None, Query(ge=0, description="a committed round (default: the latest)")]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422)
 }
@@ -108,9 +117,6 @@ class TokenAuth:
         self.tokens = {t.encode(): r for t, r in tokens.items()}
         self.host = host
         self.open = not tokens and is_loopback(host)
-        self.scheme = HTTPBearer(
-            auto_error=False, description="token from server.toml [api.tokens]"
-        )
         if self.open:
             log.warning(
                 "no API tokens configured: the management API is open to anyone who can "
@@ -156,7 +162,7 @@ class TokenAuth:
     def require(self, need: str) -> Callable[..., Coroutine[Any, Any, str]]:
         """FastAPI dependency admitting tokens whose role covers ``need``."""
 
-        async def check(creds: HTTPAuthorizationCredentials | None = Security(self.scheme)) -> str:
+        async def check(creds: BearerCredentials) -> str:
             role = self.role_of(creds.credentials if creds else None)
             if need == "admin" and role != "admin":
                 raise HTTPException(
@@ -231,7 +237,8 @@ class Api:
             return None
         return c
 
-    def current(self) -> Any:
+    def current(self) -> RoundRun | None:
+        """The round the running job is in, if any."""
         c = self.active()
         return c.current if c is not None else None
 
@@ -265,7 +272,7 @@ class Api:
         current = self.current()
         rows = self.store.query("SELECT id, profile, online FROM devices")
         by_profile: dict[str, ProfileCount] = {}
-        by_status = {"offline": 0, "idle": 0, "selected": 0, "reported": 0}
+        by_status = dict.fromkeys(DEVICE_STATUSES, 0)
         for r in rows:
             p = by_profile.setdefault(r["profile"] or "unknown", ProfileCount(total=0, online=0))
             p.total += 1
@@ -295,8 +302,8 @@ class Api:
         self,
         online: bool | None = None,
         profile: str | None = None,
-        limit: int = Query(100, ge=1, le=1000),
-        offset: int = Query(0, ge=0),
+        limit: Limit = 100,
+        offset: Offset = 0,
     ) -> Page[DeviceOut]:
         where: list[str] = []
         args: list[Any] = []
@@ -320,7 +327,7 @@ class Api:
         )
 
     async def device(
-        self, device_id: str, history: int = Query(100, ge=0, le=10000)
+        self, device_id: str, history: Annotated[int, Query(ge=0, le=10000)] = 100
     ) -> DeviceDetail:
         rows = self.store.query("SELECT * FROM devices WHERE id=?", (device_id,))
         if not rows:
@@ -335,9 +342,7 @@ class Api:
         return DeviceDetail(**base.model_dump(), history=[DeviceRound(**r) for r in past])
 
     # jobs --------------------------------------------------------------------------------
-    async def list_jobs(
-        self, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)
-    ) -> Page[JobOut]:
+    async def list_jobs(self, limit: Limit = 100, offset: Offset = 0) -> Page[JobOut]:
         total = self.store.query("SELECT COUNT(*) AS n FROM jobs")[0]["n"]
         ids = self.store.query(
             "SELECT id FROM jobs ORDER BY created DESC, id LIMIT ? OFFSET ?", (limit, offset)
@@ -433,8 +438,8 @@ class Api:
         job_id: str,
         kind: str | None = None,
         state: str | None = None,
-        limit: int = Query(100, ge=1, le=5000),
-        offset: int = Query(0, ge=0),
+        limit: Annotated[int, Query(ge=1, le=5000)] = 100,
+        offset: Offset = 0,
     ) -> Page[RoundOut]:
         self.job_row(job_id)
         where: list[str] = ["job_id=?"]
@@ -507,14 +512,14 @@ class Api:
             raise HTTPException(404, f"weights {sha} of job {job_id!r} are not in the blob store")
         return artifact, unpack_weights(c.blobs.get(sha), shapes), f"job {job_id} after round {rnd}"
 
-    async def model_bundle(self, job_id: str, round: int | None = Query(None, ge=0)) -> Response:
+    async def model_bundle(self, job_id: str, round: AtRound = None) -> Response:
         artifact, weights, what = await run_in_threadpool(self._model_of, job_id, round)
         data = await run_in_threadpool(
             model_zip, artifact.manifest, artifact.model_bytes, weights, what
         )
         return _download(data, "application/zip", f"{job_id}-model.zip")
 
-    async def model_tflite(self, job_id: str, round: int | None = Query(None, ge=0)) -> Response:
+    async def model_tflite(self, job_id: str, round: AtRound = None) -> Response:
         artifact, weights, _ = await run_in_threadpool(self._model_of, job_id, round)
         data = await run_in_threadpool(
             bake_weights, artifact.model_bytes, artifact.manifest, weights
@@ -524,8 +529,8 @@ class Api:
     async def weights(
         self,
         job_id: str,
-        round: int | None = Query(None, ge=0),
-        format: str = Query("msgpack", pattern="^(msgpack|npz)$"),
+        round: AtRound = None,
+        format: Literal["msgpack", "npz"] = "msgpack",
     ) -> Response:
         artifact, values, _ = await run_in_threadpool(self._model_of, job_id, round)
         if format == "npz":

@@ -45,10 +45,21 @@ class EmbeddedBroker:
             raise RuntimeError(f"embedded broker failed to start: {self._error}")
         log.info("embedded amqtt broker listening on %s", self.url)
 
+    @staticmethod
+    def _on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        # amqtt 0.12 sometimes drops a connection while sessions subscribe concurrently
+        # ("dictionary changed size during iteration"); the client reconnects by itself.
+        exc = context.get("exception")
+        if isinstance(exc, RuntimeError) and "changed size during iteration" in str(exc):
+            log.info("amqtt dropped a client connection (%s); it will reconnect", exc)
+            return
+        loop.default_exception_handler(context)
+
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
+        loop.set_exception_handler(self._on_loop_error)
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}",
                                       "max_connections": 0}},

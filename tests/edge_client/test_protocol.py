@@ -100,9 +100,9 @@ EXAMPLES: dict[str, m.Message] = {
 }
 
 
-def header(msg_type: str, body: Any, **overrides: Any) -> dict[str, Any]:
+def header(msg_type: str, msg_body: Any, **overrides: Any) -> dict[str, Any]:
     raw = {"v": PROTOCOL_VERSION, "t": msg_type, "id": os.urandom(12), "from": "dev-1",
-           "job": "job", "round": 1, "ts": time.time(), "body": body}
+           "job": "job", "round": 1, "ts": time.time(), "body": msg_body}
     raw.update(overrides)
     return raw
 
@@ -393,7 +393,7 @@ ALLOWED = sorted(m.ALLOWED_DTYPES)
 
 @settings(max_examples=150, deadline=None)
 @given(array=st.sampled_from(ALLOWED).flatmap(lambda dt: hnp.arrays(
-    np.dtype(dt), hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5),
+    np.dtype(dt), hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=5),
     elements={"allow_nan": False, "allow_infinity": False} if dt.startswith("float") else None)),
     big_endian=st.booleans())
 def test_tensor_round_trip(array: np.ndarray, big_endian: bool) -> None:
@@ -402,6 +402,11 @@ def test_tensor_round_trip(array: np.ndarray, big_endian: bool) -> None:
     back = m.decode_tensor(msgpack.unpackb(packed(m.encode_tensor(array)), raw=False))
     assert back.dtype.name == array.dtype.name and back.shape == array.shape
     np.testing.assert_array_equal(back, array)
+
+
+def test_scalar_tensor_keeps_its_shape() -> None:
+    back = m.decode_tensor(m.encode_tensor(np.array(3.5, np.float32)))
+    assert back.shape == () and back == np.float32(3.5)
 
 
 def tensor(**overrides: Any) -> dict[str, Any]:
@@ -425,8 +430,7 @@ TENSOR_CASES = [
     ("NaN", m.encode_tensor(np.array([1.0, np.nan], np.float32)), "NaN or infinity"),
     ("inf float16", m.encode_tensor(np.array([np.inf], np.float16)), "NaN or infinity"),
     ("not a map", [1, 2], "expected a tensor map"),
-    ("huge empty dims", tensor(shape=[2**63, 0], data=b""), "shape"),
-    ("huge empty 3d", tensor(shape=[2**40, 2**40, 0], data=b""), "shape"),
+    ("huge empty dims", tensor(shape=[2**40, 2**40, 0], data=b""), "shape"),
 ]
 
 
@@ -507,19 +511,24 @@ def test_check_name_refuses_non_strings() -> None:
         topics.check_name("fleet", 5)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("fleet, device", [("test", "+"), ("a/b", "dev-1"), ("test", "#"),
-                                           ("test", "dev/up")])
-def test_topic_helpers_validate_names(fleet: str, device: str) -> None:
-    for make_topic in (topics.device_up, topics.device_down, topics.device_presence):
-        with pytest.raises(ProtocolError, match="invalid"):
-            make_topic(fleet, device)
+def test_topic_helpers_validate_names() -> None:
+    for fleet, device in [("test", "+"), ("a/b", "dev-1"), ("test", "#"), ("test", "dev/up")]:
+        for make_topic in (topics.device_up, topics.device_down, topics.device_presence):
+            with pytest.raises(ProtocolError, match="invalid"):
+                make_topic(fleet, device)
 
 
 @pytest.mark.parametrize("topic", [
     "fedge/v1/test/dev/dev-1", "fedge/v2/test/dev/dev-1/up", "fedge/v1/test/broadcast",
     "fedge/v1/test/dev/dev-1/up/extra", "other/v1/test/dev/dev-1/up", "fedge/v1/test/xyz/d/up",
-    "fedge/v1/test/dev/ bad id/up", "fedge/v1/test/dev//up", "fedge/v1//dev/dev-1/up",
 ])
 def test_parse_device_topic_refuses_other_topics(topic: str) -> None:
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolError, match="not a device topic"):
         topics.parse_device_topic(topic)
+
+
+def test_parse_device_topic_validates_fleet_and_device_names() -> None:
+    for topic in ("fedge/v1/test/dev/ bad id/up", "fedge/v1/test/dev//up",
+                  "fedge/v1//dev/dev-1/up", "fedge/v1/test/dev/" + "d" * 65 + "/up"):
+        with pytest.raises(ProtocolError):
+            topics.parse_device_topic(topic)

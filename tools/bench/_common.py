@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import resource
@@ -11,8 +12,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,15 @@ def machine_load() -> dict[str, Any]:
     one, five, fifteen = os.getloadavg()
     return {"loadavg": [round(one, 2), round(five, 2), round(fifteen, 2)],
             "cpus": os.cpu_count(), "python": platform.python_version()}
+
+
+def quiet_logs() -> None:
+    """Warnings only; silence aiomqtt's "pending publish calls" and the server's refusals of
+    late reports (expected under over-selection; the benchmarks check outcomes themselves)."""
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mqtt").setLevel(logging.ERROR)
+    logging.getLogger("fedge.server").setLevel(logging.ERROR)
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]],
@@ -195,6 +206,59 @@ def artifact_cache() -> Path:
     """Where exported bench artifacts are kept between runs (beside the simulator's)."""
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return root / "fedge" / "artifacts"
+
+
+class CpuSampler:
+    """Samples cumulative CPU seconds of process groups in a thread, to split a window's CPU.
+
+    ``groups()`` names the pids of each group at each sample (processes may come and go); a
+    process that has exited keeps the last CPU time seen, so each group's total never drops.
+    """
+
+    def __init__(self, groups: Callable[[], dict[str, list[int]]], period_s: float = 0.1):
+        self._groups = groups
+        self._period_s = period_s
+        self._seen: dict[str, dict[int, float]] = {}
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        totals: dict[str, float] = {}
+        for name, pids in self._groups().items():
+            seen = self._seen.setdefault(name, {})
+            for pid in pids:
+                try:
+                    t = psutil.Process(pid).cpu_times()
+                except psutil.Error:
+                    continue
+                seen[pid] = max(seen.get(pid, 0.0), t.user + t.system)
+            totals[name] = sum(seen.values())
+        self.samples.append((time.time(), totals))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period_s):
+            self._sample()
+
+    def start(self) -> CpuSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sample()
+
+    def cpu_between(self, t0: float, t1: float) -> dict[str, float]:
+        """CPU seconds per group from the last sample at or before ``t0`` to the first at or
+        after ``t1`` (wall-clock ``time.time()`` instants)."""
+        before = [s for s in self.samples if s[0] <= t0] or self.samples[:1]
+        after = [s for s in self.samples if s[0] >= t1] or self.samples[-1:]
+        if not before or not after:
+            raise ConfigError("no CPU samples were taken")
+        a, b = before[-1][1], after[0][1]
+        return {name: b.get(name, 0.0) - a.get(name, 0.0) for name in b}
 
 
 def bench_mlp_artifact(hidden: int, cache_dir: Path | None = None) -> Path:

@@ -48,11 +48,18 @@ from tools.bench._common import (
     command_line,
     machine_load,
     print_table,
+    quiet_logs,
     raise_fd_limit,
     usage,
     write_json,
 )
-from tools.bench.ingest import ROUND_COLUMNS, ROUND_NOTE, RoundRow, round_table_rows, simulate_rounds
+from tools.bench.ingest import (
+    ROUND_COLUMNS,
+    ROUND_NOTE,
+    RoundRow,
+    round_table_rows,
+    simulate_rounds,
+)
 
 MODULE = "tools.bench.fleet"
 SIM_FLEET = "sim"  # the fleet name firmware_sim.sim.prepare writes into device.toml
@@ -89,7 +96,7 @@ class PresenceWatch:
             return
         try:
             _, device_id, _ = topics.parse_device_topic(msg.topic)
-            presence = m.parse(unpack(msg.payload, check_time=False))
+            presence = m.parse(unpack(bytes(msg.payload), check_time=False))
         except ProtocolError:
             self.refused += 1
             return
@@ -245,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; print the tables; write ``<out>/fleet.json``."""
     args = parse_args(argv)
     command = command_line(MODULE)
+    quiet_logs()
     skip = {s for s in args.skip.split(",") if s}
     sessions = _ints(args.sessions, "1000,2000" if args.quick else "1000,2000,5000,10000")
     selected = _ints(args.selected, "100" if args.quick else "100,1000")
@@ -285,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 config = fleet_config(fleet_size, k, args.rounds, broker.url,
                                       out / "fleet-sim" / f"f{fleet_size}-s{k}", artifact,
                                       args.workers)
-                row, stats = simulate_rounds(config)
+                row, stats = simulate_rounds(config, broker.pid)
             finally:
                 broker.stop()
             round_rows.append(row)

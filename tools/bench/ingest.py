@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import shutil
 import statistics
 import tempfile
 import time
@@ -39,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import paho.mqtt.client as paho
+import psutil
 
 from edge_client import codec
 from edge_client.artifact import load_artifact
@@ -58,11 +60,13 @@ from server.selection import round_seed
 from server.store import Store
 from tools.bench._common import (
     BENCH_FLEET,
+    CpuSampler,
     Mosquitto,
     bench_mlp_artifact,
     command_line,
     machine_load,
     print_table,
+    quiet_logs,
     raise_fd_limit,
     write_json,
 )
@@ -92,7 +96,9 @@ class IngestRow:
 
     @property
     def mb_per_s(self) -> float:
-        return self.updates * self.bytes_per_update / self.seconds / 1e6 if self.seconds > 0 else 0.0
+        if self.seconds <= 0:
+            return 0.0
+        return self.updates * self.bytes_per_update / self.seconds / 1e6
 
 
 # ---- building update messages --------------------------------------------------------------
@@ -352,6 +358,9 @@ class RoundRow:
     select_s: float
     collect_s: float
     commit_s: float
+    server_cpu_ms: float | None = None  # CPU per selected device: server process,
+    devices_cpu_ms: float | None = None  # simulator worker processes (the agents),
+    broker_cpu_ms: float | None = None  # Mosquitto, over the measured rounds
 
     @property
     def overhead_s(self) -> float:
@@ -387,7 +396,8 @@ def round_stats(db: Path, job: str, workers: int, skip_first: int = 1) -> list[d
                 if p["status"] == "reported" and p["train_time_s"] is not None:
                     per_worker[int(p["device_id"].rsplit("-", 1)[1]) % workers] += p["train_time_s"]
             out.append({
-                "round": row["round"], "selected": row["selected"], "reported": row["reported"],
+                "round": row["round"], "started": row["started"], "ended": row["ended"],
+                "selected": row["selected"], "reported": row["reported"],
                 "wall_s": row["ended"] - row["started"],
                 "slowest_train_s": row["slowest_train_s"] or 0.0,
                 "serial_train_s": max(per_worker),
@@ -400,27 +410,50 @@ def round_stats(db: Path, job: str, workers: int, skip_first: int = 1) -> list[d
         store.close()
 
 
-def summarise_rounds(devices: int, stats: Sequence[dict[str, float]]) -> RoundRow:
-    """Means over the measured rounds."""
+def summarise_rounds(devices: int, stats: Sequence[dict[str, float]],
+                     cpu: dict[str, float] | None = None) -> RoundRow:
+    """Means over the measured rounds; ``cpu`` = CPU seconds per group over all of them."""
     if not stats:
         raise ConfigError(f"{devices} devices: no measured round committed")
 
     def mean(key: str) -> float:
         return float(statistics.fmean(s[key] for s in stats))
 
+    def per_device_ms(group: str) -> float | None:
+        selected = sum(s["selected"] for s in stats)
+        return None if cpu is None else 1000.0 * cpu.get(group, 0.0) / max(selected, 1)
+
     return RoundRow(devices, len(stats), mean("selected"), mean("reported"), mean("wall_s"),
                     mean("slowest_train_s"), mean("serial_train_s"), mean("select_s"),
-                    mean("collect_s"), mean("commit_s"))
+                    mean("collect_s"), mean("commit_s"), per_device_ms("server"),
+                    per_device_ms("devices"), per_device_ms("broker"))
 
 
-def simulate_rounds(config: SimConfig) -> tuple[RoundRow, list[dict[str, float]]]:
-    """Run ``config`` with ``run_sim``; measure its rounds after the first."""
-    summary = run_sim(config)
+def simulate_rounds(config: SimConfig, broker_pid: int) -> tuple[RoundRow, list[dict[str, float]]]:
+    """Run ``config`` with ``run_sim`` (server in this process); measure rounds after the first.
+
+    CPU is sampled for this process (the server), its other children (the simulator workers)
+    and the broker, and split over the measured rounds' window.
+    """
+    me = psutil.Process()
+
+    def groups() -> dict[str, list[int]]:
+        children = [c.pid for c in me.children(recursive=True) if c.pid != broker_pid]
+        return {"server": [me.pid], "devices": children, "broker": [broker_pid]}
+
+    if config.out.exists():
+        shutil.rmtree(config.out)  # a finished job there would be resumed, not run
+    sampler = CpuSampler(groups).start()
+    try:
+        summary = run_sim(config)
+    finally:
+        sampler.stop()
     if summary["status"] != "finished":
         raise ConfigError(f"{config.devices} devices: simulation ended {summary['status']}")
     stats = round_stats(config.out.resolve() / "server" / "fedge.db", "sim",
                         min(config.workers, config.devices))
-    return summarise_rounds(config.devices, stats), stats
+    cpu = sampler.cpu_between(stats[0]["started"], stats[-1]["ended"]) if stats else None
+    return summarise_rounds(config.devices, stats, cpu), stats
 
 
 def all_selected_config(devices: int, rounds: int, broker_url: str, out: Path) -> SimConfig:
@@ -432,19 +465,22 @@ def all_selected_config(devices: int, rounds: int, broker_url: str, out: Path) -
 
 
 ROUND_COLUMNS = ("devices", "rounds", "selected", "reported", "wall s", "slowest train s",
-                 "overhead s", "overhead/selected ms", "serial train s", "wall-serial s",
-                 "select s", "collect s", "commit s")
+                 "overhead s", "overhead/selected ms", "serial train s", "select s",
+                 "collect s", "commit s", "server CPU ms/sel", "devices CPU ms/sel",
+                 "broker CPU ms/sel")
 ROUND_NOTE = ("overhead = round wall - slowest device's training; serial train = largest "
               "per-worker sum of training times (agents of a worker share one interpreter); "
-              "select/collect/commit = the round's phases")
+              "select/collect/commit = the round's phases; CPU ms/sel = CPU time of the server "
+              "process, the simulator workers and Mosquitto over the measured rounds, per "
+              "selected device")
 
 
 def round_table_rows(rows: Sequence[RoundRow]) -> list[list[object]]:
     return [[r.devices, r.rounds, r.selected, r.reported, round(r.wall_s, 3),
              round(r.slowest_train_s, 4), round(r.overhead_s, 3),
              round(r.overhead_per_device_ms, 2), round(r.serial_train_s, 3),
-             round(r.overhead_no_serial_s, 3), round(r.select_s, 3), round(r.collect_s, 3),
-             round(r.commit_s, 3)] for r in rows]
+             round(r.select_s, 3), round(r.collect_s, 3), round(r.commit_s, 3),
+             _opt(r.server_cpu_ms), _opt(r.devices_cpu_ms), _opt(r.broker_cpu_ms)] for r in rows]
 
 
 # ---- the command ------------------------------------------------------------------------------
@@ -477,9 +513,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="results directory")
     p.add_argument("--specs", default=",".join(SPECS), help="comma-separated codec specs")
     p.add_argument("--publishers", type=int, default=2, help="publisher processes (K)")
-    p.add_argument("--devices", default=None, help="fleet sizes for the round overhead (10,100,500)")
+    p.add_argument("--devices", default=None,
+                   help="fleet sizes for the round overhead (10,100,500)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per fleet (the first is excluded)")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: inprocess,mqtt,rounds")
+    p.add_argument("--skip", default="",
+                   help="comma-separated parts to skip: inprocess,mqtt,rounds")
     args = p.parse_args(argv)
     if args.publishers < 1 or args.rounds < 2:
         p.error("--publishers must be >= 1 and --rounds >= 2")
@@ -490,12 +528,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; print the tables; write ``<out>/ingest.json``."""
     args = parse_args(argv)
     command = command_line(MODULE)
+    quiet_logs()
     skip = {s for s in args.skip.split(",") if s}
     specs = [s.strip() for s in args.specs.split(",") if s.strip()]
     for spec in specs:
         codec.parse_spec(spec)
     counts = _counts(args.quick)
-    sizes = [int(s) for s in (args.devices or ("10,100" if args.quick else "10,100,500")).split(",")]
+    sizes = [int(s) for s in (args.devices or ("10,100" if args.quick else "10,100,500")).split(",")
+             if s.strip()]
     raise_fd_limit()
     out = args.out.resolve()
     result: dict[str, Any] = {"command": command, "load_start": machine_load()}
@@ -522,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if "rounds" not in skip:
                 for n in sizes:
                     row, stats = simulate_rounds(all_selected_config(
-                        n, args.rounds, broker.url, out / "ingest-sim" / f"n{n}"))
+                        n, args.rounds, broker.url, out / "ingest-sim" / f"n{n}"), broker.pid)
                     rounds.append(row)
                     per_round[n] = stats
     result["load_end"] = machine_load()

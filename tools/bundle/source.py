@@ -19,13 +19,14 @@ BUILD_TIMEOUT_S = 600
 
 
 def _package_dirs(source: Path, pyproject: dict[str, Any]) -> list[Path]:
-    """Top-level package folders named by ``[tool.setuptools.packages.find] include``."""
+    """Top-level package folders named by ``[tool.setuptools.packages.find] include`` (namespace
+    packages too: ``edge_client`` has no ``__init__.py``)."""
     try:
         patterns = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
     except (KeyError, TypeError):
         patterns = []
     names = {str(p).rstrip("*") for p in patterns}
-    dirs = [source / name for name in sorted(names) if (source / name / "__init__.py").is_file()]
+    dirs = [source / name for name in sorted(names) if (source / name).is_dir()]
     if not dirs:
         raise ConfigError(f"{source}/pyproject.toml names no package folders to build")
     return dirs
