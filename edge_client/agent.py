@@ -155,6 +155,7 @@ class DeviceAgent:
         self.rounds_reported = 0
         self.uplink_bytes = 0
         self.job_state: str | None = None
+        self._stop = asyncio.Event()
         dev = config.device_id
         presence_off = m.make(m.Presence(online=False, profile=config.profile), sender=dev).pack()
         b = config.broker
@@ -214,19 +215,25 @@ class DeviceAgent:
     async def _receive(self, kinds: tuple[type[m.Message], ...], timeout_s: float
                        ) -> tuple[m.Message, str | None, int | None] | None:
         deadline = time.monotonic() + timeout_s
-        while True:
+        while not self._stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            try:
-                item = await asyncio.wait_for(self.inbox.get(), timeout=left)
-            except TimeoutError:
+            getter = asyncio.ensure_future(self.inbox.get())
+            stopper = asyncio.ensure_future(self._stop.wait())
+            done, _ = await asyncio.wait({getter, stopper}, timeout=left,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if getter not in done:
+                getter.cancel()
                 return None
+            item = getter.result()
             if isinstance(item[0], kinds):
                 return item
             if isinstance(item[0], m.ErrorReport):
                 log.warning("device %s: server says %s: %s", self.config.device_id,
                             item[0].code, item[0].message)
+        return None
 
     # persistence ---------------------------------------------------------------------------
     def _pending_path(self) -> Path:
@@ -259,6 +266,7 @@ class DeviceAgent:
     # main loop -----------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; reconnects and resumes by itself."""
+        self._stop = stop
         link_task = asyncio.create_task(self.link.run(self._on_mqtt, stop))
         try:
             while not stop.is_set():
@@ -285,13 +293,13 @@ class DeviceAgent:
         while not stop.is_set() and self.link.connected.is_set():
             if not self.hooks.available():
                 self._set(AgentState.WAITING)
-                await self.hooks.sleep(1.0)
+                await self._pause(1.0)
                 continue
             eligibility = self.hooks.eligibility()
             why = eligible_by_own_rules(eligibility, self.config.eligibility)
             if why is not None:
                 self._set(AgentState.WAITING)
-                await self.hooks.sleep(30.0)
+                await self._pause(30.0)
                 continue
             checkin = m.CheckIn(eligibility=eligibility, runtime=runtime_name(),
                                 runtime_version=runtime_version(), examples=len(self.data.y_train),
@@ -311,6 +319,13 @@ class DeviceAgent:
                 assert isinstance(message, m.RetryLater)
                 self._set(AgentState.WAITING)
                 await self._wait_for_retry(message.retry_after_s * self.rng.uniform(1.0, 1.1))
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up at once when the agent is stopped."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
 
     async def _wait_for_retry(self, seconds: float) -> None:
         """Sleep through a retry window, or wake early on a round-open broadcast (if sampled)."""

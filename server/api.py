@@ -7,6 +7,7 @@ import inspect
 import ipaddress
 import json
 import logging
+import time
 import tomllib
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
@@ -396,9 +397,9 @@ class Api:
                 id=job.name,
                 fleet=job.fleet,
                 status="starting",
-                active=False,
-                created=0.0,
-                updated=0.0,
+                active=True,
+                created=time.time(),
+                updated=time.time(),
                 rounds_total=job.rounds,
                 committed_round=0,
                 weights_sha=None,

@@ -187,6 +187,7 @@ class RoundOut(BaseModel):
     fed_eval_loss: float | None
     fed_eval_accuracy: float | None
     epsilon: float | None
+    dp_clip: float | None = None
     aggregation_s: float | None
     slowest_train_s: float | None
     weights_sha: str | None

@@ -98,19 +98,29 @@ def load_server_settings(path: Path, **overrides: Any) -> ServerSettings:
 
 
 class FedgeServer:
-    """One server process running one job."""
+    """One server process for one fleet: runs the job it was started with, then jobs posted to the API."""
 
-    def __init__(self, job: JobConfig, settings: ServerSettings):
-        if settings.fleet is not None and settings.fleet != job.fleet:
+    def __init__(self, job: JobConfig | None, settings: ServerSettings, *, exit_when_done: bool = True):
+        fleet = job.fleet if job is not None else settings.fleet
+        if fleet is None:
+            raise ConfigError("the server needs a fleet: from the job or from server.toml [fleet] name")
+        if job is not None and settings.fleet is not None and settings.fleet != job.fleet:
             raise ConfigError(f"job fleet {job.fleet!r} differs from the server's fleet {settings.fleet!r}")
+        self.fleet = fleet
         self.job = job
         self.settings = settings
+        self.exit_when_done = exit_when_done
         self.broker: EmbeddedBroker | None = None
         self.traffic = TrafficCounter()
         self.coordinator: Coordinator | None = None
         self.link: MqttLink | None = None
         self.ready = asyncio.Event()
         self.http_port = settings.http_port or free_port(settings.http_host)
+        self._store: Store | None = None
+        self._blobs: BlobStore | None = None
+        self._key: Any = None
+        self._job_task: asyncio.Task[None] | None = None
+        self._job_changed = asyncio.Event()
 
     @property
     def dashboard_url(self) -> str:
@@ -120,20 +130,59 @@ class FedgeServer:
     def _link_settings(self, broker_url: str) -> LinkSettings:
         s = self.settings
         parsed = urlparse(broker_url)
-        fleet = self.job.fleet
         return LinkSettings(
             host=parsed.hostname or "127.0.0.1",
             port=parsed.port or (8883 if parsed.scheme == "mqtts" else 1883),
-            client_id=f"fedge-server-{fleet}",
+            client_id=f"fedge-server-{self.fleet}",
             username=s.broker_username, password=s.broker_password,
             ca_file=s.ca_file, cert_file=s.cert_file, key_file=s.key_file,
             tls=parsed.scheme == "mqtts",
-            subscriptions=(topics.server_up_filter(fleet), topics.server_presence_filter(fleet)),
+            subscriptions=(topics.server_up_filter(self.fleet), topics.server_presence_filter(self.fleet)),
             max_inflight=1000,
         )
 
+    # jobs ----------------------------------------------------------------------------------
+    def submit_job(self, job: JobConfig) -> Coordinator:
+        """Start ``job`` now; RuntimeError while another job is active."""
+        if self.coordinator is not None and not self.coordinator.finished.is_set():
+            raise RuntimeError(f"job {self.coordinator.job.name!r} is still {self.coordinator.status}")
+        if job.fleet != self.fleet:
+            raise ConfigError(f"job fleet {job.fleet!r} differs from this server's fleet {self.fleet!r}")
+        assert self._store is not None and self._blobs is not None
+        central = None
+        if job.evaluation.central_data:
+            central = load_local_dataset(Path(job.evaluation.central_data))
+        previous_online = self.coordinator.online if self.coordinator is not None else set()
+        coordinator = Coordinator(
+            job, load_artifact(job.artifact), self._store, self._blobs, self._key,
+            self.settings.public_url or self.dashboard_url.rstrip("/"),
+            publish=self._publish, central_data=central,
+            served_bytes=lambda: self.traffic.bytes_served, expect_devices=self.settings.expect_devices,
+        )
+        coordinator.online |= previous_online
+        self.job, self.coordinator = job, coordinator
+        self._job_task = asyncio.create_task(self._run_job(coordinator), name=f"job-{job.name}")
+        self._job_changed.set()
+        return coordinator
+
+    async def _run_job(self, coordinator: Coordinator) -> None:
+        await coordinator.run()
+        await self._publish(topics.broadcast(self.fleet), m.make(
+            m.JobState(state=coordinator.status), sender=SERVER_ID, job_id=coordinator.job.name).pack())
+        self._job_changed.set()
+
+    async def _publish(self, topic: str, data: bytes) -> bool:
+        return await self.link.publish(topic, data) if self.link is not None else False
+
+    async def _on_message(self, topic: str, payload: bytes) -> None:
+        if self.coordinator is not None:
+            await self.coordinator.on_message(topic, payload)
+        else:
+            log.debug("no job yet: ignored a message on %s", topic)
+
+    # the process ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event | None = None) -> str:
-        """Run until the job ends (or ``stop`` is set); returns the job's final status."""
+        """Serve until the job ends (or, with ``exit_when_done=False``, until ``stop``)."""
         stop = stop or asyncio.Event()
         s = self.settings
         broker_url = s.broker_url
@@ -143,60 +192,52 @@ class FedgeServer:
             broker_url = self.broker.url
             log.info("no broker URL given: started the embedded amqtt broker on %s", broker_url)
         s.state_dir.mkdir(parents=True, exist_ok=True)
-        store = Store(s.state_dir / "fedge.db")
-        blobs = BlobStore(s.state_dir / "blobs")
-        key = load_or_create_signing_key(s.signing_key_file or s.state_dir / "signing.key")
-        artifact = load_artifact(self.job.artifact)
-        central = None
-        if self.job.evaluation.central_data:
-            central = load_local_dataset(Path(self.job.evaluation.central_data))
+        self._store = Store(s.state_dir / "fedge.db")
+        self._blobs = BlobStore(s.state_dir / "blobs")
+        self._key = load_or_create_signing_key(s.signing_key_file or s.state_dir / "signing.key")
         link_stop = asyncio.Event()
         self.link = MqttLink(self._link_settings(broker_url), logger=log)
-        public_url = s.public_url or self.dashboard_url.rstrip("/")
-        self.coordinator = Coordinator(
-            self.job, artifact, store, blobs, key, public_url,
-            publish=lambda topic, data: self.link.publish(topic, data) if self.link else _false(),
-            central_data=central, served_bytes=lambda: self.traffic.bytes_served,
-            expect_devices=s.expect_devices,
-        )
-        app = create_app(blobs, self.traffic)
+        app = create_app(self._blobs, self.traffic)
         from server.api import mount_api  # the management API and dashboard
 
-        mount_api(app, store, self, s.api_tokens)
+        mount_api(app, self._store, self, s.api_tokens)
         tls = {}
         if s.http_cert_file and s.http_key_file:
             tls = {"ssl_certfile": str(s.http_cert_file), "ssl_keyfile": str(s.http_key_file)}
         http = uvicorn.Server(uvicorn.Config(app, host=s.http_host, port=self.http_port,
                                              log_level="warning", lifespan="off", **tls))
         tasks = [
-            asyncio.create_task(self.link.run(self.coordinator.on_message, link_stop), name="mqtt"),
+            asyncio.create_task(self.link.run(self._on_message, link_stop), name="mqtt"),
             asyncio.create_task(http.serve(), name="http"),
         ]
         try:
             await asyncio.wait_for(self.link.connected.wait(), timeout=30)
+            if self.job is not None:
+                self.submit_job(self.job)
             self.ready.set()
-            job_task = asyncio.create_task(self.coordinator.run(), name="job")
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({job_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if job_task.done():
-                job_task.result()
-                await self.link.publish(topics.broadcast(self.job.fleet), m.make(
-                    m.JobState(state=self.coordinator.status), sender=SERVER_ID,
-                    job_id=self.job.name).pack(), wait_s=5)
-            else:
-                job_task.cancel()
-            stopper.cancel()
-            return self.coordinator.status
+            while not stop.is_set():
+                self._job_changed.clear()
+                done = self.coordinator is not None and self.coordinator.finished.is_set() and (
+                    self._job_task is None or self._job_task.done())
+                if done and self.exit_when_done:
+                    break
+                changed = asyncio.create_task(self._job_changed.wait())
+                stopper = asyncio.create_task(stop.wait())
+                await asyncio.wait({changed, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                stopper.cancel()
+                if self._job_task is not None and self._job_task.done():
+                    self._job_task.result()  # surface a crash of the job loop
+            return self.coordinator.status if self.coordinator is not None else "idle"
         finally:
+            if self._job_task is not None and not self._job_task.done():
+                self._job_task.cancel()
             http.should_exit = True
             link_stop.set()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(task, timeout=10)
-            store.close()
+            self._store.close()
             if self.broker is not None:
                 self.broker.stop()
 
-
-async def _false() -> bool:
-    return False

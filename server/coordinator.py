@@ -306,6 +306,8 @@ class Coordinator:
         await self._wait_for_fleet()
         while not self.finished.is_set() and committed < self.job.rounds:
             await self.paused.wait()
+            if self.finished.is_set():
+                break
             if self.dp is not None:
                 self.dp.ensure_accountant(self._population(), rounds_done=committed)
                 exhausted = self.dp.budget_exhausted()
@@ -345,6 +347,7 @@ class Coordinator:
     def stop(self, reason: str = "stopped by operator") -> None:
         """Stop the job after the current step."""
         self._finish("stopped", reason)
+        self.paused.set()  # a paused job must wake up to see that it stopped
         if self.current is not None:
             self.current.enough.set()
 

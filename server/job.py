@@ -178,6 +178,13 @@ def validate(job: JobConfig) -> JobConfig:
 
 def parse_job_config(raw: dict[str, Any], base_dir: Path) -> JobConfig:
     """Build and validate a JobConfig from parsed TOML; paths resolve against ``base_dir``."""
+    try:
+        return _parse_job_config(raw, base_dir)
+    except (TypeError, ValueError, AttributeError) as exc:  # wrong value types in the TOML
+        raise ConfigError(f"invalid job config: {exc}") from exc
+
+
+def _parse_job_config(raw: dict[str, Any], base_dir: Path) -> JobConfig:
     job = raw.get("job")
     if not isinstance(job, dict):
         raise ConfigError("job.toml needs a [job] table with name, fleet, artifact and rounds")

@@ -17,6 +17,7 @@ from flatbuffers.table import Table
 
 from edge_client.artifact import MANIFEST_FILE, MODEL_FILE, Manifest
 from edge_client.errors import ArtifactError
+from edge_client.runtime import check_flatbuffer
 from edge_client.weights import pack_weights
 
 WEIGHTS_FILE = "weights.msgpack"
@@ -261,6 +262,7 @@ def bake_weights(model_bytes: bytes, manifest: Manifest, weights: Sequence[np.nd
             raise ArtifactError(
                 f"weight {spec.name!r} has shape {np.shape(w)}, expected {spec.shape}"
             )
+    check_flatbuffer(model_bytes)
     try:
         return _bake(_Model(model_bytes), manifest, weights)
     except (struct.error, IndexError, KeyError, UnicodeDecodeError) as exc:

@@ -46,7 +46,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     from server.app import FedgeServer, ServerSettings, load_server_settings
     from server.job import load_job_config
 
-    job = load_job_config(Path(args.job))
+    job = load_job_config(Path(args.job)) if args.job else None
     host, _, port = (args.http or "127.0.0.1:8080").rpartition(":")
     overrides = dict(broker_url=args.broker, http_host=host or None, http_port=int(port),
                      state_dir=Path(args.state_dir) if args.state_dir else None,
@@ -57,10 +57,11 @@ def cmd_server(args: argparse.Namespace) -> int:
         settings = ServerSettings(state_dir=Path(args.state_dir or "fedge-state"), broker_url=args.broker,
                                   http_host=host or "127.0.0.1", http_port=int(port),
                                   public_url=args.public_url)
-    server = FedgeServer(job, settings)
-    print(f"fedge server: job {job.name}, fleet {job.fleet}, dashboard {server.dashboard_url}")
+    server = FedgeServer(job, settings, exit_when_done=job is not None)
+    what = f"job {job.name}" if job else "no job yet (POST /v1/jobs)"
+    print(f"fedge server: fleet {server.fleet}, {what}, dashboard {server.dashboard_url}")
     status = _run_until_signal(server.run)
-    print(f"job {job.name}: {status}")
+    print(f"fedge server: {status}")
     return 0 if status in ("finished", "running", "stopped") else 1
 
 
@@ -114,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("server", help=cmd_server.__doc__)
-    p.add_argument("--job", required=True, help="job.toml")
+    p.add_argument("--job", default=None,
+                   help="job.toml to run (without it the server waits for jobs posted to the API)")
     p.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://... (default: embedded)")
     p.add_argument("--http", default=None, help="HOST:PORT to serve HTTP on (default 127.0.0.1:8080)")
     p.add_argument("--state-dir", default=None)

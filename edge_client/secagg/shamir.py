@@ -61,14 +61,15 @@ def split_secret(secret: bytes, threshold: int, xs: Sequence[int]) -> list[Share
         raise SecAggError(f"threshold {threshold} must be between 1 and {len(xs)} shares")
     if len(set(xs)) != len(xs) or any(not 0 < x < PRIME for x in xs):
         raise SecAggError("share x-coordinates must be distinct and non-zero")
-    coeffs = [int.from_bytes(secret, "big")]
-    coeffs += [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
+    coeffs = [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
+    coeffs.append(int.from_bytes(secret, "big"))  # highest degree first, secret last
     out = []
     for x in xs:
         acc = 0
-        for c in reversed(coeffs):  # Horner
-            acc = (acc * x + c) % PRIME
-        out.append(Share(x, acc))
+        for c in coeffs:  # Horner, with the cheap Mersenne reduction 2^521 = 1 (mod p)
+            acc = acc * x + c
+            acc = (acc & PRIME) + (acc >> 521)
+        out.append(Share(x, acc % PRIME))
     return out
 
 

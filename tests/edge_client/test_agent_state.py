@@ -125,7 +125,8 @@ BAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("raw, match", [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
+@pytest.mark.parametrize("raw, match", [c[1:] for c in BAD_CONFIGS],
+                         ids=[c[0] for c in BAD_CONFIGS])
 def test_bad_device_config_gives_config_error(tmp_path: Path, raw: dict[str, Any],
                                               match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -156,7 +157,8 @@ class Freeze(AgentHooks):
         await asyncio.sleep(120)  # the test kills this process here, mid-task
 
 async def main():
-    agent = build_agent(load_device_config(Path(sys.argv[1])), hooks=Freeze(), checkin_timeout_s=10.0)
+    config = load_device_config(Path(sys.argv[1]))
+    agent = build_agent(config, hooks=Freeze(), checkin_timeout_s=10.0)
     await agent.run(asyncio.Event())
 
 asyncio.run(main())
@@ -300,6 +302,9 @@ def test_task_survives_stopping_the_agent_mid_training(one_device_job: Any) -> N
         run.loop.loop.call_soon_threadsafe(hooks.release.set)
         run.future.result(timeout=45)
         assert_history_follows_table(run.agent.history)
+        assert run.agent.uplink_bytes == 0  # the interrupted task was never reported
     finally:
         run.close()
+    assert (toml.parent / "state" / "pending_task.json").exists(), (
+        "stopping the agent mid-task deleted its pending task")
     assert_resumed_and_accepted(server, state, toml)

@@ -316,9 +316,10 @@ ADMIN_ROUTES = [
 
 
 # auth -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("path", GET_ROUTES + ADMIN_ROUTES)
-def test_missing_or_bad_token_is_401_with_challenge(env: Env, path: str) -> None:
-    method = "POST" if path in ADMIN_ROUTES else "GET"
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", p) for p in GET_ROUTES] + [("POST", p) for p in ADMIN_ROUTES]
+)
+def test_missing_or_bad_token_is_401_with_challenge(env: Env, method: str, path: str) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic YTpi"}):
         resp = env.http.request(method, path, headers=headers)
         assert "missing" in error_of(resp, 401) or "invalid" in resp.json()["error"]
@@ -564,6 +565,29 @@ def test_model_zip_is_an_artifact_starting_at_the_weights(env: Env, tmp_path: Pa
     ):
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(packed, want)
+
+
+def test_bake_refuses_bad_input(env: Env) -> None:
+    from edge_client.errors import ArtifactError
+    from server.model_files import bake_weights
+
+    art = load_artifact(env.artifact)
+    w = env.weights[3]
+    for model, weights, needle in (
+        (art.model_bytes, w[:1], "expected 4 weight tensors"),
+        (art.model_bytes, [w[1], w[0], *w[2:]], "has shape"),
+        (art.model_bytes[:5000], w, "truncated or corrupt"),
+    ):
+        with pytest.raises(ArtifactError, match=needle):
+            bake_weights(model, art.manifest, weights)
+
+
+def test_unknown_token_role_is_a_config_error(env: Env) -> None:
+    from edge_client.errors import ConfigError
+
+    app = create_app(env.server.blobs, env.server.traffic)
+    with pytest.raises(ConfigError, match="root"):
+        mount_api(app, env.server.store, env.server, {"secret": "root"})
 
 
 # metrics -------------------------------------------------------------------------------------

@@ -87,12 +87,17 @@ class IngestRow:
     updates: int
     bytes_per_update: int
     seconds: float
+    cpu_s: float  # CPU time of the consuming (server) process over the same window
     handler_s: float | None = None  # time inside Coordinator.on_message (mosquitto rows)
     ack_wait_s: float | None = None  # of which awaiting the Ack publish (PUBACK from the broker)
 
     @property
     def updates_per_s(self) -> float:
         return self.updates / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def updates_per_cpu_s(self) -> float:
+        return self.updates / self.cpu_s if self.cpu_s > 0 else 0.0
 
     @property
     def mb_per_s(self) -> float:
@@ -187,7 +192,7 @@ def decode_path(spec: str, shapes: Sequence[tuple[int, ...]], count: int) -> Ing
     parsed = codec.parse_spec(spec)
     aggregator = StreamingMean(shapes, 10_000)
     replay = ReplayGuard()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for topic, data in messages:
         topics.parse_device_topic(topic)
         envelope = unpack(data, DEFAULT_LIMITS)
@@ -196,10 +201,10 @@ def decode_path(spec: str, shapes: Sequence[tuple[int, ...]], count: int) -> Ing
         assert isinstance(update, m.Update)
         delta = codec.decode_update(update.payload, parsed, shapes, round_seed=seed_of_round)
         aggregator.add(delta, update.metrics.examples)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     if aggregator.count != count:
         raise ConfigError(f"decode path accumulated {aggregator.count} of {count} updates")
-    return IngestRow("decode path", spec, count, _mean_len(messages), seconds)
+    return IngestRow("decode path", spec, count, _mean_len(messages), seconds, cpu)
 
 
 def coordinator_in_process(spec: str, artifact_dir: Path, count: int, state_dir: Path) -> IngestRow:
@@ -215,13 +220,13 @@ def coordinator_in_process(spec: str, artifact_dir: Path, count: int, state_dir:
         messages = update_messages(
             spec, encode_pool(spec, coordinator.shapes, rnd.round_seed, POOL, 2), ids,
             coordinator.weights_sha, rnd.number)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for topic, data in messages:
             await coordinator.on_message(topic, data)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         coordinator.store.close()
         check_round(rnd, count, f"coordinator {spec}")
-        return IngestRow("coordinator", spec, count, _mean_len(messages), seconds)
+        return IngestRow("coordinator", spec, count, _mean_len(messages), seconds, cpu)
 
     return asyncio.run(run())
 
@@ -318,16 +323,16 @@ def through_mosquitto(spec: str, artifact_dir: Path, count: int, publishers: int
             for event in ready:
                 if not await asyncio.to_thread(event.wait, 120):
                     raise ConfigError("a publisher process did not get ready within 120 s")
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             go.set()
             try:
                 await asyncio.wait_for(rnd.enough.wait(), timeout=timeout_s)
             except TimeoutError:
                 pass
-            seconds = time.perf_counter() - t0
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
             check_round(rnd, count, f"mosquitto {spec}")
             size = round(rnd.uplink_bytes / max(len(rnd.reports), 1))
-            return IngestRow(f"mosquitto K={publishers}", spec, count, size, seconds,
+            return IngestRow(f"mosquitto K={publishers}", spec, count, size, seconds, cpu,
                              spent["handler"], spent["ack"])
         finally:
             for proc in procs:
@@ -487,12 +492,13 @@ def round_table_rows(rows: Sequence[RoundRow]) -> list[list[object]]:
 
 
 INGEST_COLUMNS = ("path", "spec", "updates", "bytes/update", "seconds", "updates/s", "MB/s",
-                  "in handler s", "Ack wait s")
+                  "server CPU s", "updates/CPU-s", "in handler s", "Ack wait s")
 
 
 def ingest_table_rows(rows: Sequence[IngestRow]) -> list[list[object]]:
     return [[r.path, r.spec, r.updates, r.bytes_per_update, round(r.seconds, 3),
-             round(r.updates_per_s, 1), round(r.mb_per_s, 2), _opt(r.handler_s), _opt(r.ack_wait_s)]
+             round(r.updates_per_s, 1), round(r.mb_per_s, 2), round(r.cpu_s, 3),
+             round(r.updates_per_cpu_s, 1), _opt(r.handler_s), _opt(r.ack_wait_s)]
             for r in rows]
 
 
@@ -566,8 +572,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     rounds.append(row)
                     per_round[n] = stats
     result["load_end"] = machine_load()
-    result["ingest"] = [asdict(r) | {"updates_per_s": r.updates_per_s, "mb_per_s": r.mb_per_s}
-                        for r in ingest]
+    result["ingest"] = [asdict(r) | {"updates_per_s": r.updates_per_s, "mb_per_s": r.mb_per_s,
+                                     "updates_per_cpu_s": r.updates_per_cpu_s} for r in ingest]
     result["rounds"] = [r.to_dict() for r in rounds]
     result["rounds_raw"] = per_round
     path = write_json(out, "ingest.json", result)

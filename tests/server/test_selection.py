@@ -1,0 +1,148 @@
+"""Selection: eligibility rules, seeded selection, pace-steering windows, closing selection."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_client.protocol.messages import CheckIn, Eligibility
+from server.job import SelectionConfig
+from server.selection import SelectionPool, ineligibility, round_rng, round_seed
+
+
+def checkin(examples: int = 100, **eligibility: Any) -> CheckIn:
+    return CheckIn(eligibility=replace(Eligibility(), **eligibility), runtime="tflite_runtime",
+                   runtime_version="2.14.0", examples=examples)
+
+
+STRICT = SelectionConfig(require_charging=True, require_unmetered=True, require_idle=True,
+                         min_battery=0.5, min_free_memory_mb=256)
+
+
+@pytest.mark.parametrize("device, reason", [
+    (checkin(charging=False), "not charging"),
+    (checkin(unmetered=False), "metered"),
+    (checkin(idle=False), "not idle"),
+    (checkin(battery=0.49), "battery 49% below 50%"),
+    (checkin(free_memory_mb=255), "free memory 255 MB below 256 MB"),
+    (checkin(examples=0), "no local training examples"),
+])
+def test_each_rule_excludes_a_device(device: CheckIn, reason: str) -> None:
+    why = ineligibility(device, STRICT)
+    assert why is not None and reason in why
+
+
+def test_eligible_device_and_lenient_rules() -> None:
+    assert ineligibility(checkin(battery=0.5, free_memory_mb=256), STRICT) is None
+    lenient = SelectionConfig()
+    assert ineligibility(checkin(charging=False, unmetered=False, idle=False, battery=0.0,
+                                 free_memory_mb=0), lenient) is None
+
+
+def test_round_rng_is_deterministic_and_separated_by_purpose() -> None:
+    def draw(*args: object) -> list[float]:
+        rng = round_rng(*args)  # type: ignore[arg-type]
+        return [rng.random() for _ in range(4)]
+
+    assert draw(1, "job", 3, 1, "select") == draw(1, "job", 3, 1, "select")
+    variants = [draw(2, "job", 3, 1, "select"), draw(1, "job2", 3, 1, "select"),
+                draw(1, "job", 4, 1, "select"), draw(1, "job", 3, 2, "select"),
+                draw(1, "job", 3, 1, "other")]
+    assert all(v != draw(1, "job", 3, 1, "select") for v in variants)
+    seeds = {round_seed(0, "job", r, a) for r in range(20) for a in range(3)}
+    assert len(seeds) == 60 and all(0 <= s < 2**62 for s in seeds)
+
+
+def pool_with(ids: list[str], rules: SelectionConfig | None = None) -> SelectionPool:
+    pool = SelectionPool(rules or SelectionConfig())
+    for d in ids:
+        pool.add(d, checkin())
+    return pool
+
+
+@settings(max_examples=100, deadline=None)
+@given(ids=st.lists(st.from_regex(r"dev-[0-9]{1,4}", fullmatch=True), unique=True, max_size=40),
+       count=st.integers(0, 50), seed=st.integers(0, 2**32), order_seed=st.integers(0, 1000))
+def test_seeded_selection_is_deterministic_and_partitions_the_pool(
+        ids: list[str], count: int, seed: int, order_seed: int) -> None:
+    first = pool_with(ids)
+    shuffled = list(ids)
+    random.Random(order_seed).shuffle(shuffled)
+    second = pool_with(shuffled)  # same devices, checked in in another order
+    chosen, rest = first.select(random.Random(seed), count)
+    assert (chosen, rest) == second.select(random.Random(seed), count)
+    assert len(chosen) == min(count, len(ids))
+    assert sorted(chosen + rest) == sorted(ids) and not set(chosen) & set(rest)
+    assert chosen == sorted(chosen)
+    assert first.waiting == {}
+
+
+def test_different_rounds_select_different_devices() -> None:
+    ids = [f"dev-{i:03d}" for i in range(100)]
+    picks = {tuple(pool_with(ids).select(round_rng(0, "job", r, 1, "select-train"), 10)[0])
+             for r in range(1, 6)}
+    assert len(picks) == 5
+
+
+def test_a_device_checking_in_twice_waits_once_and_remove_forgets_it() -> None:
+    pool = pool_with(["a", "b", "a"])
+    assert sorted(pool.waiting) == ["a", "b"]
+    pool.remove("a")
+    pool.remove("never-seen")
+    assert sorted(pool.waiting) == ["b"]
+
+
+def retry_windows(checkins: int, eta_s: float, demand: int, seed: int = 7) -> list[float]:
+    pool = pool_with([f"dev-{i}" for i in range(checkins)], SelectionConfig(retry_window_s=10.0))
+    rng = random.Random(seed)
+    return [pool.retry_window(rng, eta_s, demand) for _ in range(200)]
+
+
+def test_retry_windows_grow_with_the_checkin_rate() -> None:
+    levels = [1, 30, 120, 600, 3000]
+    windows = {n: retry_windows(n, eta_s=5.0, demand=10) for n in levels}
+    for low, high in zip(levels, levels[1:], strict=False):
+        # same random draws, larger spread: every window is at least as long
+        assert all(a <= b for a, b in zip(windows[low], windows[high], strict=True)), (low, high)
+    mean = {n: sum(w) / len(w) for n, w in windows.items()}
+    assert mean[3000] > 5 * mean[1]
+
+
+@pytest.mark.parametrize("checkins", [1, 100, 5000])
+@pytest.mark.parametrize("eta_s", [0.0, 3.0, 60.0])
+def test_retry_window_bounds(checkins: int, eta_s: float) -> None:
+    base = max(eta_s, 0.5)
+    for w in retry_windows(checkins, eta_s, demand=10):
+        assert base <= w <= base + 10 * max(eta_s, 10.0) + 1e-9
+
+
+def test_small_fleet_comes_back_right_after_the_round() -> None:
+    windows = retry_windows(5, eta_s=20.0, demand=10)
+    assert all(20.0 <= w <= 25.0 for w in windows)
+
+
+@pytest.mark.parametrize("want, online, expected", [(10, 0, 1.0), (10, 20, 1.0), (10, 100, 0.3),
+                                                    (1, 3000, 0.001)])
+def test_wake_probability(want: int, online: int, expected: float) -> None:
+    assert SelectionPool.wake_probability(want, online) == pytest.approx(expected)
+
+
+def test_should_close() -> None:
+    quiet = SelectionConfig(quiet_period_s=0.0, selection_timeout_s=30.0)
+    busy = SelectionConfig(quiet_period_s=3600.0, selection_timeout_s=30.0)
+    # every reachable device waits (and at least the minimum): nobody else can come
+    assert pool_with(["a", "b", "c"], busy).should_close(10, 3, reachable=3, waited_s=0.0)
+    assert not pool_with(["a", "b"], busy).should_close(10, 3, reachable=2, waited_s=0.0)
+    # enough devices and the check-ins went quiet
+    assert pool_with(list("abcde"), quiet).should_close(5, 2, reachable=50, waited_s=0.0)
+    assert not pool_with(list("abcde"), busy).should_close(5, 2, reachable=50, waited_s=0.0)
+    assert not pool_with(list("abcd"), quiet).should_close(5, 2, reachable=50, waited_s=0.0)
+    # the timeout closes with at least the minimum, never below it
+    assert pool_with(list("ab"), busy).should_close(5, 2, reachable=50, waited_s=30.0)
+    assert not pool_with(list("a"), busy).should_close(5, 2, reachable=50, waited_s=30.0)
+    assert not pool_with(list("ab"), busy).should_close(5, 2, reachable=50, waited_s=29.9)
