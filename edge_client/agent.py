@@ -341,6 +341,7 @@ class DeviceAgent:
 
     async def _do_task(self, task: m.Task, job_id: str | None, round_id: int | None) -> None:
         self._set(AgentState.TRAINING)
+        over = False  # the pending task is kept for a resume unless it ran to its end
         try:
             if self.hooks.drops_out("before-training"):
                 return
@@ -355,6 +356,7 @@ class DeviceAgent:
             nbytes = await self._send(update, job_id, round_id)
             await self.hooks.after_transfer(nbytes, "up")
             self.uplink_bytes += nbytes
+            over = True  # sent: a resume would only send a duplicate
             ack = await self._receive((m.Ack,), 30.0)
             if ack is not None and isinstance(ack[0], m.Ack):
                 if ack[0].accepted:
@@ -362,12 +364,18 @@ class DeviceAgent:
                 else:
                     log.info("device %s: update refused: %s", self.config.device_id, ack[0].reason)
         except (ArtifactError, CodecError, DataError) as exc:
+            over = True
             log.warning("device %s: task failed: %s", self.config.device_id, exc)
             await self._send(m.ErrorReport(code=type(exc).__name__, message=str(exc)), job_id, round_id)
         finally:
-            self._pending_path().unlink(missing_ok=True)
-            if self.state != AgentState.WAITING:
+            if over or self._deliberately_skipped(task):
+                self._pending_path().unlink(missing_ok=True)
+            if self.state not in (AgentState.WAITING, AgentState.OFFLINE):
                 self._set(AgentState.WAITING)
+
+    def _deliberately_skipped(self, task: m.Task) -> bool:
+        """True when the task will never be resumed: its deadline passed or the device dropped it."""
+        return time.time() > task.deadline or (not self._stop.is_set() and self.link.connected.is_set())
 
     async def _fetch(self, task: m.Task) -> tuple[Artifact, list[np.ndarray]]:
         before = self.fetcher.bytes_downloaded

@@ -84,14 +84,33 @@ def _opt_path(base: Path, table: dict[str, Any], key: str, where: str) -> Path |
     return _path(base, table[key], f"{where}.{key}") if key in table else None
 
 
+def _rules(table: Any) -> EligibilityRules:
+    if not isinstance(table, dict):
+        raise ConfigError("[eligibility] must be a table")
+    known = set(EligibilityRules.__dataclass_fields__)
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"unknown eligibility keys: {sorted(unknown)}")
+    for key, value in table.items():
+        if key.startswith("require_") and not isinstance(value, bool):
+            raise ConfigError(f"eligibility.{key} must be true or false")
+        if not key.startswith("require_") and (isinstance(value, bool)
+                                               or not isinstance(value, int | float)):
+            raise ConfigError(f"eligibility.{key} must be a number")
+    rules = EligibilityRules(**table)
+    if not 0.0 <= rules.min_battery <= 1.0 or rules.min_free_memory_mb < 0:
+        raise ConfigError("eligibility.min_battery must be in [0, 1] and min_free_memory_mb >= 0")
+    return rules
+
+
 def parse_device_config(raw: dict[str, Any], base_dir: Path) -> DeviceConfig:
     """Validate a parsed `device.toml`; relative paths are resolved against ``base_dir``."""
-    try:
-        dev = raw["device"]
-        broker = raw["broker"]
-        data = raw["data"]
-    except KeyError as exc:
-        raise ConfigError(f"device.toml is missing the [{exc.args[0]}] table") from exc
+    for table in ("device", "broker", "data"):
+        if table not in raw:
+            raise ConfigError(f"device.toml is missing the [{table}] table")
+        if not isinstance(raw[table], dict):
+            raise ConfigError(f"[{table}] must be a table")
+    dev, broker, data = raw["device"], raw["broker"], raw["data"]
     try:
         device_id = check_name("device id", dev.get("id", ""))
         fleet = check_name("fleet", dev.get("fleet", ""))
@@ -100,13 +119,19 @@ def parse_device_config(raw: dict[str, Any], base_dir: Path) -> DeviceConfig:
     url = broker.get("url")
     if not isinstance(url, str) or urlparse(url).scheme not in ("mqtt", "mqtts"):
         raise ConfigError("broker.url must look like mqtt://host:port or mqtts://host:port")
-    elig = raw.get("eligibility", {})
-    known = set(EligibilityRules.__dataclass_fields__)
-    unknown = set(elig) - known
-    if unknown:
-        raise ConfigError(f"unknown eligibility keys: {sorted(unknown)}")
+    try:
+        port = urlparse(url).port
+    except ValueError as exc:
+        raise ConfigError(f"broker.url has an invalid port: {exc}") from exc
+    if port == 0:
+        raise ConfigError("broker.url port must be 1-65535")
+    keepalive = broker.get("keepalive_s", 30)
+    if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not 5 <= keepalive <= 3600:
+        raise ConfigError("broker.keepalive_s must be an integer between 5 and 3600")
     identity = raw.get("identity", {})
     server = raw.get("server", {})
+    if not isinstance(identity, dict) or not isinstance(server, dict):
+        raise ConfigError("[identity] and [server] must be tables")
     return DeviceConfig(
         device_id=device_id,
         fleet=fleet,
@@ -119,7 +144,7 @@ def parse_device_config(raw: dict[str, Any], base_dir: Path) -> DeviceConfig:
             ca_file=_opt_path(base_dir, broker, "ca_file", "broker"),
             cert_file=_opt_path(base_dir, broker, "cert_file", "broker"),
             key_file=_opt_path(base_dir, broker, "key_file", "broker"),
-            keepalive_s=int(broker.get("keepalive_s", 30)),
+            keepalive_s=keepalive,
         ),
         data=DataConfig(
             train=_path(base_dir, data.get("train"), "data.train"),
@@ -128,7 +153,7 @@ def parse_device_config(raw: dict[str, Any], base_dir: Path) -> DeviceConfig:
         identity_key_file=_opt_path(base_dir, identity, "key_file", "identity"),
         server_signing_key_file=_opt_path(base_dir, server, "signing_public_key", "server"),
         enrolment_key_file=_opt_path(base_dir, server, "enrolment_public_key", "server"),
-        eligibility=EligibilityRules(**elig),
+        eligibility=_rules(raw.get("eligibility", {})),
     )
 
 

@@ -61,12 +61,18 @@ def create_app(blobs: BlobStore, counter: TrafficCounter) -> FastAPI:
             raise HTTPException(status_code=404, detail=f"no blob {digest}")
         etag = f'"{digest}"'
         headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "public, max-age=31536000, immutable"}
-        if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
-            return Response(status_code=304, headers=headers)
+        if if_none_match is not None:
+            tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+            if "*" in tags or etag in tags:
+                return Response(status_code=304, headers=headers)
         data = path.read_bytes()
         counter.requests += 1
         if range_header:
-            start, end = _slice_for_range(range_header, len(data))
+            try:
+                start, end = _slice_for_range(range_header, len(data))
+            except HTTPException as exc:
+                exc.headers = {"Content-Range": f"bytes */{len(data)}"}
+                raise
             body = data[start:end + 1]
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
             counter.bytes_served += len(body)

@@ -132,8 +132,34 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_types(job: JobConfig) -> None:
+    """Every field has the type its dataclass declares (ints are not bools, numbers are numbers)."""
+    if isinstance(job.rounds, bool) or not isinstance(job.rounds, int):
+        raise ConfigError("job.rounds must be an integer")
+    if isinstance(job.seed, bool) or not isinstance(job.seed, int):
+        raise ConfigError("job.seed must be an integer")
+    for table, obj in (("selection", job.selection), ("training", job.training),
+                       ("server_optimizer", job.optimizer), ("evaluation", job.evaluation)):
+        for name, spec in type(obj).__dataclass_fields__.items():
+            value = getattr(obj, name)
+            kind = str(spec.type)
+            if value is None and "None" in kind:
+                continue
+            if kind.startswith("bool"):
+                ok = isinstance(value, bool)
+            elif kind.startswith("int"):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif kind.startswith("float"):
+                ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            else:
+                ok = isinstance(value, str)
+            if not ok:
+                raise ConfigError(f"{table}.{name} must be of type {kind}, got {value!r}")
+
+
 def validate(job: JobConfig) -> JobConfig:
     """Check every value's type and range; raise ConfigError naming the first bad one."""
+    _check_types(job)
     s, t, o = job.selection, job.training, job.optimizer
     _check(isinstance(job.rounds, int) and job.rounds >= 1, "job.rounds must be an integer >= 1")
     _check(isinstance(s.target_reports, int) and s.target_reports >= 1,
@@ -144,8 +170,10 @@ def validate(job: JobConfig) -> JobConfig:
     _check(s.round_deadline_s > 0 and s.selection_timeout_s > 0, "timeouts must be positive")
     _check(s.max_attempts >= 1, "selection.max_attempts must be >= 1")
     _check(0.0 <= s.min_battery <= 1.0, "selection.min_battery must be in [0, 1]")
-    _check(isinstance(t.local_epochs, int) and t.local_epochs >= 1, "training.local_epochs must be >= 1")
-    _check(t.lr > 0 and math.isfinite(t.lr), "training.lr must be a positive number")
+    _check(1 <= t.local_epochs <= 1000, "training.local_epochs must be between 1 and 1000")
+    _check(0 < t.lr <= 100, "training.lr must be in (0, 100]")
+    _check(t.max_steps is None or 1 <= t.max_steps <= 10**9, "training.max_steps must be in [1, 1e9]")
+    _check(t.lr_step_rounds >= 1, "training.lr_step_rounds must be >= 1")
     _check(t.lr_schedule in LR_SCHEDULES, f"training.lr_schedule must be one of {LR_SCHEDULES}")
     _check(0 < t.lr_decay <= 1.0, "training.lr_decay must be in (0, 1]")
     _check(t.max_example_weight >= 1, "training.max_example_weight must be >= 1")
@@ -200,6 +228,8 @@ def _parse_job_config(raw: dict[str, Any], base_dir: Path) -> JobConfig:
         check_name("fleet", job["fleet"])
     except ProtocolError as exc:
         raise ConfigError(str(exc)) from exc
+    if not isinstance(job["artifact"], str):
+        raise ConfigError("job.artifact must be a path string")
     artifact = Path(job["artifact"])
     if not artifact.is_absolute():
         artifact = base_dir / artifact
@@ -215,7 +245,7 @@ def _parse_job_config(raw: dict[str, Any], base_dir: Path) -> JobConfig:
         fleet=job["fleet"],
         artifact=artifact,
         rounds=job["rounds"],
-        seed=int(job.get("seed", 0)),
+        seed=job.get("seed", 0),
         codec=str(job.get("codec", "none")),
         downlink=job.get("downlink"),
         dp=job.get("dp"),

@@ -64,7 +64,8 @@ class SelectionPool:
         self._note_checkin()
 
     def should_close(self, want: int, minimum: int, reachable: int, waited_s: float) -> bool:
-        """Close selection when enough devices wait and no more are coming, or at the timeout.
+        """Close selection when enough devices wait and no more are coming, or at the timeout
+        with at least the minimum (below the minimum the round keeps waiting in SELECTING).
 
         "No more are coming" means every reachable (online) device has checked in, or no
         check-in arrived for the quiet period; this keeps selection deterministic for a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import OrderedDict
@@ -110,6 +111,8 @@ def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS, now: float | None = Non
         if rnd < 0:
             raise ProtocolError("round must be >= 0")
     ts = float(_expect(raw.get("ts"), (int, float), "ts"))
+    if not math.isfinite(ts):
+        raise ProtocolError("field 'ts' is not a finite number: stale or replayed")
     now = time.time() if now is None else now
     if check_time and abs(ts - now) > limits.max_clock_skew_s:
         raise ProtocolError(f"timestamp {ts:.0f} is {ts - now:+.0f} s from now: stale or replayed")
@@ -127,22 +130,26 @@ def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS, now: float | None = Non
 
 
 class ReplayGuard:
-    """Remembers recent message ids and refuses any id seen twice within the clock-skew window."""
+    """Refuses any message id seen twice from the same sender within the replay window.
 
-    def __init__(self, window_s: float = DEFAULT_LIMITS.max_clock_skew_s, capacity: int = 200_000):
+    Each sender has its own bounded memory, so one device flooding ids cannot evict the ids
+    of others (and so make their messages replayable).
+    """
+
+    def __init__(self, window_s: float = DEFAULT_LIMITS.max_clock_skew_s, per_sender: int = 4096):
         self._window_s = window_s
-        self._capacity = capacity
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._per_sender = per_sender
+        self._seen: dict[str, OrderedDict[bytes, float]] = {}
 
     def check(self, envelope: Envelope, now: float | None = None) -> None:
-        """Raise ProtocolError if this message id was already accepted."""
+        """Raise ProtocolError if this message id was already accepted from this sender."""
         now = time.time() if now is None else now
-        while self._seen:
-            oldest_id, seen_at = next(iter(self._seen.items()))
-            if now - seen_at <= 2 * self._window_s and len(self._seen) < self._capacity:
+        seen = self._seen.setdefault(envelope.sender, OrderedDict())
+        while seen:
+            oldest_id, seen_at = next(iter(seen.items()))
+            if now - seen_at <= 2 * self._window_s and len(seen) < self._per_sender:
                 break
-            self._seen.pop(oldest_id)
-        key = envelope.sender.encode() + b"/" + envelope.msg_id
-        if key in self._seen:
+            seen.pop(oldest_id)
+        if envelope.msg_id in seen:
             raise ProtocolError(f"replayed message id {envelope.msg_id.hex()} from {envelope.sender}")
-        self._seen[key] = now
+        seen[envelope.msg_id] = now

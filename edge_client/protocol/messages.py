@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -15,8 +16,10 @@ ALLOWED_DTYPES = {"float32", "float16", "int32", "uint32", "int8", "uint8", "int
 
 
 def encode_tensor(array: np.ndarray) -> dict[str, Any]:
-    """Tensor as raw little-endian bytes with its dtype and shape."""
-    arr = np.ascontiguousarray(array)
+    """Tensor as raw little-endian bytes with its dtype and shape (0-d tensors keep shape [])."""
+    arr = np.asarray(array)
+    if not arr.flags.c_contiguous:
+        arr = arr.copy(order="C")
     if arr.dtype.name not in ALLOWED_DTYPES:
         raise ProtocolError(f"dtype {arr.dtype} cannot travel on the wire")
     return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": arr.astype(arr.dtype.newbyteorder("<")).tobytes()}
@@ -33,6 +36,10 @@ def decode_tensor(obj: Any, limits: Limits = DEFAULT_LIMITS, name: str = "tensor
         raise ProtocolError(f"{name}: shape must be a list of at most 8 dims")
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise ProtocolError(f"{name}: shape dims must be non-negative ints")
+    for d in shape:  # bound each dim too: a zero elsewhere must not hide a huge one
+        if d > limits.max_tensor_elements:
+            raise ProtocolError(f"{name}: shape dim {d}: {d} elements exceed the limit "
+                                f"{limits.max_tensor_elements}")
     count = math.prod(shape)
     if count > limits.max_tensor_elements:
         raise ProtocolError(f"{name}: {count} elements exceed the limit {limits.max_tensor_elements}")
@@ -47,6 +54,9 @@ def decode_tensor(obj: Any, limits: Limits = DEFAULT_LIMITS, name: str = "tensor
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ProtocolError(f"{name}: contains NaN or infinity")
     return arr
+
+
+_ACTIVE_LIMITS: ContextVar[Limits] = ContextVar("fedge_protocol_limits", default=DEFAULT_LIMITS)
 
 
 class _Field:
@@ -68,7 +78,7 @@ class _Field:
             raise ProtocolError(f"field {key!r} has type {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ProtocolError(f"field {key!r} is not finite")
-        if isinstance(value, str) and len(value) > DEFAULT_LIMITS.max_string_len:
+        if isinstance(value, str) and len(value) > _ACTIVE_LIMITS.get().max_string_len:
             raise ProtocolError(f"field {key!r} is too long")
         return value
 
@@ -168,7 +178,8 @@ class BlobRef:
         sig = F.get(body, "signature", bytes)
         if len(sig) != 64:
             raise ProtocolError("signature must be 64 bytes (Ed25519)")
-        return cls(sha256=sha, url=url, signature=sig, size=int(F.get(body, "size", int)))
+        size = int(F.in_range("size", F.get(body, "size", int), 0, 1 << 40))
+        return cls(sha256=sha, url=url, signature=sig, size=size)
 
 
 @dataclass(frozen=True)
@@ -406,12 +417,15 @@ def parse(envelope: Envelope, limits: Limits = DEFAULT_LIMITS) -> Message:
     cls = MESSAGE_TYPES.get(envelope.type)
     if cls is None:
         raise ProtocolError(f"unknown message type {envelope.type!r}")
+    token = _ACTIVE_LIMITS.set(limits)
     try:
         return cls.from_body(envelope.body, limits)
     except ProtocolError as exc:
         raise ProtocolError(f"{envelope.type}: {exc}") from exc
     except (TypeError, ValueError, KeyError) as exc:
         raise ProtocolError(f"{envelope.type}: malformed body: {exc}") from exc
+    finally:
+        _ACTIVE_LIMITS.reset(token)
 
 
 def make(message: Message, *, sender: str, job_id: str | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 from edge_client.errors import SecAggError
 from edge_client.identity import canonical_bytes
@@ -12,30 +13,26 @@ from edge_client.identity import canonical_bytes
 GRAPH_DOMAIN = b"fedge/secagg/v1/graph"
 
 
-def _log_pmf(n: int, i: int, p: float) -> float:
-    return (
-        math.lgamma(n + 1)
-        - math.lgamma(i + 1)
-        - math.lgamma(n - i + 1)
-        + i * math.log(p)
-        + (n - i) * math.log1p(-p)
-    )
-
-
 def binomial_tails(n: int, p: float) -> list[float]:
-    """``tails[m] = P[Binomial(n, p) >= m]`` for m = 0 ... n + 1, in log space (no overflow)."""
+    """``tails[m] = P[Binomial(n, p) >= m]`` for m = 0 ... n + 1 (log-space pmf, no overflow)."""
     if p <= 0.0:
         pmf = [1.0] + [0.0] * n
     elif p >= 1.0:
         pmf = [0.0] * n + [1.0]
     else:
-        pmf = [math.exp(_log_pmf(n, i, p)) for i in range(n + 1)]
+        log_odds = math.log(p) - math.log1p(-p)
+        log_pmf = n * math.log1p(-p)  # i = 0
+        pmf = [math.exp(log_pmf)]
+        for i in range(n):  # pmf(i + 1) = pmf(i) * (n - i) / (i + 1) * p / (1 - p)
+            log_pmf += math.log((n - i) / (i + 1)) + log_odds
+            pmf.append(math.exp(log_pmf))
     tails = [0.0] * (n + 2)
     for i in range(n, -1, -1):
         tails[i] = min(1.0, tails[i + 1] + pmf[i])
     return tails
 
 
+@lru_cache(maxsize=1024)
 def complete_graph_params(n: int, corrupt_fraction: float) -> tuple[int, int]:
     """(k, t) of classic SecAgg: every device shares with all n - 1 others.
 
@@ -83,6 +80,7 @@ def _harary_threshold(
     return None
 
 
+@lru_cache(maxsize=1024)
 def choose_graph_params(
     n: int,
     dropout_rate: float,

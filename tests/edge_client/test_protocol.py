@@ -334,8 +334,8 @@ def test_replay_within_twice_the_window_is_always_refused(ids: list[bytes],
                         now=last + min(delays[i], 1199.0 - last))
 
 
-def test_replay_guard_memory_is_bounded() -> None:
-    guard = ReplayGuard(window_s=600, capacity=3)
+def test_replay_guard_memory_is_bounded_per_sender() -> None:
+    guard = ReplayGuard(window_s=600, per_sender=3)
     envelopes = [m.Envelope(type="ack", body={}, sender="d", msg_id=bytes([i]) * 12)
                  for i in range(4)]
     for e in envelopes:
@@ -343,6 +343,12 @@ def test_replay_guard_memory_is_bounded() -> None:
     guard.check(envelopes[0], now=1.0)  # evicted to stay within capacity
     with pytest.raises(ProtocolError, match="replayed"):
         guard.check(envelopes[3], now=1.0)
+    other = m.Envelope(type="ack", body={}, sender="e", msg_id=bytes([9]) * 12)
+    guard.check(other, now=1.0)
+    for i in range(10, 20):  # "d" floods ids: "e"'s id must still be remembered
+        guard.check(m.Envelope(type="ack", body={}, sender="d", msg_id=bytes([i]) * 12), now=1.0)
+    with pytest.raises(ProtocolError, match="replayed"):
+        guard.check(other, now=2.0)
 
 
 # --- fuzzing: nothing but ProtocolError ---------------------------------------------------

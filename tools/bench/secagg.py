@@ -18,19 +18,22 @@ What is simulated, and why the numbers still hold:
 * (k, t) come from ``choose_graph_params`` with the planned dropout max(actual, 10 %)
   and corrupt fraction 0 (an active server, no colluding devices).
 * The PRG bound is the time of AES-256-CTR over 4 d zero bytes (``update_into`` a reused
-  buffer) for as many fresh keys as the server regenerated masks, measured on up to 2,000
+  buffer) for as many fresh keys as the server regenerated masks, measured on up to 1,000
   keys right after the unmask and scaled linearly.
 * Peak server memory is the tracemalloc peak of a replay of the same message log into a
   fresh server in the server process (timing runs without tracemalloc).
-* Flower (``flwr`` in /tmp/flwr-venv): the driver below runs the code paths of Flower's
-  secaggplus_mod (client) and SecAggPlusWorkflow.unmask_stage (server) with the same
-  n, d, k (num_shares = k + 1: Flower counts the own share), t, dropouts: client share =
-  create_shares x2 + per neighbour ECDH(PEM) + Fernet encrypt; client mask = per neighbour
-  Fernet decrypt + seed PRG + per neighbour ECDH + PRG add/sub + mod (quantization
-  excluded: our codec does it before SecAgg); server unmask = per survivor combine_shares +
-  PRG subtract, per dropped device combine_shares, per (dropped, surviving neighbour) pair
-  ECDH + PRG add, + mod. Each item kind runs until its time budget is spent and the rest is
-  extrapolated from the measured mean (column 'meas.' gives the measured fraction).
+* Flower (``flwr`` 1.42 in /tmp/flwr-venv): the driver below times, in that venv, every
+  call on the code paths of Flower's secaggplus_mod (client) and
+  SecAggPlusWorkflow.unmask_stage (server) for the same k (num_shares = k + 1: Flower
+  counts the own share) and t: client share = 2 key pairs + create_shares of the seed and
+  of the (PEM) masking key + per neighbour ECDH(PEM) and Fernet encrypt; client mask = per
+  neighbour Fernet decrypt + seed PRG + per neighbour ECDH + PRG add + mod (quantization
+  excluded: our codec does it before SecAgg); server unmask = per survivor combine_shares
+  + PRG subtract, per dropped device combine_shares of its key, per (dropped, surviving
+  neighbour) pair ECDH + PRG add, + mod. Each call's mean (at least one call, up to
+  --flower-budget seconds of calls) is multiplied by its count: Flower's Shamir
+  (pycryptodome, GF(2^128) in Python) takes seconds per secret at t ~ 100, so running
+  whole rounds of it would take hours.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ from server.secagg import SecAggServer
 FLOWER_PYTHON = Path("/tmp/flwr-venv/bin/python")
 ROUND = "bench-1"
 FLEET = "bench"
-PRG_BOUND_SAMPLE = 2000
+PRG_BOUND_SAMPLE = 1000
 
 
 def pack(msg: Message) -> bytes:
@@ -285,7 +288,10 @@ def run_point(
         key = Ed25519PrivateKey.generate()
         cert = issue_identity_certificate(authority, FLEET, u, key.public_key())
         config = configs.get(dim_of[u], small)
-        clients[u] = SecAggClient(u, key, ROUND, config, authority.public_key(), cert)
+        # Representatives check every neighbour's certificate, as devices do; the others
+        # only advance the round, so they skip that (their time is not measured).
+        checks = authority.public_key() if u in rep_of or all_real else None
+        clients[u] = SecAggClient(u, key, ROUND, config, checks, cert)
     inputs = {u: gen.integers(0, 2**32, dim_of[u], dtype=np.uint64).astype(np.uint32) for u in ids}
     graph_seed = os.urandom(32)
     servers = {d: ServerHandle(configs[d], ids, graph_seed, authority.public_key()) for d in dims}
@@ -362,8 +368,7 @@ import numpy as np
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
     decrypt, encrypt, generate_shared_key)
-from flwr.common.secure_aggregation.ndarrays_arithmetic import (
-    parameters_addition, parameters_mod, parameters_subtraction)
+from flwr.common.secure_aggregation.ndarrays_arithmetic import parameters_addition, parameters_mod
 from flwr.common.secure_aggregation.secaggplus_utils import (
     pseudo_rand_gen, share_keys_plaintext_concat, share_keys_plaintext_separate)
 from flwr.supercore.primitives.asymmetric import (
@@ -371,98 +376,96 @@ from flwr.supercore.primitives.asymmetric import (
     public_key_to_bytes)
 
 p = json.loads(sys.stdin.read())
-n, d, k, t, mod = p["n"], p["d"], p["k"], p["t"], 1 << 32
-shape = [(d,)]
+k, t, budget, mod = p["k"], p["t"], p["unit_budget_s"], 1 << 32
+calls = {}
+
+def unit(name, fn):
+    # Mean seconds of one call of fn: at least one call, more while within the budget.
+    done, spent = 0, 0.0
+    while done == 0 or spent < budget:
+        t0 = time.perf_counter(); fn(); spent += time.perf_counter() - t0; done += 1
+    calls[name] = done
+    return spent / done
 
 def keypair():
     sk, pk = generate_key_pairs()
     return private_key_to_bytes(sk), public_key_to_bytes(pk)
 
-peers = [keypair() for _ in range(k)]
-out = {}
-t0 = time.perf_counter()
-sk1, pk1 = keypair(); sk2, pk2 = keypair()
-out["client_setup_s"] = time.perf_counter() - t0
-
-t0 = time.perf_counter()
+sk1, pk1 = keypair()
+sk2, pk2 = keypair()
+peer_sk, peer_pk = keypair()
 rd_seed = os.urandom(32)
 b_shares = create_shares(rd_seed, t, k + 1)
 sk1_shares = create_shares(sk1, t, k + 1)
-cts, keys = [], []
-for i, (_, peer_pk) in enumerate(peers):
+peer_key = generate_shared_key(bytes_to_private_key(sk2), bytes_to_public_key(peer_pk))
+blob = encrypt(peer_key, share_keys_plaintext_concat(1, 2, b_shares[1], sk1_shares[1]))
+
+def share_peer():
     key = generate_shared_key(bytes_to_private_key(sk2), bytes_to_public_key(peer_pk))
-    keys.append(key)
-    plain = share_keys_plaintext_concat(1, i + 2, b_shares[i + 1], sk1_shares[i + 1])
-    cts.append(encrypt(key, plain))
-out["client_share_s"] = time.perf_counter() - t0
+    encrypt(key, share_keys_plaintext_concat(1, 2, b_shares[1], sk1_shares[1]))
 
-x = [np.random.randint(0, 1 << 16, d, dtype=np.int64)]
-t0 = time.perf_counter()
-for key, ct in zip(keys, cts):
-    share_keys_plaintext_separate(decrypt(key, ct))
-masked = parameters_addition(x, pseudo_rand_gen(rd_seed, mod, shape))
-for i, (_, peer_pk) in enumerate(peers):
-    shared = generate_shared_key(bytes_to_private_key(sk1), bytes_to_public_key(peer_pk))
-    mask = pseudo_rand_gen(shared, mod, shape)
-    masked = (parameters_addition if i % 2 else parameters_subtraction)(masked, mask)
-masked = parameters_mod(masked, mod)
-out["client_mask_s"] = time.perf_counter() - t0
-
-def run_items(count, budget, item):
-    done, spent = 0, 0.0
-    while done < count and (done == 0 or spent < budget):
-        t0 = time.perf_counter(); item(); spent += time.perf_counter() - t0; done += 1
-    return (spent / done * count if done else 0.0), done
-
-acc = [np.zeros(d, dtype=np.int64)]
-shares = create_shares(rd_seed, t, k + 1)[:t]
-sk_shares = create_shares(sk1, t, k + 1)[:t]
-state = {"acc": acc}
-def survivor():
-    seed = combine_shares(shares)
-    state["acc"] = parameters_subtraction(state["acc"], pseudo_rand_gen(seed, mod, shape))
-def dropped():
-    combine_shares(sk_shares)
-def pair():
-    shared = generate_shared_key(bytes_to_private_key(sk1), bytes_to_public_key(peers[0][1]))
-    state["acc"] = parameters_addition(state["acc"], pseudo_rand_gen(shared, mod, shape))
-budget = p["budget_s"] / 3
-s_time, s_done = run_items(p["survivors"], budget, survivor)
-d_time, d_done = run_items(p["dropped"], budget, dropped)
-p_time, p_done = run_items(p["pairs"], budget, pair)
-t0 = time.perf_counter(); parameters_mod(state["acc"], mod); mod_time = time.perf_counter() - t0
-out["server_unmask_s"] = s_time + d_time + p_time + mod_time
-items = p["survivors"] + p["dropped"] + p["pairs"]
-out["measured_fraction"] = (s_done + d_done + p_done) / max(items, 1)
+u = {
+    "keygen": unit("keygen", keypair),
+    "create_seed": unit("create_seed", lambda: create_shares(rd_seed, t, k + 1)),
+    "create_sk": unit("create_sk", lambda: create_shares(sk1, t, k + 1)),
+    "share_peer": unit("share_peer", share_peer),
+    "decrypt": unit("decrypt", lambda: share_keys_plaintext_separate(decrypt(peer_key, blob))),
+    "ecdh": unit("ecdh", lambda: generate_shared_key(
+        bytes_to_private_key(sk1), bytes_to_public_key(peer_pk))),
+    "combine_seed": unit("combine_seed", lambda: combine_shares(b_shares[:t])),
+    "combine_sk": unit("combine_sk", lambda: combine_shares(sk1_shares[:t])),
+}
+out = {"units": u, "calls": calls, "per_d": {}}
+S, Dr, P = p["survivors"], p["dropped"], p["pairs"]
+for d in p["dims"]:
+    acc = [np.zeros(d, dtype=np.int64)]
+    mask = lambda: parameters_addition(acc, pseudo_rand_gen(rd_seed, mod, [(d,)]))
+    prg = unit(f"prg_add_{d}", mask)
+    mod_s = unit(f"mod_{d}", lambda: parameters_mod(acc, mod))
+    out["per_d"][str(d)] = {
+        "client_share_s": 2 * u["keygen"] + u["create_seed"] + u["create_sk"] + k * u["share_peer"],
+        "client_mask_s": k * u["decrypt"] + prg + k * (u["ecdh"] + prg) + mod_s,
+        "server_unmask_s": S * (u["combine_seed"] + prg) + Dr * u["combine_sk"]
+        + P * (u["ecdh"] + prg) + mod_s,
+    }
 print(json.dumps(out))
 """
 
 
 def run_flower(
-    point: PointResult, survivors: int, dropped: int, pairs: int, budget_s: float
-) -> dict[str, Any]:
-    """Time Flower's SecAgg+ code paths for the same point in its own venv."""
+    points: Sequence[PointResult], dropped: int, unit_budget_s: float
+) -> list[dict[str, Any]]:
+    """Flower's SecAgg+ costs for the points of one (n, dropout), one dict per point.
+
+    Every Flower call on the path (see the module docstring) is timed in Flower's own
+    venv (mean over at least one call and up to ``unit_budget_s`` seconds of calls) and
+    multiplied by how often the path makes it for these n, k, t and dropouts.
+    """
+    first = points[0]
     params = {
-        "n": point.n,
-        "d": point.d,
-        "k": point.k,
-        "t": point.t,
-        "survivors": survivors,
+        "k": first.k,
+        "t": first.t,
+        "dims": [p.d for p in points],
+        "survivors": first.n - dropped,
         "dropped": dropped,
-        "pairs": pairs,
-        "budget_s": budget_s,
+        "pairs": first.server["pairwise_masks"],
+        "unit_budget_s": unit_budget_s,
     }
     proc = subprocess.run(
         [str(FLOWER_PYTHON), "-c", FLOWER_DRIVER],
         input=json.dumps(params),
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=3600,
         check=False,
     )
     if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
-    return dict(json.loads(proc.stdout))
+        error = proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"
+        return [{"error": error} for _ in points]
+    out = json.loads(proc.stdout)
+    return [
+        {**out["per_d"][str(p.d)], "units_s": out["units"], "calls": out["calls"]} for p in points
+    ]
 
 
 # ---- reporting ---------------------------------------------------------------------------
@@ -515,24 +518,21 @@ def print_tables(console: Console, results: list[PointResult], command: str) -> 
     if not any(r.flower for r in results):
         console.print(f"command: {command}")
         return
-    vs = Table(title="Flower SecAgg+ primitives (flwr, same n, d, k, t, dropouts) vs fedge")
+    vs = Table(title="Flower 1.42 SecAgg+ code paths (same n, d, k, t, dropouts) vs fedge")
     for col in (
         "n",
         "d",
         "drop",
-        "share: flwr/ours",
-        "mask: flwr/ours",
-        "unmask: flwr/ours",
-        "speed-up",
-        "meas.",
+        "share: flwr / ours",
+        "mask: flwr / ours",
+        "unmask: flwr / ours",
+        "unmask speed-up",
     ):
         vs.add_column(col, justify="right")
     for r in results:
         f = r.flower
         if not f or "error" in f:
-            vs.add_row(
-                str(r.n), f"{r.d:,}", f"{r.dropout:.0%}", f.get("error", "-"), "", "", "", ""
-            )
+            vs.add_row(str(r.n), f"{r.d:,}", f"{r.dropout:.0%}", f.get("error", "-"), "", "", "")
             continue
         vs.add_row(
             str(r.n),
@@ -542,7 +542,6 @@ def print_tables(console: Console, results: list[PointResult], command: str) -> 
             f"{_fmt_s(f['client_mask_s'])} / {_fmt_s(r.client_ms['masked_input'] / 1e3)}",
             f"{_fmt_s(f['server_unmask_s'])} / {_fmt_s(r.server['unmask_s'])}",
             f"{f['server_unmask_s'] / r.server['unmask_s']:.1f}x",
-            f"{f['measured_fraction']:.0%}",
         )
     console.print(vs)
     console.print(f"command: {command}")
@@ -559,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dropout", type=float, nargs="*", help="override the dropout rates")
     parser.add_argument("--no-flower", action="store_true", help="skip the Flower comparison")
     parser.add_argument(
-        "--flower-budget", type=float, default=6.0, help="seconds per Flower unmask"
+        "--flower-budget", type=float, default=0.5, help="seconds of calls per Flower unit cost"
     )
     parser.add_argument("--json", type=Path, default=Path("out/bench/secagg.json"))
     args = parser.parse_args(argv)
@@ -583,21 +582,13 @@ def main(argv: list[str] | None = None) -> int:
     for n in ns:
         for dropout in drops:
             points = run_point(n, ds, dropout, seed=n)
-            for p in points:
-                if flower:
-                    survivors = n - round(dropout * n)
-                    p.flower = run_flower(
-                        p,
-                        survivors,
-                        round(dropout * n),
-                        p.server["pairwise_masks"],
-                        args.flower_budget,
-                    )
-                results.append(p)
-                console.print(
-                    f"  done n={n} d={p.d:,} dropout={dropout:.0%} "
-                    f"({time.perf_counter() - started:.0f} s elapsed)"
-                )
+            if flower:
+                costs = run_flower(points, round(dropout * n), args.flower_budget)
+                for point, cost in zip(points, costs, strict=True):
+                    point.flower = cost
+            results.extend(points)
+            elapsed = time.perf_counter() - started
+            console.print(f"  done n={n} dropout={dropout:.0%} ({elapsed:.0f} s elapsed)")
     command = "python -m tools.bench.secagg " + shlex.join(sys.argv[1:] if argv is None else argv)
     print_tables(console, results, command.strip())
     args.json.parent.mkdir(parents=True, exist_ok=True)

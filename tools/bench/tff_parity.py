@@ -116,6 +116,16 @@ def committed_round_weights(state_dir: Path, job_name: str,
     return [unpack_weights(blobs.get(r["weights_sha"]), shapes) for r in rows]
 
 
+def _is_dense_chain(shapes: Sequence[tuple[int, ...]]) -> bool:
+    """Whether ``shapes`` are ``[in, out]`` kernels each followed by an ``[out]`` bias, chained."""
+    kernels, biases = shapes[0::2], shapes[1::2]
+    if not kernels or len(kernels) != len(biases):
+        return False
+    if any(len(k) != 2 or b != (k[1],) for k, b in zip(kernels, biases, strict=True)):
+        return False
+    return all(a[1] == b[0] for a, b in zip(kernels, kernels[1:], strict=False))
+
+
 def _keras_mlp(shapes: Sequence[tuple[int, ...]]) -> Any:
     """Dense layers (ReLU between them, logits out) matching ``[kernel, bias, ...]`` shapes."""
     import tensorflow as tf
@@ -144,11 +154,9 @@ def tff_fedavg(initial: Sequence[np.ndarray], shards: Sequence[Shard], setup: Pa
         If ``initial`` is not kernel/bias pairs of a chain of dense layers.
     """
     shapes = [tuple(w.shape) for w in initial]
-    pairs_ok = len(shapes) >= 2 and len(shapes) % 2 == 0 and all(
-        len(k) == 2 and b == (k[1],) for k, b in zip(shapes[0::2], shapes[1::2], strict=True))
-    chain_ok = pairs_ok and all(a[1] == b[0] for a, b in zip(shapes[0:-2:2], shapes[2::2], strict=True))
-    if not chain_ok:
-        raise ConfigError(f"tff_fedavg needs kernel/bias pairs of chained dense layers, got {shapes}")
+    if not _is_dense_chain(shapes):
+        raise ConfigError(f"tff_fedavg needs [kernel, bias] pairs of chained dense layers, "
+                          f"got shapes {shapes}")
     import tensorflow as tf
     import tensorflow_federated as tff
 
@@ -246,7 +254,8 @@ def run_fedge(job: JobConfig, shards: Sequence[Shard], workdir: Path, broker_url
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=f"python -m {MODULE}",
+                                description="fedge FedAvg vs TFF, per round")
     p.add_argument("--devices", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=2)
