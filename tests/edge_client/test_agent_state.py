@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import LoopThread, MosquittoProcess, ServerThread, start_server
+from fedge_testing import LoopThread, MosquittoProcess, ServerThread, start_server
 
 from edge_client.agent import TRANSITIONS, AgentHooks, AgentState, DeviceAgent, LocalData
 from edge_client.config import load_device_config, parse_device_config

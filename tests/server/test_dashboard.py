@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import DeviceFleet, ServerThread, device_configs, iid_shards, start_server
+from fedge_testing import DeviceFleet, ServerThread, device_configs, iid_shards, start_server
 
 from edge_client.data import save_npz_dataset
 from edge_client.signing import load_or_create_signing_key

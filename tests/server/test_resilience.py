@@ -14,7 +14,7 @@ import msgpack
 import numpy as np
 import paho.mqtt.client as paho
 import pytest
-from conftest import DeviceFleet, device_configs, free_tcp_port, iid_shards
+from fedge_testing import DeviceFleet, device_configs, free_tcp_port, iid_shards
 
 from edge_client import codec
 from edge_client.agent import AgentHooks

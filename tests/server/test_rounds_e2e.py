@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DeviceFleet, MosquittoProcess, device_configs, iid_shards, start_server
+from fedge_testing import DeviceFleet, MosquittoProcess, device_configs, iid_shards, start_server
 
 from edge_client.agent import AgentHooks
 from edge_client.data import save_npz_dataset

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DeviceFleet, MosquittoProcess, device_configs, iid_shards, start_server
+from fedge_testing import DeviceFleet, MosquittoProcess, device_configs, iid_shards, start_server
 
 from edge_client.artifact import load_artifact
 from edge_client.signing import load_or_create_signing_key

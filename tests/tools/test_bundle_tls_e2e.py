@@ -258,6 +258,23 @@ def wait_exit(proc: subprocess.Popen[bytes], timeout_s: float, log: Path) -> int
                              f"{log.read_text()[-4000:]}") from None
 
 
+def wait_selecting(server: subprocess.Popen[bytes], state: Path, log: Path) -> None:
+    """Until the server has opened round 1 (so it is subscribed and will answer a check-in)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"server exited with {server.returncode}:\n{log.read_text()}")
+        if (state / "fedge.db").exists():
+            store = Store(state / "fedge.db")
+            try:
+                if store.rounds(JOB):
+                    return
+            finally:
+                store.close()
+        time.sleep(0.2)
+    raise AssertionError(f"server opened no round in 120 s:\n{log.read_text()}")
+
+
 def test_installed_device_trains_a_round_over_tls_with_acls(
         bundle: Path, fleet: ProvisionResult, tmp_path: Path, start_mosquitto, mlp_artifact: Path,
         digits: tuple[np.ndarray, ...], processes: list[subprocess.Popen[bytes]]) -> None:
@@ -284,6 +301,7 @@ def test_installed_device_trains_a_round_over_tls_with_acls(
              "--job", str(job), "--state-dir", str(state)],
             cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
     processes.append(server)
+    wait_selecting(server, state, server_log)
     device_log = tmp_path / "device.log"
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("PYTHON", "PIP_")) and k != "VIRTUAL_ENV"}
