@@ -11,17 +11,20 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from enum import Enum
 from pathlib import Path
 
+import msgpack
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_client import codec
 from edge_client.artifact import Artifact
 from edge_client.config import DeviceConfig, EligibilityRules
-from edge_client.errors import ArtifactError, CodecError, DataError, ProtocolError
+from edge_client.errors import ArtifactError, CodecError, DataError, ProtocolError, SecAggError
 from edge_client.fetch import BlobFetcher
+from edge_client.identity import IdentityCertificate, load_enrolment_public_key, load_or_create_identity
 from edge_client.mqtt_link import LinkSettings, MqttLink
 from edge_client.privacy import clip_update
 from edge_client.probe import probe_eligibility
@@ -29,6 +32,7 @@ from edge_client.protocol import messages as m
 from edge_client.protocol import topics
 from edge_client.protocol.envelope import DEFAULT_LIMITS, ReplayGuard, unpack
 from edge_client.runtime import runtime_name, runtime_version
+from edge_client.secagg import SecAggClient, SecAggConfig, decode_message
 from edge_client.trainer import EvalResult, LocalTrainer, TrainResult
 from edge_client.weights import pack_weights, unpack_weights
 
@@ -157,6 +161,7 @@ class DeviceAgent:
         self.job_state: str | None = None
         self._stop = asyncio.Event()
         dev = config.device_id
+        self._own_topics = {topics.device_down(config.fleet, dev), topics.broadcast(config.fleet)}
         presence_off = m.make(m.Presence(online=False, profile=config.profile), sender=dev).pack()
         b = config.broker
         self.link = MqttLink(
@@ -191,6 +196,9 @@ class DeviceAgent:
                                 presence, retain=True, wait_s=1)
 
     async def _on_mqtt(self, topic: str, payload: bytes) -> None:
+        if topic not in self._own_topics:
+            log.debug("device %s: ignored a message on %s (not subscribed)", self.config.device_id, topic)
+            return
         try:
             envelope = unpack(payload, DEFAULT_LIMITS)
             if envelope.sender != "server":
@@ -349,6 +357,9 @@ class DeviceAgent:
             if task.kind == "evaluate":
                 await self._evaluate(artifact, weights, job_id, round_id)
                 return
+            if task.secagg is not None:
+                over = await self._secure_task(task, artifact, weights, job_id, round_id)
+                return
             update = await self._train(task, artifact, weights)
             if update is None or self.hooks.drops_out("before-report") or time.time() > task.deadline:
                 return
@@ -363,7 +374,7 @@ class DeviceAgent:
                     self.rounds_reported += 1
                 else:
                     log.info("device %s: update refused: %s", self.config.device_id, ack[0].reason)
-        except (ArtifactError, CodecError, DataError) as exc:
+        except (ArtifactError, CodecError, DataError, SecAggError) as exc:
             over = True
             log.warning("device %s: task failed: %s", self.config.device_id, exc)
             await self._send(m.ErrorReport(code=type(exc).__name__, message=str(exc)), job_id, round_id)
@@ -415,10 +426,9 @@ class DeviceAgent:
             return None
         return new
 
-    async def _train(self, task: m.Task, artifact: Artifact, weights: list[np.ndarray]) -> m.Update | None:
-        spec = codec.parse_spec(task.codec)
-        shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
-        encoder = codec.UpdateEncoder(spec, shapes, self.state_dir / "residual.npz")
+    async def _local_update(self, task: m.Task, artifact: Artifact, weights: list[np.ndarray]
+                            ) -> tuple[list[np.ndarray], TrainResult, int]:
+        """Train on the local data from ``weights``; (delta, metrics, the seed used)."""
         seed = self.train_rng.getrandbits(31)
         async with self.trainers.lock:
             trainer = self.trainers.get(artifact)
@@ -431,9 +441,15 @@ class DeviceAgent:
 
             new_weights, result = await asyncio.to_thread(work)
         await self.hooks.after_compute(result.wall_time_s)
+        return [nw - w for nw, w in zip(new_weights, weights, strict=True)], result, seed
+
+    async def _train(self, task: m.Task, artifact: Artifact, weights: list[np.ndarray]) -> m.Update | None:
+        spec = codec.parse_spec(task.codec)
+        shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
+        encoder = codec.UpdateEncoder(spec, shapes, self.state_dir / "residual.npz")
+        delta, result, seed = await self._local_update(task, artifact, weights)
         if self.hooks.drops_out("after-training"):
             return None
-        delta = [nw - w for nw, w in zip(new_weights, weights, strict=True)]
         within_clip = None
         if task.dp is not None:  # clip on the device: DP bounds each device's contribution
             clipped = clip_update(delta, float(task.dp.get("clip", 0.0)))
@@ -443,6 +459,80 @@ class DeviceAgent:
                                  examples=int(result.examples), train_time_s=float(result.wall_time_s))
         return m.Update(payload=encoded.payload, codec=str(spec), base_weights=task.weights.sha256,
                         metrics=metrics, within_clip=within_clip)
+
+    async def _secure_task(self, task: m.Task, artifact: Artifact, weights: list[np.ndarray],
+                           job_id: str | None, round_id: int | None) -> bool:
+        """Train, then run the client half of SecAgg+; True once the task is over."""
+        settings = task.secagg or {}
+        try:
+            config = SecAggConfig.from_wire(settings.get("config"))
+            max_weight = int(settings["max_weight"])
+            ring = codec.RingCodec(codec.parse_spec(task.codec),
+                                   [tuple(t.shape) for t in artifact.manifest.tensors],
+                                   float(settings["clip"]), int(settings["bits"]), int(settings["n_max"]),
+                                   residual_path=self.state_dir / "residual-secure.npz")
+            stage_timeout = float(settings["stage_timeout_s"])
+            secagg_round = str(settings["round_id"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SecAggError(f"bad secure-aggregation settings in the task: {exc}") from exc
+        delta, result, seed = await self._local_update(task, artifact, weights)
+        weight = min(max(int(result.examples), 1), max_weight)
+        scaled = [d * np.float32(weight / max_weight) for d in delta]
+        vector = ring.encode(scaled, round_seed=task.round_seed, rng_seed=seed).vector
+        x = np.concatenate([vector, np.array([weight], np.uint32)])
+        client = SecAggClient(self.config.device_id, self._identity(), secagg_round, config,
+                              self._enrolment_key(), self._identity_certificate())
+        metrics = m.TrainMetrics(loss=float(result.loss), accuracy=float(result.accuracy),
+                                 examples=int(result.examples), train_time_s=float(result.wall_time_s))
+        if self.hooks.drops_out("secagg-advertise"):
+            return True
+        self._set(AgentState.REPORTING)
+        await self._send(m.SecAggStage(stage="advertise", data={
+            "msg": client.advertise().to_wire(), "metrics": vars(metrics)}), job_id, round_id)
+        steps = {"roster": ("share", client.share_keys),
+                 "masked_request": ("masked", lambda req: client.masked_input(req, x)),
+                 "unmask_request": ("unmask", client.unmask)}
+        wait_s = max(task.deadline - time.time(), 0.0) + stage_timeout
+        while True:
+            item = await self._receive((m.SecAggStage, m.Ack), wait_s)
+            if item is None:
+                return True  # the server moved on without us (or aborted the round)
+            if isinstance(item[0], m.Ack):
+                if not item[0].accepted:
+                    log.info("device %s: secure aggregation message refused: %s",
+                             self.config.device_id, item[0].reason)
+                    return True
+                continue
+            request = item[0]
+            assert isinstance(request, m.SecAggStage)
+            if request.stage not in steps:
+                raise SecAggError(f"unexpected secure-aggregation stage {request.stage!r}")
+            stage, respond = steps[request.stage]
+            if self.hooks.drops_out(f"secagg-{stage}"):
+                return True
+            reply = respond(decode_message(request.data))  # type: ignore[operator]
+            await self._send(m.SecAggStage(stage=stage, data={"msg": reply.to_wire()}), job_id, round_id)
+            wait_s = 3 * stage_timeout
+            if stage == "unmask":
+                self.rounds_reported += 1
+                return True
+
+    def _identity(self) -> Any:
+        path = self.config.identity_key_file or self.state_dir / "identity.key"
+        return load_or_create_identity(path)
+
+    def _enrolment_key(self) -> Any:
+        path = self.config.enrolment_key_file
+        return load_enrolment_public_key(path) if path is not None else None
+
+    def _identity_certificate(self) -> IdentityCertificate | None:
+        path = self.config.identity_cert_file
+        if path is None:
+            return None
+        try:
+            return IdentityCertificate.from_wire(msgpack.unpackb(path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise SecAggError(f"cannot read the identity certificate {path}: {exc}") from exc
 
     async def _evaluate(self, artifact: Artifact, weights: list[np.ndarray], job_id: str | None,
                         round_id: int | None) -> None:

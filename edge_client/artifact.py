@@ -248,8 +248,11 @@ class Artifact:
         artifact.load(num_threads=1)
         return artifact
 
-    def load(self, num_threads: int = 1) -> LoadedModel:
+    def load(self, num_threads: int = 1, *, xnnpack: bool = True) -> LoadedModel:
         """Make an interpreter and check every signature against the manifest.
+
+        ``xnnpack`` applies the interpreter's default XNNPACK delegate (see
+        :func:`edge_client.runtime.make_interpreter`).
 
         Raises
         ------
@@ -257,7 +260,7 @@ class Artifact:
             Missing signature, Flex ops, wrong input shape, or tensors that differ
             from the manifest.
         """
-        interpreter = make_interpreter(self.model_bytes, num_threads)
+        interpreter = make_interpreter(self.model_bytes, num_threads, xnnpack=xnnpack)
         sigs = {key: Signature(interpreter, key) for key in SIGNATURES}
         _check_signatures(self.manifest, sigs)
         return LoadedModel(interpreter, **sigs)

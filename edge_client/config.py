@@ -67,6 +67,7 @@ class DeviceConfig:
     broker: BrokerConfig
     data: DataConfig
     identity_key_file: Path | None = None
+    identity_cert_file: Path | None = None
     server_signing_key_file: Path | None = None
     enrolment_key_file: Path | None = None
     eligibility: EligibilityRules = field(default_factory=EligibilityRules)
@@ -151,6 +152,7 @@ def parse_device_config(raw: dict[str, Any], base_dir: Path) -> DeviceConfig:
             test=_opt_path(base_dir, data, "test", "data"),
         ),
         identity_key_file=_opt_path(base_dir, identity, "key_file", "identity"),
+        identity_cert_file=_opt_path(base_dir, identity, "cert_file", "identity"),
         server_signing_key_file=_opt_path(base_dir, server, "signing_public_key", "server"),
         enrolment_key_file=_opt_path(base_dir, server, "enrolment_public_key", "server"),
         eligibility=_rules(raw.get("eligibility", {})),

@@ -19,18 +19,23 @@ from edge_client.errors import ArtifactError
 _CANDIDATES: tuple[tuple[str, str, str], ...] = (
     ("tflite_runtime.interpreter", "tflite-runtime", "tflite-runtime"),
     ("ai_edge_litert.interpreter", "ai-edge-litert", "ai-edge-litert"),
-    ("tensorflow.lite", "tensorflow", "tensorflow-lite"),
+    ("tensorflow.lite.python.interpreter", "tensorflow", "tensorflow-lite"),
 )
 _FLEX_MARKERS = ("select tensorflow op", "flex")
 
 
 @dataclass(frozen=True)
 class Backend:
-    """The interpreter implementation found on this device."""
+    """The interpreter implementation found on this device.
+
+    ``resolver_types`` is the package's ``OpResolverType`` enum: ``AUTO`` applies the
+    default XNNPACK delegate, ``BUILTIN_WITHOUT_DEFAULT_DELEGATES`` does not.
+    """
 
     name: str
     version: str
     interpreter_cls: Any
+    resolver_types: Any
 
 
 @functools.cache
@@ -51,7 +56,7 @@ def backend() -> Backend:
             version = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             version = "unknown"
-        return Backend(name, version, module.Interpreter)
+        return Backend(name, version, module.Interpreter, module.OpResolverType)
     raise ArtifactError(
         "no TFLite interpreter installed: install tflite-runtime (pip install 'fedge[edge]')"
     )
@@ -77,15 +82,23 @@ def _translate(exc: Exception, what: str) -> ArtifactError:
     return ArtifactError(f"{what}: {text.strip()[:300]}")
 
 
-def make_interpreter(model_bytes: bytes, num_threads: int = 1) -> Any:
-    """Build an interpreter for a flatbuffer held in memory.
+def make_interpreter(model_bytes: bytes, num_threads: int = 1, *, xnnpack: bool = True) -> Any:
+    """Build an interpreter for a flatbuffer held in memory, XNNPACK applied by default.
+
+    The interpreter applies its default XNNPACK delegate lazily, in its own
+    ``allocate_tensors()``; :class:`Signature` allocates each signature's subgraph
+    directly, which would skip it. So this calls ``allocate_tensors()`` once here,
+    which hands every subgraph's supported ops (those with static weights: the frozen
+    extractor's convolutions, pooling, transposes, element-wise ops) to XNNPACK.
 
     Parameters
     ----------
     model_bytes
         The ``model.tflite`` contents.
     num_threads
-        CPU threads the kernels may use (>= 1).
+        CPU threads the kernels (and XNNPACK) may use (>= 1).
+    xnnpack
+        Apply the default XNNPACK delegate (False: builtin kernels only).
 
     Raises
     ------
@@ -97,11 +110,22 @@ def make_interpreter(model_bytes: bytes, num_threads: int = 1) -> Any:
     if not isinstance(model_bytes, bytes):
         raise ArtifactError(f"model must be bytes, got {type(model_bytes).__name__}")
     check_flatbuffer(model_bytes)
-    cls = backend().interpreter_cls
+    found = backend()
+    resolver = (
+        found.resolver_types.AUTO
+        if xnnpack
+        else found.resolver_types.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
     try:
-        return cls(model_content=model_bytes, num_threads=num_threads)
+        interpreter = found.interpreter_cls(
+            model_content=model_bytes,
+            num_threads=num_threads,
+            experimental_op_resolver_type=resolver,
+        )
+        interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise _translate(exc, "cannot load TFLite model") from exc
+    return interpreter
 
 
 @dataclass(frozen=True)
@@ -119,6 +143,8 @@ class Signature:
     It drives the interpreter wrapper's ``SetTensor``/``Invoke``/``GetTensor`` by
     subgraph index (the same pybind API in all three interpreter packages), so a call
     does not re-run ``ResizeInputTensor``/``AllocateTensors`` like ``SignatureRunner``.
+    It keeps the interpreter object alive: that object owns the model bytes the native
+    interpreter reads its constant tensors from.
     """
 
     def __init__(self, interpreter: Any, key: str) -> None:
@@ -127,6 +153,7 @@ class Signature:
             raise ArtifactError(f"signature {key!r} missing from model (has {sorted(available)})")
         runner = interpreter.get_signature_runner(key)
         self.key = key
+        self._interpreter = interpreter
         self._wrapper = interpreter._interpreter
         self._subgraph = self._wrapper.GetSubgraphIndexFromSignature(key)
         try:

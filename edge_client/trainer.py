@@ -47,11 +47,13 @@ class LocalTrainer:
         A validated artifact (see :func:`edge_client.artifact.load_artifact`).
     num_threads
         Interpreter threads.
+    xnnpack
+        Run supported ops through the interpreter's XNNPACK delegate (the default).
     """
 
-    def __init__(self, artifact: Artifact, num_threads: int = 1) -> None:
+    def __init__(self, artifact: Artifact, num_threads: int = 1, *, xnnpack: bool = True) -> None:
         self.manifest: Manifest = artifact.manifest
-        self._model = artifact.load(num_threads)
+        self._model = artifact.load(num_threads, xnnpack=xnnpack)
         m = self.manifest
         b = m.batch_size
         self._x = np.zeros((b, *m.input_shape), np.float32)

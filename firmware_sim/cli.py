@@ -28,6 +28,8 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--downlink", default=None,
                    help="send new models as a compressed delta, e.g. q8 (default: full weights)")
     p.add_argument("--secagg", action="store_true", help="secure aggregation (SecAgg+)")
+    p.add_argument("--secagg-clip", type=float, default=2.0, help="L2 clip of updates in the ring")
+    p.add_argument("--secagg-bits", type=int, default=16, help="quantization bits in the ring")
     p.add_argument("--dp", default=None, help="central:Z:CLIP or distributed:Z:CLIP")
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=0.1, help="client learning rate")
@@ -56,7 +58,8 @@ def config_from_args(args: argparse.Namespace) -> object:
         model=args.model, partition=args.partition, profiles=args.profiles,
         clients_per_round=args.clients_per_round,
         over_selection=args.over_selection, dropout=args.dropout, seed=args.seed,
-        broker=args.broker, compression=args.compression, downlink=args.downlink, secagg=args.secagg, dp=args.dp,
+        broker=args.broker, compression=args.compression, downlink=args.downlink, secagg=args.secagg,
+        secagg_clip=args.secagg_clip, secagg_bits=args.secagg_bits, dp=args.dp,
         local_epochs=args.local_epochs, lr=args.lr, server_optimizer=args.server_optimizer,
         server_lr=args.server_lr, round_deadline_s=args.round_deadline, workers=args.workers,
         speedup=args.speedup, start_hour=args.start_hour, availability=args.availability,

@@ -14,6 +14,9 @@ from firmware_sim.network import download_time, upload_time
 from firmware_sim.profiles import Charging, DeviceProfile
 
 
+SECURE_STAGES = ("secagg-advertise", "secagg-share", "secagg-masked", "secagg-unmask")
+
+
 class SimHooks(AgentHooks):
     """Makes the real agent behave like one device of the given profile, on a virtual clock."""
 
@@ -32,6 +35,7 @@ class SimHooks(AgentHooks):
         self.dropouts = 0
         self.away_after_dropout_s = away_after_dropout_s
         self._back_at = -1.0
+        self._drop_at: str | None = None
 
     def _wall(self, sim_seconds: float) -> float:
         to_wall = getattr(self.clock, "to_wall", None)
@@ -48,14 +52,21 @@ class SimHooks(AgentHooks):
                            battery=self.battery, free_memory_mb=self.profile.memory_mb)
 
     def drops_out(self, stage: str) -> bool:
-        """One draw per task, after training (the costliest moment to lose a device)."""
-        if stage != "after-training":
+        """One draw per task, after training; in secure mode at a random protocol stage.
+
+        The first stage asked of a task ("after-training", or "secagg-advertise" in secure
+        mode) draws whether the device vanishes during this task, and where.
+        """
+        if stage in ("after-training", "secagg-advertise"):
+            self._drop_at = None
+            if self.rng.random() < self.dropout_p:
+                stages = SECURE_STAGES if stage.startswith("secagg") else (stage,)
+                self._drop_at = stages[int(self.rng.integers(len(stages)))]
+        if stage != self._drop_at:
             return False
-        dropped = bool(self.rng.random() < self.dropout_p)
-        if dropped:
-            self.dropouts += 1
-            self._back_at = time.monotonic() + self.away_after_dropout_s
-        return dropped
+        self.dropouts += 1
+        self._back_at = time.monotonic() + self.away_after_dropout_s
+        return True
 
     async def after_compute(self, wall_s: float) -> None:
         """Sleep so training takes compute_factor times what it took on this host."""

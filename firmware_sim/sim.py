@@ -13,11 +13,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_client.artifact import load_artifact
 from edge_client.data import save_npz_dataset
 from edge_client.errors import ConfigError
+from edge_client.identity import issue_identity_certificate, load_or_create_identity
 from edge_client.signing import load_or_create_signing_key
 from firmware_sim.availability import load_trace
 from firmware_sim.fleet import DeviceSpec, Fleet, WorkerArgs
@@ -53,6 +56,9 @@ class SimConfig:
     compression: str = "none"
     downlink: str | None = None
     secagg: bool = False
+    secagg_clip: float = 2.0
+    secagg_bits: int = 16
+    secagg_stage_timeout_s: float = 3.0
     dp: str | None = None
     local_epochs: int = 1
     lr: float = 0.1
@@ -86,6 +92,7 @@ class SimPlan:
     params: int
     signing_key_file: Path
     broker_port: int
+    enrolment_key_file: Path
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -122,13 +129,22 @@ def _artifact_dir(c: SimConfig, model: str) -> Path:
     return target
 
 
-def _device_toml(device_id: str, fleet: str, broker_url: str, profile: str, key_file: Path) -> str:
+def _device_toml(device_id: str, fleet: str, broker_url: str, profile: str, key_file: Path,
+                 enrolment_pub: Path) -> str:
     return (
         f'[device]\nid = "{device_id}"\nfleet = "{fleet}"\nstate_dir = "state"\nprofile = "{profile}"\n\n'
         f'[broker]\nurl = "{broker_url}"\n\n'
         f'[data]\ntrain = "train.npz"\ntest = "test.npz"\n\n'
-        f'[server]\nsigning_public_key = "{key_file}"\n'
+        f'[identity]\nkey_file = "identity.key"\ncert_file = "identity.cert"\n\n'
+        f'[server]\nsigning_public_key = "{key_file}"\nenrolment_public_key = "{enrolment_pub}"\n'
     )
+
+
+def _enrol(folder: Path, fleet: str, device_id: str, enrolment: Ed25519PrivateKey) -> None:
+    """The simulation is its own enrolment authority: identity key + certificate per device."""
+    identity = load_or_create_identity(folder / "identity.key")
+    cert = issue_identity_certificate(enrolment, fleet, device_id, identity.public_key())
+    (folder / "identity.cert").write_bytes(msgpack.packb(cert.to_wire(), use_bin_type=True))
 
 
 def prepare(c: SimConfig, broker_url: str) -> SimPlan:
@@ -149,6 +165,9 @@ def prepare(c: SimConfig, broker_url: str) -> SimPlan:
     key_file = out / "server" / "signing.key"
     load_or_create_signing_key(key_file)
     pub = key_file.with_suffix(".pub")
+    enrolment_file = out / "server" / "enrolment.key"
+    enrolment = load_or_create_signing_key(enrolment_file)  # an Ed25519 key, like the signing key
+    enrolment_pub = enrolment_file.with_suffix(".pub")
     fleet = "sim"
     devices: list[DeviceSpec] = []
     for i, (idx, profile) in enumerate(zip(parts, profiles, strict=True)):
@@ -158,7 +177,10 @@ def prepare(c: SimConfig, broker_url: str) -> SimPlan:
         train_idx, test_idx = split_local(idx, c.test_fraction, (c.seed, i))
         save_npz_dataset(folder / "train.npz", x_train[train_idx], y_train[train_idx])
         save_npz_dataset(folder / "test.npz", x_train[test_idx], y_train[test_idx])
-        (folder / "device.toml").write_text(_device_toml(device_id, fleet, broker_url, profile, pub))
+        (folder / "device.toml").write_text(_device_toml(device_id, fleet, broker_url, profile, pub,
+                                                         enrolment_pub))
+        if c.secagg:
+            _enrol(folder, fleet, device_id, enrolment)
         trace = traces.get(device_id)
         devices.append(DeviceSpec(
             index=i, folder=str(folder), profile=profile, availability=c.availability,
@@ -169,19 +191,25 @@ def prepare(c: SimConfig, broker_url: str) -> SimPlan:
     k = c.clients_per_round
     job = validate(JobConfig(
         name="sim", fleet=fleet, artifact=artifact_dir, rounds=c.rounds, seed=c.seed,
-        codec=c.compression, downlink=c.downlink, dp=c.dp, secagg={"enabled": True} if c.secagg else {},
+        codec=c.compression, downlink=c.downlink, dp=c.dp,
+        secagg={"enabled": True, "clip": c.secagg_clip, "bits": c.secagg_bits,
+                "dropout_rate": max(c.dropout or 0.0, 0.1),
+                "stage_timeout_s": c.secagg_stage_timeout_s} if c.secagg else {},
         selection=SelectionConfig(
             target_reports=k, over_selection=c.over_selection, min_reports=max(1, math.ceil(k * c.min_report_fraction)),
             selection_timeout_s=c.selection_timeout_s, round_deadline_s=c.round_deadline_s,
             retry_window_s=2.0,
         ),
-        training=TrainingConfig(local_epochs=c.local_epochs, lr=c.lr),
+        # Secure mode scales each update by weight / max_example_weight into a fixed range, so
+        # the cap is the largest shard (the default 10,000 would waste the ring's resolution).
+        training=TrainingConfig(local_epochs=c.local_epochs, lr=c.lr,
+                                max_example_weight=max(len(p) for p in parts)),
         optimizer=ServerOptimizerConfig(name=c.server_optimizer, lr=c.server_lr),
         evaluation=EvaluationConfig(central_every=1, central_data=str(central),
                                     federated_every=c.federated_eval_every),
     ))
     return SimPlan(job=job, devices=devices, params=manifest.param_count, signing_key_file=key_file,
-                   broker_port=0)
+                   broker_port=0, enrolment_key_file=enrolment_file)
 
 
 def _summary(c: SimConfig, plan: SimPlan, rows: list[dict[str, Any]], device_stats: dict[str, Any],
@@ -258,7 +286,8 @@ def run_sim(c: SimConfig) -> dict[str, Any]:
         plan = prepare(c, broker_url)
         settings = ServerSettings(state_dir=c.out.resolve() / "server", broker_url=broker_url,
                                   http_port=c.http_port or free_port(),
-                                  signing_key_file=plan.signing_key_file, expect_devices=c.devices)
+                                  signing_key_file=plan.signing_key_file, expect_devices=c.devices,
+                                  enrolment_key_file=plan.enrolment_key_file)
         server = FedgeServer(plan.job, settings)
         print(f"dashboard: {server.dashboard_url}", flush=True)
         workers = max(1, min(c.workers, c.devices))

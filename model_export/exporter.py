@@ -18,6 +18,7 @@ from edge_client.artifact import MANIFEST_FILE, MODEL_FILE, SET_WEIGHTS_OUTPUT, 
 from edge_client.errors import ArtifactError
 from model_export import layers as L
 from model_export import zoo
+from model_export.int8_weights import store_kernels_as_int8
 from model_export.verify import verify_artifact
 from model_export.zoo import ModelSpec
 
@@ -82,7 +83,7 @@ class _ArtifactModule(tf.Module):
 
 
 def convert(spec: ModelSpec, params: Sequence[np.ndarray], batch_size: int) -> bytes:
-    """Trace the signatures and convert them with TFLite builtin ops only.
+    """Trace the signatures, convert them with TFLite builtin ops only, frozen kernels int8.
 
     Raises
     ------
@@ -97,9 +98,10 @@ def convert(spec: ModelSpec, params: Sequence[np.ndarray], batch_size: int) -> b
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         converter.experimental_enable_resource_variables = True
         try:
-            return bytes(converter.convert())
+            model_bytes = bytes(converter.convert())
         except Exception as exc:  # the converter raises ConverterError and friends
             raise ArtifactError(f"TFLite conversion of {spec.name!r} failed: {exc}") from exc
+    return store_kernels_as_int8(model_bytes, spec.frozen_kernels())
 
 
 def op_names(model_bytes: bytes) -> list[str]:

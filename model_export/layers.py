@@ -26,19 +26,43 @@ STRIDES = (1, 2)
 def relu(x: tf.Tensor) -> tf.Tensor:
     """ReLU whose gradient is ``g * [x > 0]`` (no ``ReluGrad``).
 
-    The step ``[x > 0]`` is computed as ``relu(sign(x))``: the same values, but TFLite
-    runs SIGN and RELU in a fast loop while GREATER against a scalar takes its slow
-    broadcasting path (several times slower on conv activations).
+    The step is computed from the output ``y = relu(x)`` as ``ceil(min(y, 1))``: equal
+    to ``[x > 0]`` for every ``y >= 0``, and made of MINIMUM, CEIL and MUL, which the
+    interpreter's XNNPACK delegate runs (GREATER against a scalar takes TFLite's slow
+    broadcasting path, SIGN is not delegated).
     """
 
     @tf.custom_gradient
     def _relu(x: tf.Tensor) -> tuple[tf.Tensor, GradFn]:
-        def grad(g: tf.Tensor) -> tf.Tensor:
-            return g * tf.nn.relu(tf.sign(x))
+        y = tf.nn.relu(x)
 
-        return tf.nn.relu(x), grad
+        def grad(g: tf.Tensor) -> tf.Tensor:
+            return g * tf.math.ceil(tf.minimum(y, 1.0))
+
+        return y, grad
 
     return _relu(x)
+
+
+def bias_add(x: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """``x + bias`` over the last axis; for 4-D ``x`` the bias gradient is a spatial mean.
+
+    ``sum over (B, H, W)`` is computed as ``H * W * sum_B(mean_HW(g))``: a MEAN over
+    axes 1 and 2 is global average pooling, which XNNPACK runs, where TFLite's SUM
+    over three axes takes its generic (slow) reduction.
+    """
+
+    @tf.custom_gradient
+    def _bias_add(x: tf.Tensor, bias: tf.Tensor) -> tuple[tf.Tensor, GradFn]:
+        def grad(g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            if len(g.shape) == 4:
+                hw = float(int(g.shape[1]) * int(g.shape[2]))
+                return g, tf.reduce_sum(tf.reduce_mean(g, axis=[1, 2]), axis=0) * hw
+            return g, tf.reduce_sum(g, axis=list(range(len(g.shape) - 1)))
+
+        return x + bias, grad
+
+    return _bias_add(x, bias)
 
 
 def dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
@@ -91,6 +115,7 @@ def _conv2d_valid(x: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tensor:
     is a VALID convolution of ``x`` transposed to ``[C, H, W, B]`` with ``g`` transposed to
     ``[Ho, Wo, B, O]`` used as the filter, dilated by the stride; its output is at least
     ``[kh, kw]`` and is sliced to it (rows the forward pass never read are dropped).
+    With one input channel the forward pass is :func:`_conv2d_one_channel`.
     """
     kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
     x_shape = [int(d) for d in x.shape]
@@ -105,13 +130,43 @@ def _conv2d_valid(x: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tensor:
             dk = tf.transpose(dk[:, :kh, :kw, :], [1, 2, 0, 3])
             return dx, dk
 
+        if x_shape[3] == 1:
+            return _conv2d_one_channel(x, kernel, stride), grad
         return tf.nn.conv2d(x, kernel, strides=stride, padding="VALID"), grad
 
     return _conv(x, kernel)
 
 
+def _conv2d_one_channel(x: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tensor:
+    """VALID convolution of a one-channel input as patch matrix times kernel matrix.
+
+    TFLite's CONV_2D with a run-time filter is slowest on one input channel (its
+    im2col copies one float at a time). Here the ``kh * kw`` shifted views of the
+    ``[B, H, W]`` plane are stacked on a new leading axis (whole-plane copies),
+    transposed to the ``[B * Ho * Wo, kh * kw]`` patch matrix (XNNPACK) and multiplied
+    by the kernel as a ``[kh * kw, O]`` matrix (BATCH_MATMUL, ruy). The same values as
+    ``tf.nn.conv2d``, summed in another order.
+    """
+    b, h, w, _ = (int(d) for d in x.shape)
+    kh, kw, _, out = (int(d) for d in kernel.shape)
+    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+    plane = tf.reshape(x, [b, h, w])
+    views = [
+        plane[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = tf.transpose(tf.reshape(tf.stack(views), [kh * kw, b * ho * wo]))
+    y = tf.matmul(patches, tf.reshape(kernel, [kh * kw, out]))
+    return tf.reshape(y, [b, ho, wo, out])
+
+
 def mean_pool_2x2(x: tf.Tensor) -> tf.Tensor:
-    """2x2 mean pooling, stride 2, VALID (odd trailing rows/columns are dropped)."""
+    """2x2 mean pooling, stride 2, VALID (odd trailing rows/columns are dropped).
+
+    Forward is AVERAGE_POOL_2D (XNNPACK); the gradient spreads ``g / 4`` over each
+    window with ``broadcast_to`` and pads the dropped edge with zeros.
+    """
     b, h, w, c = (int(d) for d in x.shape)
     ho, wo = h // 2, w // 2
     if ho == 0 or wo == 0:
@@ -119,8 +174,7 @@ def mean_pool_2x2(x: tf.Tensor) -> tf.Tensor:
 
     @tf.custom_gradient
     def _pool(x: tf.Tensor) -> tuple[tf.Tensor, GradFn]:
-        xc = x[:, : 2 * ho, : 2 * wo, :] if (h % 2 or w % 2) else x
-        y = tf.reduce_mean(tf.reshape(xc, [b, ho, 2, wo, 2, c]), axis=[2, 4])
+        y = tf.nn.avg_pool2d(x, ksize=2, strides=2, padding="VALID")
 
         def grad(g: tf.Tensor) -> tf.Tensor:
             spread = tf.broadcast_to(
@@ -170,21 +224,8 @@ def quantize_per_channel(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """The float32 weights :func:`dequantize_in_graph` computes, in numpy."""
+    """``q * scale`` as float32: the weights the artifact's DEQUANTIZE ops produce."""
     return q.astype(np.float32) * scale
-
-
-def dequantize_in_graph(q: np.ndarray, scale: np.ndarray, probe: tf.Tensor) -> tf.Tensor:
-    """``cast(q) * scale`` computed at run time so the flatbuffer stores int8, not float.
-
-    The TFLite converter folds every op whose inputs are all constants (even through a
-    read-only variable), which would store the float32 weights. Routing ``q`` through a
-    select on a condition computed from ``probe`` (a scalar of the signature's input;
-    ``p == p or p != p`` is always true, NaN included) makes it a run-time value.
-    """
-    always = tf.logical_or(tf.equal(probe, probe), tf.not_equal(probe, probe))
-    live = tf.where(always, tf.constant(q), tf.constant(0, tf.int8))
-    return tf.cast(live, tf.float32) * tf.constant(scale)
 
 
 def _check_conv_args(stride: int, padding: str) -> None:
@@ -299,7 +340,7 @@ class Conv2D(Layer):
         ]
 
     def forward(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
-        return conv2d(x, params[0], self.stride, self.padding) + params[1]
+        return bias_add(conv2d(x, params[0], self.stride, self.padding), params[1])
 
     def reference(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
         y = tf.nn.conv2d(x, params[0], strides=self.stride, padding=self.padding)

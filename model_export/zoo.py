@@ -118,34 +118,40 @@ class ModelSpec:
         return out
 
     def logits(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
-        """Builtin-only forward pass (frozen stack dequantized in-graph, no gradient)."""
-        if self.frozen is not None:
-            probe = tf.reshape(tf.slice(x, [0] * len(x.shape), [1] * len(x.shape)), [])
-            for layer, qparams in zip(self.frozen.layers, self.frozen.quantized(), strict=True):
-                weights = [
-                    L.dequantize_in_graph(p[0], p[1], probe)
-                    if isinstance(p, tuple)
-                    else tf.constant(p)
-                    for p in qparams
-                ]
-                x = layer.forward(x, weights)
-            x = tf.stop_gradient(x)
+        """Builtin-only forward pass; the frozen stack runs its standard ops, no gradient.
+
+        Frozen kernels enter the graph as float32 constants of their int8 values times
+        their scales; the exporter then stores them as int8 + DEQUANTIZE (see
+        :mod:`model_export.int8_weights`), which TFLite computes once per interpreter
+        and XNNPACK treats as static weights.
+        """
+        x = self._frozen_features(x)
         for (layer, _), layer_params in zip(self._layer_shapes(), self._split(params), strict=True):
             x = layer.forward(x, layer_params)
         return x
 
+    def _frozen_features(self, x: tf.Tensor) -> tf.Tensor:
+        if self.frozen is None:
+            return x
+        for layer, qparams in zip(self.frozen.layers, self.frozen.quantized(), strict=True):
+            weights = [
+                tf.constant(L.dequantize(*p) if isinstance(p, tuple) else p) for p in qparams
+            ]
+            x = layer.reference(x, weights)
+        return tf.stop_gradient(x)
+
     def reference_logits(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
         """The same function with standard TF ops (frozen weights dequantized in numpy)."""
-        if self.frozen is not None:
-            for layer, qparams in zip(self.frozen.layers, self.frozen.quantized(), strict=True):
-                weights = [
-                    tf.constant(L.dequantize(*p) if isinstance(p, tuple) else p) for p in qparams
-                ]
-                x = layer.reference(x, weights)
-            x = tf.stop_gradient(x)
+        x = self._frozen_features(x)
         for (layer, _), layer_params in zip(self._layer_shapes(), self._split(params), strict=True):
             x = layer.reference(x, layer_params)
         return x
+
+    def frozen_kernels(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(int8, scale)`` of every frozen kernel (empty without a frozen stack)."""
+        if self.frozen is None:
+            return []
+        return [p for layer in self.frozen.quantized() for p in layer if isinstance(p, tuple)]
 
 
 def _check_params(specs: Sequence[TensorSpec], params: Sequence[np.ndarray]) -> None:

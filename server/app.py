@@ -158,12 +158,23 @@ class FedgeServer:
             self.settings.public_url or self.dashboard_url.rstrip("/"),
             publish=self._publish, central_data=central,
             served_bytes=lambda: self.traffic.bytes_served, expect_devices=self.settings.expect_devices,
+            enrolment_key=self._enrolment_public_key(),
         )
         coordinator.online |= previous_online
         self.job, self.coordinator = job, coordinator
         self._job_task = asyncio.create_task(self._run_job(coordinator), name=f"job-{job.name}")
         self._job_changed.set()
         return coordinator
+
+    def _enrolment_public_key(self) -> Any:
+        """The fleet enrolment authority's public key (devices' identity certificates), if any."""
+        path = self.settings.enrolment_key_file
+        if path is None:
+            return None
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        return key.public_key()
 
     async def _run_job(self, coordinator: Coordinator) -> None:
         await coordinator.run()

@@ -14,7 +14,7 @@ import numpy as np
 
 from edge_client import codec
 from edge_client.artifact import Artifact
-from edge_client.errors import CodecError, FedgeError, ProtocolError
+from edge_client.errors import CodecError, ConfigError, FedgeError, ProtocolError, SecAggError
 from edge_client.protocol import messages as m
 from edge_client.protocol import topics
 from edge_client.protocol.envelope import DEFAULT_LIMITS, Limits, ReplayGuard, unpack
@@ -24,6 +24,7 @@ from edge_client.weights import pack_weights, unpack_weights
 from server.aggregator import StreamingMean
 from server.blobs import BlobStore
 from server.dp_controller import central_dp_for
+from server.secure_round import SecureRound, secure_settings
 from server.job import JobConfig
 from server.optimizers import ServerOptimizer
 from server.rounds import ParticipantReport, RoundRun, RoundState
@@ -52,7 +53,8 @@ class Coordinator:
                  signing_key: Any, public_url: str, publish: Publish,
                  limits: Limits = DEFAULT_LIMITS,
                  central_data: tuple[np.ndarray, np.ndarray] | None = None,
-                 served_bytes: Callable[[], int] = lambda: 0, expect_devices: int = 0):
+                 served_bytes: Callable[[], int] = lambda: 0, expect_devices: int = 0,
+                 enrolment_key: Any = None):
         self.job = job
         self.artifact = artifact
         self.store = store
@@ -70,6 +72,14 @@ class Coordinator:
         self.replay = ReplayGuard(limits.max_clock_skew_s)
         self.optimizer = ServerOptimizer(job.optimizer)
         self.dp = central_dp_for(job.dp, job.selection.target_reports)
+        self.secure = secure_settings(job.secagg)
+        self.enrolment_key = enrolment_key
+        if job.dp and self.dp is None:
+            raise ConfigError("distributed DP is not wired into rounds yet: use central DP "
+                              "(with or without secure aggregation)")
+        if self.secure is not None and self.dp is not None:
+            raise ConfigError("central DP re-clips each update on the server, which secure "
+                              "aggregation hides: use one or the other")
         self.evaluator = LocalTrainer(artifact)
         self.current: RoundRun | None = None
         self.online: set[str] = set()
@@ -183,6 +193,8 @@ class Coordinator:
             await self._on_update(device_id, job_id, round_id, message, nbytes)
         elif isinstance(message, m.EvalResult):
             await self._on_eval_result(device_id, job_id, round_id, message, nbytes)
+        elif isinstance(message, m.SecAggStage):
+            await self._on_secagg(device_id, job_id, round_id, message, nbytes)
         elif isinstance(message, m.ErrorReport):
             log.warning("device %s reports %s: %s", device_id, message.code, message.message)
         else:
@@ -247,6 +259,38 @@ class Coordinator:
                                    train_time_s=report.train_time_s, uplink_bytes=nbytes)
         await self._send(device_id, m.Ack(accepted=True))
 
+    async def _on_secagg(self, device_id: str, job_id: str | None, round_id: int | None,
+                         stage: m.SecAggStage, nbytes: int) -> None:
+        rnd = self.current
+        refusal = self._late_or_foreign(device_id, job_id, round_id, "train")
+        if refusal is None and (rnd is None or rnd.secure is None):
+            refusal = "this round does not use secure aggregation"
+        msg = stage.data.get("msg")
+        if refusal is None and not isinstance(msg, dict):
+            refusal = "secagg message without a 'msg' map"
+        if refusal is None and rnd is not None and rnd.secure is not None:
+            try:
+                rnd.secure.receive(device_id, msg)  # type: ignore[arg-type]
+            except SecAggError as exc:
+                refusal = str(exc)
+        if refusal is not None or rnd is None:
+            self._reject(device_id, f"secagg/{stage.stage}", refusal or "no round")
+            await self._send(device_id, m.Ack(accepted=False, reason=refusal or "no round"))
+            return
+        rnd.uplink_bytes += nbytes
+        metrics = stage.data.get("metrics")
+        if stage.stage == "advertise" and isinstance(metrics, dict):
+            try:
+                rnd.secure_metrics[device_id] = m.TrainMetrics.from_body(metrics)
+            except ProtocolError as exc:
+                self._reject(device_id, "secagg/advertise", f"metrics: {exc}")
+
+    async def _send_stage(self, device_id: str, stage: str, data: dict[str, Any]) -> None:
+        rnd = self.current
+        nbytes = await self._send(device_id, m.SecAggStage(stage=stage, data=data))
+        if rnd is not None:
+            rnd.downlink_bytes += nbytes
+
     async def _on_eval_result(self, device_id: str, job_id: str | None, round_id: int | None,
                               result: m.EvalResult, nbytes: int) -> None:
         rnd = self.current
@@ -272,6 +316,8 @@ class Coordinator:
             return f"device was not selected for round {rnd.number}"
         if device_id in rnd.reports:
             return "duplicate report"
+        if rnd.secure is not None and kind == "train":
+            return None  # the secure-aggregation state machine orders the stages itself
         if not rnd.open_for_reports:
             return f"round {rnd.number} is closed ({rnd.state.value}); late report refused"
         return None
@@ -296,7 +342,8 @@ class Coordinator:
                       weights_delta=delta_ref, delta_base=delta_base,
                       plan=plan, codec=str(self.codec_spec), deadline=rnd.deadline,
                       round_seed=rnd.round_seed,
-                      dp=self.dp.task_settings() if self.dp and rnd.kind == "train" else None)
+                      dp=self.dp.task_settings() if self.dp and rnd.kind == "train" else None,
+                      secagg=rnd.secure.task_settings() if rnd.secure is not None else None)
         rnd.downlink_bytes += await self._send(device_id, task)
 
     # the job -------------------------------------------------------------------------------
@@ -385,6 +432,12 @@ class Coordinator:
         chosen, rest = self.pool.select(rng, want)
         rnd.selected = set(chosen)
         rnd.deadline = time.time() + sel.round_deadline_s
+        if kind == "train" and self.secure is not None:
+            rnd.secure = SecureRound(
+                fleet=self.job.fleet, round_id=f"{self.job.name}.{number}.{attempt}",
+                round_seed=rnd.round_seed, selected=chosen, shapes=self.shapes,
+                codec_spec=self.codec_spec, settings=self.secure,
+                max_weight=self.job.training.max_example_weight, enrolment_key=self.enrolment_key)
         rnd.advance(RoundState.CONFIGURING)
         self.store.set_participants(rid, chosen)
         self.store.transition(rid, RoundState.CONFIGURING.value, selected=len(chosen))
@@ -396,11 +449,19 @@ class Coordinator:
         self.store.transition(rid, RoundState.COLLECTING.value)
         await asyncio.gather(*(self._send_task(d, rnd) for d in chosen))
 
-        # COLLECTING: until the target reported or the deadline passed.
-        try:
-            await asyncio.wait_for(rnd.enough.wait(), timeout=max(rnd.deadline - time.time(), 0))
-        except TimeoutError:
-            pass
+        # COLLECTING: until the target reported or the deadline passed (secure: the four stages).
+        secure_mean: list[np.ndarray] | None = None
+        if rnd.secure is not None:
+            try:
+                secure_mean = await self._collect_secure(rnd)
+            except SecAggError as exc:
+                rnd.reports.clear()
+                log.warning("round %d: secure aggregation aborted: %s", number, exc)
+        else:
+            try:
+                await asyncio.wait_for(rnd.enough.wait(), timeout=max(rnd.deadline - time.time(), 0))
+            except TimeoutError:
+                pass
         rnd.downlink_bytes += self.served_bytes() - served_before
         for device_id in rnd.dropped():
             self.store.set_participant(rid, device_id, "dropped", reason="no report by deadline")
@@ -424,18 +485,41 @@ class Coordinator:
                                   fed_eval_accuracy=rnd.weighted_metric("accuracy"))
             return True
         try:
-            return self._aggregate_and_commit(rnd, counts)
+            return self._aggregate_and_commit(rnd, counts, secure_mean)
         except FedgeError as exc:  # a bad aggregate fails the round, never the server
             log.exception("round %d: aggregation failed", number)
             self._fail(rnd, f"aggregation failed: {exc}", **counts)
             return False
 
-    def _aggregate_and_commit(self, rnd: RoundRun, counts: dict[str, int]) -> bool:
-        assert rnd.aggregator is not None
+    async def _collect_secure(self, rnd: RoundRun) -> list[np.ndarray]:
+        """Run the SecAgg+ stages; the weighted mean delta of the survivors (exact ring sum)."""
+        assert rnd.secure is not None
+        survivors = await rnd.secure.run(self._send_stage, rnd.deadline, rnd.target)
+        summed, total_weight = rnd.secure.decode()
+        if total_weight <= 0:
+            raise SecAggError("the secure sum carries no weight")
+        for device_id in sorted(survivors):
+            metrics = rnd.secure_metrics.get(device_id)
+            rnd.reports[device_id] = ParticipantReport(
+                metrics.examples if metrics else 0, metrics.loss if metrics else 0.0,
+                metrics.accuracy if metrics else 0.0, metrics.train_time_s if metrics else 0.0, 0)
+            self.store.set_participant(rnd.rid, device_id, "reported",
+                                       examples=metrics.examples if metrics else None,
+                                       loss=metrics.loss if metrics else None,
+                                       accuracy=metrics.accuracy if metrics else None)
+        scale = self.job.training.max_example_weight / total_weight
+        return [(d * scale).astype(np.float32) for d in summed]
+
+    def _aggregate_and_commit(self, rnd: RoundRun, counts: dict[str, int],
+                              secure_mean: list[np.ndarray] | None = None) -> bool:
         t_agg = time.time()
-        if self.dp is not None:
+        if secure_mean is not None:
+            mean_delta = secure_mean
+        elif self.dp is not None:
+            assert rnd.aggregator is not None
             mean_delta = self.dp.private_mean(rnd.aggregator.sums())
         else:
+            assert rnd.aggregator is not None
             mean_delta = rnd.aggregator.mean()
         new_weights = self.optimizer.apply(self.weights, mean_delta)
         if not all(np.isfinite(w).all() for w in new_weights):

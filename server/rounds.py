@@ -6,6 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from server.aggregator import StreamingMean
 
@@ -66,6 +67,8 @@ class RoundRun:
     uplink_bytes: int = 0
     downlink_bytes: int = 0
     aggregator: StreamingMean | None = None
+    secure: Any = None  # server.secure_round.SecureRound in secure mode
+    secure_metrics: dict[str, Any] = field(default_factory=dict)
     target: int = 0
     enough: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,28 @@ def test_signature_calls_are_checked(model_bytes: bytes) -> None:
             mask=np.ones(32, np.float32),
             lr=0.1,
         )
+
+
+def test_xnnpack_is_applied_by_default_and_can_be_turned_off(model_bytes: bytes) -> None:
+    x = np.random.default_rng(1).uniform(size=(32, 64)).astype(np.float32)
+    logits = {}
+    for xnnpack in (True, False):
+        interpreter = make_interpreter(model_bytes, xnnpack=xnnpack)
+        delegated = [op for op in interpreter._get_ops_details() if op["op_name"] == "DELEGATE"]
+        assert bool(delegated) == xnnpack
+        logits[xnnpack] = Signature(interpreter, "infer")(x=x)["logits"]
+    np.testing.assert_allclose(logits[True], logits[False], rtol=1e-5, atol=1e-5)
+
+
+def test_a_signature_keeps_its_interpreter_and_model_bytes_alive(mlp_artifact: Path) -> None:
+    """The native interpreter reads constants from the bytes the Python object holds."""
+    x = np.random.default_rng(2).uniform(size=(32, 64)).astype(np.float32)
+    model = (mlp_artifact / "model.tflite").read_bytes()
+    want = Signature(make_interpreter(model), "infer")(x=x)["logits"]
+    infer = Signature(make_interpreter(bytes(bytearray(model))), "infer")
+    gc.collect()
+    for _ in range(3):
+        np.testing.assert_array_equal(infer(x=x)["logits"], want)
 
 
 @pytest.mark.parametrize("threads", [0, -1, 1.5, None])

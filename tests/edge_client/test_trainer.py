@@ -94,6 +94,23 @@ def test_fit_is_seeded(mlp_artifact: Path, digits: Digits) -> None:
     assert not np.array_equal(runs[0][0], runs[2][0])
 
 
+def test_cnn_trains_the_same_with_and_without_xnnpack(cnn_artifact: Path) -> None:
+    """XNNPACK takes part of the conv model's ops; ten SGD steps agree to float rounding."""
+    rng = np.random.default_rng(4)
+    x = rng.uniform(size=(320, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, 320)
+    weights = []
+    for xnnpack in (True, False):
+        trainer = LocalTrainer(load_artifact(cnn_artifact), xnnpack=xnnpack)
+        trainer.fit(x, y, epochs=1, lr=0.05, seed=0)
+        weights.append(trainer.get_weights())
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert not np.array_equal(
+        weights[0][0], LocalTrainer(load_artifact(cnn_artifact)).get_weights()[0]
+    )
+
+
 def test_max_steps_and_progress(trainer: LocalTrainer, digits: Digits) -> None:
     x, y = digits[0][:100], digits[1][:100]  # 4 steps per epoch
     calls: list[tuple[int, int]] = []

@@ -71,3 +71,16 @@ def test_profile_bandwidth_changes_simulated_upload_time():
         asyncio.run(hooks.after_transfer(1_000_000, "up"))
         times[name] = hooks.sim_transfer_s["up"]
     assert times["pi-zero-2w"] > 2 * times["android-high"] > 0
+
+
+def test_secure_run_with_dropouts_matches_plain_run(tmp_path, mlp_artifact):
+    common = dict(devices=20, rounds=4, clients_per_round=10, over_selection=1.3, dropout=0.2,
+                  local_epochs=5, lr=0.2, round_deadline_s=10.0, partition="iid")
+    secure = run_sim(small_config(tmp_path / "secure", mlp_artifact, secagg=True, **common))
+    plain = run_sim(small_config(tmp_path / "plain", mlp_artifact, compression="clip:2+q16", **common))
+    assert secure["status"] == "finished"
+    assert [r["round"] for r in secure["rounds"]] == [1, 2, 3, 4]  # every round committed
+    dropped = sum(d["dropouts"] for d in secure["devices"].values())
+    assert dropped > 0  # devices really vanished at some protocol stage
+    assert secure["final_accuracy"] >= 0.6
+    assert abs(secure["final_accuracy"] - plain["final_accuracy"]) <= 0.1

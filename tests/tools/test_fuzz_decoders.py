@@ -53,10 +53,10 @@ LEAVES = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
           | st.binary(max_size=48))
 
 
-def values(keys: st.SearchStrategy[str] = st.text(max_size=10)) -> st.SearchStrategy[Any]:
+def values(keys: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
     """Anything msgpack can carry: scalars, bytes, and nested lists and maps."""
     return st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=5)
-                        | st.dictionaries(keys, inner, max_size=5), max_leaves=20)
+                        | st.dictionaries(keys, inner, max_size=5), max_leaves=10)
 
 
 Mutation = tuple[str, int, bytes]
@@ -82,8 +82,9 @@ def mutate(data: bytes, ops: list[Mutation]) -> bytes:
 
 
 @st.composite
-def perturbed(draw: st.DrawFn, valid: Any, keys: st.SearchStrategy[str]) -> Any:
-    """``valid`` with some entries, at any depth, replaced by anything, removed, or added."""
+def perturbed(draw: st.DrawFn, valid: Any, keys: st.SearchStrategy[str],
+              anything: st.SearchStrategy[Any]) -> Any:
+    """``valid`` with some entries, at any depth, replaced by ``anything``, removed, or added."""
     if isinstance(valid, dict):
         out = {}
         for key, value in valid.items():
@@ -91,14 +92,14 @@ def perturbed(draw: st.DrawFn, valid: Any, keys: st.SearchStrategy[str]) -> Any:
             if action == "keep":
                 out[key] = value
             elif action == "recurse":
-                out[key] = draw(perturbed(value, keys))
+                out[key] = draw(perturbed(value, keys, anything))
             elif action == "replace":
-                out[key] = draw(values(keys))
-        out |= draw(st.dictionaries(keys, values(keys), max_size=2))
+                out[key] = draw(anything)
+        out |= draw(st.dictionaries(keys, anything, max_size=2))
         return out
     if isinstance(valid, list) and valid and draw(st.booleans()):
-        return [draw(perturbed(v, keys)) for v in valid]
-    return draw(st.sampled_from([valid, None])) if draw(st.booleans()) else draw(values(keys))
+        return [draw(perturbed(v, keys, anything)) for v in valid]
+    return draw(st.sampled_from([valid, None])) if draw(st.booleans()) else draw(anything)
 
 
 def typed_errors_only(decode: Callable[[], object]) -> None:
@@ -141,6 +142,7 @@ def _keys_of(value: Any) -> Iterator[str]:
 
 FIELD_NAMES = st.sampled_from(sorted({k for _, body in BODIES for k in _keys_of(body)})) \
     | st.text(max_size=8)
+FIELD_VALUES = values(FIELD_NAMES)
 
 
 def decode_envelope(data: bytes) -> None:
@@ -160,14 +162,15 @@ def test_envelope_with_mutated_bytes(valid: bytes, ops: list[Mutation]) -> None:
 
 
 @FUZZ
-@given(values(st.sampled_from(["v", "t", "id", "from", "job", "round", "ts", "body"])))
+@given(values(st.sampled_from(["v", "t", "id", "from", "job", "round", "ts", "body"])
+              | st.text(max_size=6)))
 def test_envelope_of_random_structures(raw: Any) -> None:
     decode_envelope(msgpack.packb(raw, use_bin_type=True))
 
 
 @FUZZ
 @given(st.sampled_from(BODIES).flatmap(
-    lambda tb: st.tuples(st.just(tb[0]), perturbed(tb[1], FIELD_NAMES))))
+    lambda tb: st.tuples(st.just(tb[0]), perturbed(tb[1], FIELD_NAMES, FIELD_VALUES))))
 def test_message_bodies_with_fields_of_any_type(typed_body: tuple[str, Any]) -> None:
     msg_type, body = typed_body
     envelope = Envelope(type=msg_type, body=body if isinstance(body, dict) else {"x": body},
@@ -207,12 +210,13 @@ def test_codec_mutated_payloads(spec: str, ops: list[Mutation]) -> None:
     decode_payload(spec, mutate(PAYLOADS[spec], ops))
 
 
-SECTION_FIELD = st.none() | st.binary(max_size=300) | values()
+ANY_VALUE = values(st.text(max_size=8))
+SECTION_FIELD = st.none() | st.binary(max_size=300) | ANY_VALUE
 
 
 @FUZZ
-@given(st.sampled_from(SPECS), st.one_of(st.just(1), values()), st.booleans(),
-       st.lists(st.one_of(st.lists(SECTION_FIELD, min_size=3, max_size=3), values()),
+@given(st.sampled_from(SPECS), st.one_of(st.just(1), ANY_VALUE), st.booleans(),
+       st.lists(st.one_of(st.lists(SECTION_FIELD, min_size=3, max_size=3), ANY_VALUE),
                 max_size=4))
 def test_codec_structured_payloads(spec: str, version: Any, right_print: bool,
                                    sections: list[Any]) -> None:
@@ -245,9 +249,10 @@ def test_weights_mutated_bytes(ops: list[Mutation]) -> None:
 
 
 @FUZZ
-@given(perturbed(WEIGHTS_DICT, TENSOR_KEYS))
-@example({"format": WEIGHTS_DICT["format"],
-          "tensors": [{"dtype": [], "shape": [7, 5], "data": bytes(140)}, *WEIGHTS_DICT["tensors"][1:]]})
+@given(perturbed(WEIGHTS_DICT, TENSOR_KEYS, values(TENSOR_KEYS)))
+@example({"format": WEIGHTS_DICT["format"],  # a dtype that is not hashable
+          "tensors": [{"dtype": [], "shape": [7, 5], "data": bytes(140)},
+                      *WEIGHTS_DICT["tensors"][1:]]})
 def test_weights_structures_with_fields_of_any_type(raw: Any) -> None:
     decode_weights(msgpack.packb(raw, use_bin_type=True))
 
@@ -259,7 +264,7 @@ ADVERTISE = {"t": "secagg/advertise", "round": "r1", "device": "dev-0001",
              "id_pk": bytes(PUBLIC_KEY_BYTES), "sig": bytes(SIGNATURE_BYTES),
              "cert": {"fleet": "f", "device": "dev-0001", "key": bytes(PUBLIC_KEY_BYTES),
                       "sig": bytes(SIGNATURE_BYTES)}}
-SECAGG = [
+SECAGG: list[dict[str, Any]] = [
     ADVERTISE,
     {"t": "secagg/roster", "round": "r1", "seed": bytes(KEY_BYTES), "k": 2, "thr": 2,
      "devices": ["dev-0001", "dev-0002"], "ads": [ADVERTISE]},
@@ -272,7 +277,9 @@ SECAGG = [
     {"t": "secagg/unmask", "round": "r1", "b": {"dev-0001": bytes(SHARE_BYTES)},
      "s": {"dev-0002": bytes(SHARE_BYTES)}},
 ]
-SECAGG_KEYS = st.sampled_from(sorted({k for d in SECAGG for k in _keys_of(d)})) | st.text(max_size=6)
+SECAGG_KEYS = st.sampled_from(sorted({k for d in SECAGG for k in _keys_of(d)})) \
+    | st.text(max_size=6)
+SECAGG_VALUES = values(SECAGG_KEYS)
 
 
 def test_secagg_samples_are_valid() -> None:
@@ -280,7 +287,7 @@ def test_secagg_samples_are_valid() -> None:
 
 
 @FUZZ
-@given(st.sampled_from(SECAGG).flatmap(lambda d: perturbed(d, SECAGG_KEYS)))
+@given(st.sampled_from(SECAGG).flatmap(lambda d: perturbed(d, SECAGG_KEYS, SECAGG_VALUES)))
 def test_secagg_messages_with_fields_of_any_type(raw: Any) -> None:
     typed_errors_only(lambda: decode_message(raw))
 
@@ -298,7 +305,7 @@ def test_secagg_messages_from_mutated_bytes(valid: dict[str, Any], ops: list[Mut
 
 # --- job configuration -------------------------------------------------------------------
 
-JOB = {
+JOB: dict[str, dict[str, Any]] = {
     "job": {"name": "digits", "fleet": "lab", "artifact": "artifact", "rounds": 3, "seed": 1,
             "codec": "topk:0.1+q8", "dp": "central:1.0:1.0"},
     "selection": {"target_reports": 4, "over_selection": 1.3, "min_reports": 3,
@@ -408,21 +415,31 @@ def loader() -> Iterator[ArtifactLoader]:
     worker.close()
 
 
+class ArtifactFiles(tuple[dict[str, Any], bytes]):
+    """(manifest dict, model bytes) with a short repr for failure reports."""
+
+    def __repr__(self) -> str:
+        return f"<mlp-digits manifest + {len(self[1])}-byte model>"
+
+
 @pytest.fixture(scope="module")
-def artifact_files(mlp_artifact: Path) -> tuple[dict[str, Any], bytes]:
-    return json.loads((mlp_artifact / MANIFEST_FILE).read_text()), (mlp_artifact / MODEL_FILE
-                                                                      ).read_bytes()
+def artifact_files(mlp_artifact: Path) -> ArtifactFiles:
+    manifest = json.loads((mlp_artifact / MANIFEST_FILE).read_text())
+    return ArtifactFiles((manifest, (mlp_artifact / MODEL_FILE).read_bytes()))
 
 
 def check_verdict(verdict: str, model: bytes, tmp_dir: Path) -> None:
+    """Pass on "ok" or a typed refusal; otherwise fail, keeping the model for a reproduction."""
     if verdict == "ok" or verdict.startswith("refused "):
         return
     saved = tmp_dir / f"model-{hashlib.sha256(model).hexdigest()[:16]}.tflite"
     saved.write_bytes(model)
-    raise AssertionError(f"Artifact.from_bytes: {verdict} (model saved as {saved})")
+    if verdict.startswith("CRASH"):  # its own line: Hypothesis reports each failing line
+        raise AssertionError(f"Artifact.from_bytes crashed the process: {verdict} ({saved})")
+    raise AssertionError(f"Artifact.from_bytes leaked: {verdict} ({saved})")
 
 
-def test_artifact_sample_loads(loader: ArtifactLoader, artifact_files: tuple[dict, bytes]) -> None:
+def test_artifact_sample_loads(loader: ArtifactLoader, artifact_files: ArtifactFiles) -> None:
     manifest, model = artifact_files
     assert loader.load(json.dumps(manifest).encode(), model) == "ok"
     assert Artifact.from_bytes(json.dumps(manifest).encode(), model).manifest.sha256 == \
@@ -443,10 +460,10 @@ JSON_VALUES = st.recursive(
 @FUZZ
 @given(data=st.data())
 def test_artifact_manifest_with_fields_of_any_type(
-        loader: ArtifactLoader, artifact_files: tuple[dict, bytes], tmp_path_factory:
+        loader: ArtifactLoader, artifact_files: ArtifactFiles, tmp_path_factory:
         pytest.TempPathFactory, data: st.DataObject) -> None:
     manifest, model = artifact_files
-    changed = data.draw(perturbed(manifest, MANIFEST_KEYS))
+    changed = data.draw(perturbed(manifest, MANIFEST_KEYS, JSON_VALUES))
     try:
         text = json.dumps(changed, allow_nan=False).encode()
     except ValueError:  # non-finite floats are not JSON
@@ -457,7 +474,7 @@ def test_artifact_manifest_with_fields_of_any_type(
 @FUZZ
 @given(MUTATIONS)
 def test_artifact_manifest_with_mutated_bytes(
-        loader: ArtifactLoader, artifact_files: tuple[dict, bytes],
+        loader: ArtifactLoader, artifact_files: ArtifactFiles,
         tmp_path_factory: pytest.TempPathFactory, ops: list[Mutation]) -> None:
     manifest, model = artifact_files
     text = mutate(json.dumps(manifest).encode(), ops)
@@ -465,7 +482,7 @@ def test_artifact_manifest_with_mutated_bytes(
 
 
 def test_artifact_manifest_nested_too_deep_is_refused(loader: ArtifactLoader,
-                                                      artifact_files: tuple[dict, bytes]) -> None:
+                                                      artifact_files: ArtifactFiles) -> None:
     _, model = artifact_files
     verdict = loader.load(b"[" * 100_000, model)  # under the 1 MiB manifest limit
     assert verdict.startswith("refused "), verdict
@@ -476,7 +493,7 @@ def test_artifact_manifest_nested_too_deep_is_refused(loader: ArtifactLoader,
 @example([("set", 24198, b"\x93")])  # mlp-digits b32 s0: passes check_flatbuffer, then SIGSEGV
 @example([("set", 17827, b"\xac")])  # a tensor name that is not UTF-8
 def test_artifact_model_with_mutated_bytes(
-        loader: ArtifactLoader, artifact_files: tuple[dict, bytes],
+        loader: ArtifactLoader, artifact_files: ArtifactFiles,
         tmp_path_factory: pytest.TempPathFactory, ops: list[Mutation]) -> None:
     manifest, model = artifact_files
     changed = mutate(model, ops)

@@ -1,4 +1,4 @@
-"""A device loads only blobs its server signed, fetched over HTTPS with the provisioned certificate."""
+"""A device loads only blobs its server signed, fetched over HTTPS with the fleet's certificate."""
 
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ from edge_client.signing import load_or_create_signing_key, load_public_key, sig
 from edge_client.weights import pack_weights, unpack_weights
 from server.blobs import BlobStore
 from server.http_app import TrafficCounter, create_app
-from tools.provision import ProvisionResult, provision_fleet
-from tools.provision import pki
+from tools.provision import ProvisionResult, pki, provision_fleet
 
 DEVICE = "pi-7"
 

@@ -26,6 +26,7 @@ from rich.table import Table
 from edge_client.errors import ConfigError
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+Section = tuple[str, Sequence[str], Sequence[Sequence[object]], str]  # title, columns, rows, note
 BENCH_FLEET = "bench"
 
 
@@ -84,6 +85,18 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_markdown(out_dir: Path, name: str, sections: Sequence[Section], command: str) -> Path:
+    """Write (title, columns, rows, note) sections and the command as Markdown; return the path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for title, columns, rows, note in sections:
+        parts.append(f"**{title}**\n\n{markdown_table(columns, rows)}\n\n{note}\n")
+    parts.append(f"Command: `{command}`\n")
+    path = out_dir / name
+    path.write_text("\n".join(parts))
+    return path
 
 
 def write_json(out_dir: Path, name: str, payload: dict[str, Any]) -> Path:

@@ -3,8 +3,8 @@
 Run ``python -m tools.bench.fleet [--quick] [--out DIR]``.
 
 1. Sessions: N = 1k, 2k, 5k, 10k real ``DeviceAgent``s (the simulator's worker processes,
-   ``firmware_sim.fleet.Fleet``, 2 workers, connections spread over min(5 s, 2 ms x devices
-   per worker) as ``fedge sim`` does) connect to a fresh Mosquitto. Each agent opens its MQTT
+   ``firmware_sim.fleet.Fleet``, 2 workers, each starting its agents 4 ms apart, at most 30 s
+   in all) connect to a fresh Mosquitto. Each agent opens its MQTT
    session (clean_session false, last will, subscriptions to its down topic and the fleet
    broadcast), publishes its retained presence and sends one check-in. No server runs in this
    part, so check-ins stay unanswered (the agents' check-in timeout is longer than the hold).
@@ -43,6 +43,7 @@ from firmware_sim.fleet import DeviceSpec, Fleet, WorkerArgs
 from firmware_sim.sim import SimConfig, prepare
 from tools.bench._common import (
     Mosquitto,
+    Section,
     bench_mlp_artifact,
     command_line,
     machine_load,
@@ -51,11 +52,12 @@ from tools.bench._common import (
     raise_fd_limit,
     usage,
     write_json,
+    write_markdown,
 )
 from tools.bench.ingest import (
     ROUND_COLUMNS,
-    ROUND_NOTE,
-    RoundRow,
+    SimOutcome,
+    outcome_note,
     round_table_rows,
     simulate_rounds,
 )
@@ -64,6 +66,7 @@ MODULE = "tools.bench.fleet"
 SIM_FLEET = "sim"  # the fleet name firmware_sim.sim.prepare writes into device.toml
 BROKER_CLIENTS = "$SYS/broker/clients/connected"
 MB = 1024 * 1024
+CONNECT_SPREAD_S = 0.004  # per device of a worker: 250 connects/s per worker, at most 30 s
 
 
 class PresenceWatch:
@@ -152,7 +155,8 @@ def _worker_args(devices: Sequence[DeviceSpec], workers: int, hold_s: float) -> 
     groups = [tuple(devices[i::workers]) for i in range(workers)]
     return [WorkerArgs(devices=g, seed=0, speedup=1000.0, start_s=0.0, clock_wall0=time.time(),
                        dropout_p=0.0, checkin_timeout_s=hold_s + 600.0,
-                       connect_spread_s=min(5.0, 0.002 * len(g)), log_level=logging.WARNING)
+                       connect_spread_s=min(30.0, CONNECT_SPREAD_S * len(g)),
+                       log_level=logging.WARNING)
             for g in groups]
 
 
@@ -203,7 +207,7 @@ def fleet_config(fleet: int, selected: int, rounds: int, broker_url: str, out: P
     return SimConfig(out=out, devices=fleet, rounds=rounds, dataset="fashion-mnist",
                      artifact=artifact, partition="iid", profiles="pi5", availability="always",
                      dropout=0.0, clients_per_round=target, broker=broker_url, speedup=1000.0,
-                     round_deadline_s=60.0, workers=workers, progress=False)
+                     round_deadline_s=45.0, workers=workers, progress=False)
 
 
 SESSION_COLUMNS = ("devices", "connected", "broker clients", "start-up s", "connect s",
@@ -265,8 +269,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"command": command, "load_start": machine_load(),
                               "fd_limit": fd_limit}
     session_rows: list[SessionRow] = []
-    round_rows: list[RoundRow] = []
-    raw_rounds: dict[int, list[dict[str, float]]] = {}
+    outcomes: list[SimOutcome] = []
     broker = Mosquitto(out / "fleet-broker")
     if "sessions" not in skip:
         broker.start()
@@ -289,25 +292,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 config = fleet_config(fleet_size, k, args.rounds, broker.url,
                                       out / "fleet-sim" / f"f{fleet_size}-s{k}", artifact,
                                       args.workers)
-                row, stats = simulate_rounds(config, broker.pid)
+                outcomes.append(simulate_rounds(config, broker.pid))
             finally:
                 broker.stop()
-            round_rows.append(row)
-            raw_rounds[k] = stats
-            print(f"rounds: {row.to_dict()}", flush=True)
+            print(f"rounds: {outcomes[-1].to_dict()}", flush=True)
     result["load_end"] = machine_load()
     result["sessions"] = [asdict(r) | {"kb_per_device": r.kb_per_device} for r in session_rows]
-    result["rounds"] = [r.to_dict() for r in round_rows]
-    result["rounds_raw"] = raw_rounds
+    result["rounds"] = [o.to_dict() for o in outcomes]
     path = write_json(out, "fleet.json", result)
     load = f"load average {result['load_start']['loadavg']} -> {result['load_end']['loadavg']}"
+    sections: list[Section] = []
     if session_rows:
-        print_table(f"MQTT sessions of real device agents ({args.workers} worker processes), "
-                    f"one Mosquitto, held {hold_s:.0f} s", SESSION_COLUMNS,
-                    session_table_rows(session_rows), command, load)
-    if round_rows:
-        print_table(f"Round overhead on a fleet of {fleet_size:,} (rounds after the first)",
-                    ROUND_COLUMNS, round_table_rows(round_rows), command, ROUND_NOTE)
+        sections.append((f"MQTT sessions of real device agents ({args.workers} worker "
+                         f"processes), one Mosquitto, held {hold_s:.0f} s", SESSION_COLUMNS,
+                         session_table_rows(session_rows), load))
+    if outcomes:
+        sections.append((f"Round overhead on a fleet of {fleet_size:,} (rounds after the first)",
+                         ROUND_COLUMNS, round_table_rows([o.row for o in outcomes if o.row]),
+                         outcome_note(outcomes) + f"\n{load}"))
+    for title, columns, rows, note in sections:
+        print_table(title, columns, rows, command, note)
+    write_markdown(out, "fleet.md", sections, command)
     print(f"results: {path}")
     return result
 

@@ -62,6 +62,7 @@ from tools.bench._common import (
     BENCH_FLEET,
     CpuSampler,
     Mosquitto,
+    Section,
     bench_mlp_artifact,
     command_line,
     machine_load,
@@ -69,6 +70,7 @@ from tools.bench._common import (
     quiet_logs,
     raise_fd_limit,
     write_json,
+    write_markdown,
 )
 
 MODULE = "tools.bench.ingest"
@@ -434,11 +436,27 @@ def summarise_rounds(devices: int, stats: Sequence[dict[str, float]],
                     per_device_ms("devices"), per_device_ms("broker"))
 
 
-def simulate_rounds(config: SimConfig, broker_pid: int) -> tuple[RoundRow, list[dict[str, float]]]:
+@dataclass(frozen=True)
+class SimOutcome:
+    """One simulator run: how the job ended, its measured rounds, and failed round attempts."""
+
+    devices: int
+    status: str
+    row: RoundRow | None
+    stats: list[dict[str, float]]
+    failures: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"devices": self.devices, "status": self.status, "failures": self.failures,
+                "row": self.row.to_dict() if self.row else None, "rounds": self.stats}
+
+
+def simulate_rounds(config: SimConfig, broker_pid: int) -> SimOutcome:
     """Run ``config`` with ``run_sim`` (server in this process); measure rounds after the first.
 
     CPU is sampled for this process (the server), its other children (the simulator workers)
-    and the broker, and split over the measured rounds' window.
+    and the broker, and split over the measured rounds' window. A job that fails is reported
+    (status and failed attempts), not raised.
     """
     me = psutil.Process()
 
@@ -453,12 +471,22 @@ def simulate_rounds(config: SimConfig, broker_pid: int) -> tuple[RoundRow, list[
         summary = run_sim(config)
     finally:
         sampler.stop()
-    if summary["status"] != "finished":
-        raise ConfigError(f"{config.devices} devices: simulation ended {summary['status']}")
     stats = round_stats(config.out.resolve() / "server" / "fedge.db", "sim",
                         min(config.workers, config.devices))
     cpu = sampler.cpu_between(stats[0]["started"], stats[-1]["ended"]) if stats else None
-    return summarise_rounds(config.devices, stats, cpu), stats
+    failures = [f"round {f['round']} attempt {f['attempt']}: {f['reason']} "
+                f"({f['reported']}/{f['selected']} reported)" for f in summary["failed_rounds"]]
+    row = summarise_rounds(config.devices, stats, cpu) if stats else None
+    return SimOutcome(config.devices, str(summary["status"]), row, stats, failures)
+
+
+def outcome_note(outcomes: Sequence[SimOutcome]) -> str:
+    """The table note: what the columns mean, then any failed job or round attempt."""
+    lines = [ROUND_NOTE]
+    for o in outcomes:
+        if o.status != "finished" or o.failures:
+            lines.append(f"{o.devices} devices: job {o.status}; " + "; ".join(o.failures))
+    return "\n".join(lines)
 
 
 def all_selected_config(devices: int, rounds: int, broker_url: str, out: Path) -> SimConfig:
@@ -557,8 +585,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 ingest.append(decode_path(spec, shapes, n))
                 ingest.append(coordinator_in_process(spec, artifact_dir, n,
                                                      work / f"inproc-{len(ingest)}"))
-        rounds: list[RoundRow] = []
-        per_round: dict[int, list[dict[str, float]]] = {}
+        outcomes: list[SimOutcome] = []
         with Mosquitto(work / "broker") as broker:
             if "mqtt" not in skip:
                 for spec in specs:
@@ -567,23 +594,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                     work / f"mqtt-{len(ingest)}"))
             if "rounds" not in skip:
                 for n in sizes:
-                    row, stats = simulate_rounds(all_selected_config(
-                        n, args.rounds, broker.url, out / "ingest-sim" / f"n{n}"), broker.pid)
-                    rounds.append(row)
-                    per_round[n] = stats
+                    outcomes.append(simulate_rounds(all_selected_config(
+                        n, args.rounds, broker.url, out / "ingest-sim" / f"n{n}"), broker.pid))
     result["load_end"] = machine_load()
     result["ingest"] = [asdict(r) | {"updates_per_s": r.updates_per_s, "mb_per_s": r.mb_per_s,
                                      "updates_per_cpu_s": r.updates_per_cpu_s} for r in ingest]
-    result["rounds"] = [r.to_dict() for r in rounds]
-    result["rounds_raw"] = per_round
+    result["rounds"] = [o.to_dict() for o in outcomes]
     path = write_json(out, "ingest.json", result)
     load = f"load average {result['load_start']['loadavg']} -> {result['load_end']['loadavg']}"
+    sections: list[Section] = []
     if ingest:
-        print_table(f"Server ingest, {result['params']:,}-parameter model", INGEST_COLUMNS,
-                    ingest_table_rows(ingest), command, load)
-    if rounds:
-        print_table("Per-round overhead, every device selected (rounds after the first)",
-                    ROUND_COLUMNS, round_table_rows(rounds), command, ROUND_NOTE)
+        sections.append((f"Server ingest, {result['params']:,}-parameter model", INGEST_COLUMNS,
+                         ingest_table_rows(ingest), load))
+    if outcomes:
+        sections.append(("Per-round overhead, every device selected (rounds after the first)",
+                         ROUND_COLUMNS, round_table_rows([o.row for o in outcomes if o.row]),
+                         outcome_note(outcomes) + f"\n{load}"))
+    for title, columns, rows, note in sections:
+        print_table(title, columns, rows, command, note)
+    write_markdown(out, "ingest.md", sections, command)
     print(f"results: {path}")
     return result
 

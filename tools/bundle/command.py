@@ -81,14 +81,13 @@ def build_bundle(device_id: str, provisioned: Path, platform: str, out: Path, *,
     target = get_platform(platform)
     device = read_device_folder(provisioned, device_id)
     console = console or Console(stderr=True)
-    constraints = source / "constraints.txt" if use_constraints else None
+    pins = source / "constraints.txt"
+    constraints = pins if use_constraints and pins.is_file() else None
     with tempfile.TemporaryDirectory(prefix="fedge-bundle-") as tmp:
         own_wheel = build_fedge_wheel(source, Path(tmp) / "fedge")
         wheel_set = collect_wheels(f"{own_wheel}[edge]", target, Path(tmp) / "wheels",
                                    cache_dir=cache_dir or default_cache_dir(),
-                                   constraints=constraints if constraints and constraints.is_file()
-                                   else None,
-                                   refresh=refresh, console=console)
+                                   constraints=constraints, refresh=refresh, console=console)
         fleet = device.config.fleet
         metadata = {
             "format": BUNDLE_FORMAT, "device_id": device_id, "fleet": fleet,

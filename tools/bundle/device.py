@@ -23,10 +23,6 @@ class DeviceFile:
     data: bytes
     mode: int
 
-    @property
-    def secret(self) -> bool:
-        return self.mode == SECRET_MODE
-
 
 @dataclass(frozen=True)
 class DeviceFolder:

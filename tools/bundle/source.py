@@ -83,5 +83,6 @@ def build_fedge_wheel(source: Path, out_dir: Path) -> Path:
                               f"{done.stderr[-2000:]}")
     wheels = sorted(out_dir.glob("fedge-*.whl"))
     if len(wheels) != 1:
-        raise ConfigError(f"expected one fedge wheel in {out_dir}, found {[w.name for w in wheels]}")
+        names = [w.name for w in wheels]
+        raise ConfigError(f"expected one fedge wheel in {out_dir}, found {names}")
     return wheels[0]

@@ -54,7 +54,7 @@ INSTALL_SH = r"""#!/bin/sh
 #
 # --prefix DIR    install folder (default @DEFAULT_PREFIX@): venv/, device.toml, keys, data/, state/
 # --user NAME     dedicated user the service runs as (default @SERVICE_USER@; created if missing)
-# --python PY     Python @PYTHON_VERSION@ interpreter to build the venv with (default: python@PYTHON_VERSION@)
+# --python PY     Python @PYTHON_VERSION@ to build the venv with (default: python@PYTHON_VERSION@)
 # --no-systemd    do not install or start the systemd service
 set -eu
 
@@ -94,7 +94,8 @@ case "$SERVICE_USER" in
 esac
 
 machine=$(uname -m)
-[ "$machine" = "@MACHINE@" ] || die "this bundle is for @MACHINE@ (@PLATFORM@), this machine is $machine"
+[ "$machine" = "@MACHINE@" ] \
+    || die "this bundle is for @MACHINE@ (@PLATFORM@), this machine is $machine"
 
 is_py311() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (@PYTHON_TUPLE@))' 2>/dev/null; }
 if [ -z "$PYTHON" ]; then
@@ -104,9 +105,12 @@ if [ -z "$PYTHON" ]; then
             break
         fi
     done
-    [ -n "$PYTHON" ] || die "Python @PYTHON_VERSION@ not found (the bundled wheels are for CPython @PYTHON_VERSION@); install it or pass --python"
+    [ -n "$PYTHON" ] || die "Python @PYTHON_VERSION@ not found (the bundled wheels are for" \
+        "CPython @PYTHON_VERSION@): install it or pass --python"
 fi
-is_py311 "$PYTHON" || die "$PYTHON is not Python @PYTHON_VERSION@ (the bundled wheels are for CPython @PYTHON_VERSION@)"
+is_py311 "$PYTHON" \
+    || die "$PYTHON is not Python @PYTHON_VERSION@" \
+        "(the bundled wheels are for CPython @PYTHON_VERSION@)"
 
 if command -v sha256sum >/dev/null 2>&1; then
     (cd "$HERE" && sha256sum --check --quiet SHA256SUMS) \
@@ -155,7 +159,8 @@ chmod 644 /etc/systemd/system/@UNIT_NAME@
 systemctl daemon-reload
 systemctl enable @UNIT_NAME@
 systemctl restart @UNIT_NAME@
-say "service @UNIT_NAME@ enabled and started (journalctl -u @UNIT_NAME@ -f); put the device's data under $PREFIX/data/train"
+say "service @UNIT_NAME@ enabled and started (journalctl -u @UNIT_NAME@ -f);" \
+    "put the device's data under $PREFIX/data/train and $PREFIX/data/test"
 """
 
 
