@@ -729,7 +729,7 @@ def test_pause_resume_stop_and_create(fresh: Env) -> None:
         (
             b'{"job": {"name": "x", "fleet": "t", "artifact": "a", "rounds": 1, "seed": [1]}}',
             "application/json",
-            "invalid job config",
+            "job.seed must be an integer",
         ),
         (b"x" * (300 * 1024), "application/toml", "limit"),
     ],
