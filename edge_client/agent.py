@@ -11,9 +11,9 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -24,7 +24,11 @@ from edge_client.artifact import Artifact
 from edge_client.config import DeviceConfig, EligibilityRules
 from edge_client.errors import ArtifactError, CodecError, DataError, ProtocolError, SecAggError
 from edge_client.fetch import BlobFetcher
-from edge_client.identity import IdentityCertificate, load_enrolment_public_key, load_or_create_identity
+from edge_client.identity import (
+    IdentityCertificate,
+    load_enrolment_public_key,
+    load_or_create_identity,
+)
 from edge_client.mqtt_link import LinkSettings, MqttLink
 from edge_client.privacy import clip_update
 from edge_client.probe import probe_eligibility
@@ -39,7 +43,7 @@ from edge_client.weights import pack_weights, unpack_weights
 log = logging.getLogger("fedge.device")
 
 
-class AgentState(str, Enum):
+class AgentState(StrEnum):
     """States of a device agent."""
 
     OFFLINE = "offline"
@@ -52,8 +56,9 @@ class AgentState(str, Enum):
 
 TRANSITIONS: dict[AgentState, frozenset[AgentState]] = {
     AgentState.OFFLINE: frozenset({AgentState.CONNECTED}),
-    AgentState.CONNECTED: frozenset({AgentState.CHECKED_IN, AgentState.WAITING,
-                                     AgentState.TRAINING, AgentState.OFFLINE}),
+    AgentState.CONNECTED: frozenset(
+        {AgentState.CHECKED_IN, AgentState.WAITING, AgentState.TRAINING, AgentState.OFFLINE}
+    ),
     AgentState.CHECKED_IN: frozenset({AgentState.TRAINING, AgentState.WAITING, AgentState.OFFLINE}),
     AgentState.WAITING: frozenset({AgentState.CHECKED_IN, AgentState.WAITING, AgentState.OFFLINE}),
     AgentState.TRAINING: frozenset({AgentState.REPORTING, AgentState.WAITING, AgentState.OFFLINE}),
@@ -133,9 +138,17 @@ def eligible_by_own_rules(e: m.Eligibility, rules: EligibilityRules) -> str | No
 class DeviceAgent:
     """Runs on the device: MQTT session, check-ins, on-device training, update reporting."""
 
-    def __init__(self, config: DeviceConfig, data: LocalData, server_key: Ed25519PublicKey, *,
-                 hooks: AgentHooks | None = None, trainers: TrainerCache | None = None,
-                 checkin_timeout_s: float = 60.0, seed: int | None = None):
+    def __init__(
+        self,
+        config: DeviceConfig,
+        data: LocalData,
+        server_key: Ed25519PublicKey,
+        *,
+        hooks: AgentHooks | None = None,
+        trainers: TrainerCache | None = None,
+        checkin_timeout_s: float = 60.0,
+        seed: int | None = None,
+    ):
         self.config = config
         self.data = data
         self.hooks = hooks or AgentHooks()
@@ -152,8 +165,7 @@ class DeviceAgent:
         ssl_context = None
         if config.broker.ca_file is not None:
             ssl_context = ssl.create_default_context(cafile=str(config.broker.ca_file))
-        self.fetcher = BlobFetcher(self.state_dir / "cache", server_key,
-                                   ssl_context=ssl_context)
+        self.fetcher = BlobFetcher(self.state_dir / "cache", server_key, ssl_context=ssl_context)
         self.inbox: asyncio.Queue[tuple[m.Message, str | None, int | None]] = asyncio.Queue()
         self.replay = ReplayGuard()
         self.rounds_reported = 0
@@ -166,13 +178,27 @@ class DeviceAgent:
         b = config.broker
         self.link = MqttLink(
             LinkSettings(
-                host=b.host, port=b.port, client_id=dev, username=b.username, password=b.password,
-                ca_file=b.ca_file, cert_file=b.cert_file, key_file=b.key_file, tls=b.tls,
-                keepalive_s=b.keepalive_s, clean_session=False,
-                subscriptions=(topics.device_down(config.fleet, dev), topics.broadcast(config.fleet)),
-                will_topic=topics.device_presence(config.fleet, dev), will_payload=presence_off,
+                host=b.host,
+                port=b.port,
+                client_id=dev,
+                username=b.username,
+                password=b.password,
+                ca_file=b.ca_file,
+                cert_file=b.cert_file,
+                key_file=b.key_file,
+                tls=b.tls,
+                keepalive_s=b.keepalive_s,
+                clean_session=False,
+                subscriptions=(
+                    topics.device_down(config.fleet, dev),
+                    topics.broadcast(config.fleet),
+                ),
+                will_topic=topics.device_presence(config.fleet, dev),
+                will_payload=presence_off,
             ),
-            logger=log, on_connect=self._announce, rng=self.rng,
+            logger=log,
+            on_connect=self._announce,
+            rng=self.rng,
         )
 
     # state machine -------------------------------------------------------------------------
@@ -190,14 +216,21 @@ class DeviceAgent:
 
     # mqtt ----------------------------------------------------------------------------------
     async def _announce(self) -> None:
-        presence = m.make(m.Presence(online=True, profile=self.config.profile),
-                          sender=self.config.device_id).pack()
-        await self.link.publish(topics.device_presence(self.config.fleet, self.config.device_id),
-                                presence, retain=True, wait_s=1)
+        presence = m.make(
+            m.Presence(online=True, profile=self.config.profile), sender=self.config.device_id
+        ).pack()
+        await self.link.publish(
+            topics.device_presence(self.config.fleet, self.config.device_id),
+            presence,
+            retain=True,
+            wait_s=1,
+        )
 
     async def _on_mqtt(self, topic: str, payload: bytes) -> None:
         if topic not in self._own_topics:
-            log.debug("device %s: ignored a message on %s (not subscribed)", self.config.device_id, topic)
+            log.debug(
+                "device %s: ignored a message on %s (not subscribed)", self.config.device_id, topic
+            )
             return
         try:
             envelope = unpack(payload, DEFAULT_LIMITS)
@@ -212,16 +245,22 @@ class DeviceAgent:
             self.job_state = message.state
         await self.inbox.put((message, envelope.job_id, envelope.round_id))
 
-    async def _send(self, message: m.Message, job_id: str | None = None,
-                    round_id: int | None = None) -> int:
-        data = m.make(message, sender=self.config.device_id, job_id=job_id, round_id=round_id).pack()
-        ok = await self.link.publish(topics.device_up(self.config.fleet, self.config.device_id), data)
+    async def _send(
+        self, message: m.Message, job_id: str | None = None, round_id: int | None = None
+    ) -> int:
+        data = m.make(
+            message, sender=self.config.device_id, job_id=job_id, round_id=round_id
+        ).pack()
+        ok = await self.link.publish(
+            topics.device_up(self.config.fleet, self.config.device_id), data
+        )
         if not ok:
             raise ConnectionError("not connected")
         return len(data)
 
-    async def _receive(self, kinds: tuple[type[m.Message], ...], timeout_s: float
-                       ) -> tuple[m.Message, str | None, int | None] | None:
+    async def _receive(
+        self, kinds: tuple[type[m.Message], ...], timeout_s: float
+    ) -> tuple[m.Message, str | None, int | None] | None:
         deadline = time.monotonic() + timeout_s
         while not self._stop.is_set():
             left = deadline - time.monotonic()
@@ -229,8 +268,9 @@ class DeviceAgent:
                 return None
             getter = asyncio.ensure_future(self.inbox.get())
             stopper = asyncio.ensure_future(self._stop.wait())
-            done, _ = await asyncio.wait({getter, stopper}, timeout=left,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {getter, stopper}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
             stopper.cancel()
             if getter not in done:
                 getter.cancel()
@@ -239,8 +279,12 @@ class DeviceAgent:
             if isinstance(item[0], kinds):
                 return item
             if isinstance(item[0], m.ErrorReport):
-                log.warning("device %s: server says %s: %s", self.config.device_id,
-                            item[0].code, item[0].message)
+                log.warning(
+                    "device %s: server says %s: %s",
+                    self.config.device_id,
+                    item[0].code,
+                    item[0].message,
+                )
         return None
 
     # persistence ---------------------------------------------------------------------------
@@ -263,7 +307,9 @@ class DeviceAgent:
             envelope = unpack(bytes.fromhex(data["envelope"]), check_time=False)
             task = m.parse(envelope)
         except (ValueError, KeyError, ProtocolError) as exc:
-            log.warning("device %s: dropping unreadable pending task: %s", self.config.device_id, exc)
+            log.warning(
+                "device %s: dropping unreadable pending task: %s", self.config.device_id, exc
+            )
             path.unlink(missing_ok=True)
             return None
         if not isinstance(task, m.Task) or task.deadline < time.time():
@@ -309,10 +355,14 @@ class DeviceAgent:
                 self._set(AgentState.WAITING)
                 await self._pause(30.0)
                 continue
-            checkin = m.CheckIn(eligibility=eligibility, runtime=runtime_name(),
-                                runtime_version=runtime_version(), examples=len(self.data.y_train),
-                                cached_artifacts=self.fetcher.cached_digests(),
-                                profile=self.config.profile)
+            checkin = m.CheckIn(
+                eligibility=eligibility,
+                runtime=runtime_name(),
+                runtime_version=runtime_version(),
+                examples=len(self.data.y_train),
+                cached_artifacts=self.fetcher.cached_digests(),
+                profile=self.config.profile,
+            )
             await self._send(checkin)
             self._set(AgentState.CHECKED_IN)
             reply = await self._receive((m.Task, m.RetryLater), self.checkin_timeout_s)
@@ -361,7 +411,11 @@ class DeviceAgent:
                 over = await self._secure_task(task, artifact, weights, job_id, round_id)
                 return
             update = await self._train(task, artifact, weights)
-            if update is None or self.hooks.drops_out("before-report") or time.time() > task.deadline:
+            if (
+                update is None
+                or self.hooks.drops_out("before-report")
+                or time.time() > task.deadline
+            ):
                 return
             self._set(AgentState.REPORTING)
             nbytes = await self._send(update, job_id, round_id)
@@ -377,7 +431,9 @@ class DeviceAgent:
         except (ArtifactError, CodecError, DataError, SecAggError) as exc:
             over = True
             log.warning("device %s: task failed: %s", self.config.device_id, exc)
-            await self._send(m.ErrorReport(code=type(exc).__name__, message=str(exc)), job_id, round_id)
+            await self._send(
+                m.ErrorReport(code=type(exc).__name__, message=str(exc)), job_id, round_id
+            )
         finally:
             if over or self._deliberately_skipped(task):
                 self._pending_path().unlink(missing_ok=True)
@@ -386,7 +442,9 @@ class DeviceAgent:
 
     def _deliberately_skipped(self, task: m.Task) -> bool:
         """True when the task will never be resumed: its deadline passed or the device dropped it."""
-        return time.time() > task.deadline or (not self._stop.is_set() and self.link.connected.is_set())
+        return time.time() > task.deadline or (
+            not self._stop.is_set() and self.link.connected.is_set()
+        )
 
     async def _fetch(self, task: m.Task) -> tuple[Artifact, list[np.ndarray]]:
         before = self.fetcher.bytes_downloaded
@@ -401,8 +459,9 @@ class DeviceAgent:
         await self.hooks.after_transfer(self.fetcher.bytes_downloaded - before, "down")
         return artifact, weights
 
-    async def _weights_from_delta(self, task: m.Task, shapes: list[tuple[int, ...]]
-                                  ) -> list[np.ndarray] | None:
+    async def _weights_from_delta(
+        self, task: m.Task, shapes: list[tuple[int, ...]]
+    ) -> list[np.ndarray] | None:
         """Rebuild the new global weights from the cached previous ones plus the signed delta.
 
         The result must hash to the signed weights digest of the task; otherwise (or when the
@@ -418,16 +477,20 @@ class DeviceAgent:
             delta = await self.fetcher.fetch(task.weights_delta, "weights-delta")
             new = codec.apply_model_delta(old, delta)
         except (ArtifactError, CodecError) as exc:
-            log.info("device %s: weights delta unusable (%s); fetching full weights",
-                     self.config.device_id, exc)
+            log.info(
+                "device %s: weights delta unusable (%s); fetching full weights",
+                self.config.device_id,
+                exc,
+            )
             return None
         blob = pack_weights(new)
         if not self.fetcher.store_verified(task.weights, "weights", blob):
             return None
         return new
 
-    async def _local_update(self, task: m.Task, artifact: Artifact, weights: list[np.ndarray]
-                            ) -> tuple[list[np.ndarray], TrainResult, int]:
+    async def _local_update(
+        self, task: m.Task, artifact: Artifact, weights: list[np.ndarray]
+    ) -> tuple[list[np.ndarray], TrainResult, int]:
         """Train on the local data from ``weights``; (delta, metrics, the seed used)."""
         seed = self.train_rng.getrandbits(31)
         async with self.trainers.lock:
@@ -435,15 +498,23 @@ class DeviceAgent:
 
             def work() -> tuple[list[np.ndarray], TrainResult]:
                 trainer.set_weights(weights)
-                result = trainer.fit(self.data.x_train, self.data.y_train, epochs=task.plan.epochs,
-                                     lr=task.plan.lr, seed=seed, max_steps=task.plan.max_steps)
+                result = trainer.fit(
+                    self.data.x_train,
+                    self.data.y_train,
+                    epochs=task.plan.epochs,
+                    lr=task.plan.lr,
+                    seed=seed,
+                    max_steps=task.plan.max_steps,
+                )
                 return trainer.get_weights(), result
 
             new_weights, result = await asyncio.to_thread(work)
         await self.hooks.after_compute(result.wall_time_s)
         return [nw - w for nw, w in zip(new_weights, weights, strict=True)], result, seed
 
-    async def _train(self, task: m.Task, artifact: Artifact, weights: list[np.ndarray]) -> m.Update | None:
+    async def _train(
+        self, task: m.Task, artifact: Artifact, weights: list[np.ndarray]
+    ) -> m.Update | None:
         spec = codec.parse_spec(task.codec)
         shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
         encoder = codec.UpdateEncoder(spec, shapes, self.state_dir / "residual.npz")
@@ -455,22 +526,41 @@ class DeviceAgent:
             clipped = clip_update(delta, float(task.dp.get("clip", 0.0)))
             delta, within_clip = list(clipped.arrays), bool(clipped.within_clip)
         encoded = encoder.encode(delta, round_seed=task.round_seed, rng_seed=seed)
-        metrics = m.TrainMetrics(loss=float(result.loss), accuracy=float(result.accuracy),
-                                 examples=int(result.examples), train_time_s=float(result.wall_time_s))
-        return m.Update(payload=encoded.payload, codec=str(spec), base_weights=task.weights.sha256,
-                        metrics=metrics, within_clip=within_clip)
+        metrics = m.TrainMetrics(
+            loss=float(result.loss),
+            accuracy=float(result.accuracy),
+            examples=int(result.examples),
+            train_time_s=float(result.wall_time_s),
+        )
+        return m.Update(
+            payload=encoded.payload,
+            codec=str(spec),
+            base_weights=task.weights.sha256,
+            metrics=metrics,
+            within_clip=within_clip,
+        )
 
-    async def _secure_task(self, task: m.Task, artifact: Artifact, weights: list[np.ndarray],
-                           job_id: str | None, round_id: int | None) -> bool:
+    async def _secure_task(
+        self,
+        task: m.Task,
+        artifact: Artifact,
+        weights: list[np.ndarray],
+        job_id: str | None,
+        round_id: int | None,
+    ) -> bool:
         """Train, then run the client half of SecAgg+; True once the task is over."""
         settings = task.secagg or {}
         try:
             config = SecAggConfig.from_wire(settings.get("config"))
             max_weight = int(settings["max_weight"])
-            ring = codec.RingCodec(codec.parse_spec(task.codec),
-                                   [tuple(t.shape) for t in artifact.manifest.tensors],
-                                   float(settings["clip"]), int(settings["bits"]), int(settings["n_max"]),
-                                   residual_path=self.state_dir / "residual-secure.npz")
+            ring = codec.RingCodec(
+                codec.parse_spec(task.codec),
+                [tuple(t.shape) for t in artifact.manifest.tensors],
+                float(settings["clip"]),
+                int(settings["bits"]),
+                int(settings["n_max"]),
+                residual_path=self.state_dir / "residual-secure.npz",
+            )
             stage_timeout = float(settings["stage_timeout_s"])
             secagg_round = str(settings["round_id"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -480,18 +570,36 @@ class DeviceAgent:
         scaled = [d * np.float32(weight / max_weight) for d in delta]
         vector = ring.encode(scaled, round_seed=task.round_seed, rng_seed=seed).vector
         x = np.concatenate([vector, np.array([weight], np.uint32)])
-        client = SecAggClient(self.config.device_id, self._identity(), secagg_round, config,
-                              self._enrolment_key(), self._identity_certificate())
-        metrics = m.TrainMetrics(loss=float(result.loss), accuracy=float(result.accuracy),
-                                 examples=int(result.examples), train_time_s=float(result.wall_time_s))
+        client = SecAggClient(
+            self.config.device_id,
+            self._identity(),
+            secagg_round,
+            config,
+            self._enrolment_key(),
+            self._identity_certificate(),
+        )
+        metrics = m.TrainMetrics(
+            loss=float(result.loss),
+            accuracy=float(result.accuracy),
+            examples=int(result.examples),
+            train_time_s=float(result.wall_time_s),
+        )
         if self.hooks.drops_out("secagg-advertise"):
             return True
         self._set(AgentState.REPORTING)
-        await self._send(m.SecAggStage(stage="advertise", data={
-            "msg": client.advertise().to_wire(), "metrics": vars(metrics)}), job_id, round_id)
-        steps = {"roster": ("share", client.share_keys),
-                 "masked_request": ("masked", lambda req: client.masked_input(req, x)),
-                 "unmask_request": ("unmask", client.unmask)}
+        await self._send(
+            m.SecAggStage(
+                stage="advertise",
+                data={"msg": client.advertise().to_wire(), "metrics": vars(metrics)},
+            ),
+            job_id,
+            round_id,
+        )
+        steps = {
+            "roster": ("share", client.share_keys),
+            "masked_request": ("masked", lambda req: client.masked_input(req, x)),
+            "unmask_request": ("unmask", client.unmask),
+        }
         wait_s = max(task.deadline - time.time(), 0.0) + stage_timeout
         while True:
             item = await self._receive((m.SecAggStage, m.Ack), wait_s)
@@ -499,8 +607,11 @@ class DeviceAgent:
                 return True  # the server moved on without us (or aborted the round)
             if isinstance(item[0], m.Ack):
                 if not item[0].accepted:
-                    log.info("device %s: secure aggregation message refused: %s",
-                             self.config.device_id, item[0].reason)
+                    log.info(
+                        "device %s: secure aggregation message refused: %s",
+                        self.config.device_id,
+                        item[0].reason,
+                    )
                     return True
                 continue
             request = item[0]
@@ -511,7 +622,9 @@ class DeviceAgent:
             if self.hooks.drops_out(f"secagg-{stage}"):
                 return True
             reply = respond(decode_message(request.data))  # type: ignore[operator]
-            await self._send(m.SecAggStage(stage=stage, data={"msg": reply.to_wire()}), job_id, round_id)
+            await self._send(
+                m.SecAggStage(stage=stage, data={"msg": reply.to_wire()}), job_id, round_id
+            )
             wait_s = 3 * stage_timeout
             if stage == "unmask":
                 self.rounds_reported += 1
@@ -534,8 +647,13 @@ class DeviceAgent:
         except (OSError, ValueError) as exc:
             raise SecAggError(f"cannot read the identity certificate {path}: {exc}") from exc
 
-    async def _evaluate(self, artifact: Artifact, weights: list[np.ndarray], job_id: str | None,
-                        round_id: int | None) -> None:
+    async def _evaluate(
+        self,
+        artifact: Artifact,
+        weights: list[np.ndarray],
+        job_id: str | None,
+        round_id: int | None,
+    ) -> None:
         x = self.data.x_test if self.data.x_test is not None else self.data.x_train
         y = self.data.y_test if self.data.y_test is not None else self.data.y_train
         async with self.trainers.lock:
@@ -547,7 +665,13 @@ class DeviceAgent:
 
             result = await asyncio.to_thread(work)
         self._set(AgentState.REPORTING)
-        await self._send(m.EvalResult(loss=float(result.loss), accuracy=float(result.accuracy),
-                                      examples=int(result.examples)), job_id, round_id)
+        await self._send(
+            m.EvalResult(
+                loss=float(result.loss),
+                accuracy=float(result.accuracy),
+                examples=int(result.examples),
+            ),
+            job_id,
+            round_id,
+        )
         await self._receive((m.Ack,), 30.0)
-

@@ -95,8 +95,9 @@ def _rules(table: Any) -> EligibilityRules:
     for key, value in table.items():
         if key.startswith("require_") and not isinstance(value, bool):
             raise ConfigError(f"eligibility.{key} must be true or false")
-        if not key.startswith("require_") and (isinstance(value, bool)
-                                               or not isinstance(value, int | float)):
+        if not key.startswith("require_") and (
+            isinstance(value, bool) or not isinstance(value, int | float)
+        ):
             raise ConfigError(f"eligibility.{key} must be a number")
     rules = EligibilityRules(**table)
     if not 0.0 <= rules.min_battery <= 1.0 or rules.min_free_memory_mb < 0:

@@ -28,8 +28,10 @@ def load_local_data(config: DeviceConfig) -> LocalData:
 def build_agent(config: DeviceConfig, **kwargs: object) -> DeviceAgent:
     """A ready agent for ``config`` (the server's signing key is required)."""
     if config.server_signing_key_file is None:
-        raise ConfigError("device.toml needs [server] signing_public_key: the device only loads "
-                          "models signed by its server")
+        raise ConfigError(
+            "device.toml needs [server] signing_public_key: the device only loads "
+            "models signed by its server"
+        )
     try:
         server_key = load_public_key(config.server_signing_key_file.read_bytes())
     except OSError as exc:
@@ -37,11 +39,18 @@ def build_agent(config: DeviceConfig, **kwargs: object) -> DeviceAgent:
     return DeviceAgent(config, load_local_data(config), server_key, **kwargs)  # type: ignore[arg-type]
 
 
-def run_device(config_path: Path, runner: Callable[[Callable[[asyncio.Event], object]], object]) -> int:
+def run_device(
+    config_path: Path, runner: Callable[[Callable[[asyncio.Event], object]], object]
+) -> int:
     """Entry of `fedge device --config device.toml`; runs until SIGINT/SIGTERM."""
     config = load_device_config(config_path)
     agent = build_agent(config)
-    log.info("device %s of fleet %s: %d local examples, broker %s", config.device_id, config.fleet,
-             len(agent.data.y_train), config.broker.url)
+    log.info(
+        "device %s of fleet %s: %d local examples, broker %s",
+        config.device_id,
+        config.fleet,
+        len(agent.data.y_train),
+        config.broker.url,
+    )
     runner(agent.run)
     return 0

@@ -19,8 +19,14 @@ from edge_client.signing import verify_blob
 class BlobFetcher:
     """Fetches blobs once, checks digest and server signature, and keeps them in a cache dir."""
 
-    def __init__(self, cache_dir: Path, server_key: Ed25519PublicKey, max_bytes: int = 256 << 20,
-                 ssl_context: ssl.SSLContext | None = None, timeout_s: float = 60.0):
+    def __init__(
+        self,
+        cache_dir: Path,
+        server_key: Ed25519PublicKey,
+        max_bytes: int = 256 << 20,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout_s: float = 60.0,
+    ):
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.server_key = server_key
@@ -56,7 +62,9 @@ class BlobFetcher:
 
     def fetch_sync(self, ref: BlobRef, kind: str) -> bytes:
         if ref.size > self.max_bytes:
-            raise ArtifactError(f"{kind} of {ref.size} bytes exceeds the device limit {self.max_bytes}")
+            raise ArtifactError(
+                f"{kind} of {ref.size} bytes exceeds the device limit {self.max_bytes}"
+            )
         target = self.cache_dir / ref.sha256
         if target.exists():
             data = target.read_bytes()

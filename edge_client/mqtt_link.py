@@ -53,9 +53,14 @@ class LinkStats:
 class MqttLink:
     """Keeps one MQTT session alive with exponential backoff and jitter, and dispatches messages."""
 
-    def __init__(self, settings: LinkSettings, *, logger: logging.Logger | None = None,
-                 on_connect: Callable[[], Awaitable[None]] | None = None,
-                 rng: random.Random | None = None):
+    def __init__(
+        self,
+        settings: LinkSettings,
+        *,
+        logger: logging.Logger | None = None,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+        rng: random.Random | None = None,
+    ):
         self.settings = settings
         self.stats = LinkStats()
         self.connected = asyncio.Event()
@@ -79,10 +84,18 @@ class MqttLink:
         if s.will_topic is not None:
             will = aiomqtt.Will(s.will_topic, s.will_payload, qos=1, retain=True)
         return aiomqtt.Client(
-            s.host, s.port, identifier=s.client_id, username=s.username, password=s.password,
-            protocol=aiomqtt.ProtocolVersion.V311, clean_session=s.clean_session,
-            keepalive=s.keepalive_s, will=will, tls_context=self._tls_context(),
-            max_inflight_messages=s.max_inflight, timeout=10,
+            s.host,
+            s.port,
+            identifier=s.client_id,
+            username=s.username,
+            password=s.password,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=s.clean_session,
+            keepalive=s.keepalive_s,
+            will=will,
+            tls_context=self._tls_context(),
+            max_inflight_messages=s.max_inflight,
+            timeout=10,
         )
 
     async def run(self, handler: Handler, stop: asyncio.Event) -> None:
@@ -101,7 +114,9 @@ class MqttLink:
                         await self._on_connect()
                     reader = asyncio.create_task(self._read(client, handler))
                     stopper = asyncio.create_task(stop.wait())
-                    done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(
+                        {reader, stopper}, return_when=asyncio.FIRST_COMPLETED
+                    )
                     stopper.cancel()
                     if reader in done:
                         reader.result()  # re-raise the connection error
@@ -109,8 +124,12 @@ class MqttLink:
                         reader.cancel()
                         return
             except aiomqtt.MqttError as exc:
-                self._log.info("mqtt %s: connection lost or refused (%s); retry in %.1fs",
-                               self.settings.client_id, exc, delay)
+                self._log.info(
+                    "mqtt %s: connection lost or refused (%s); retry in %.1fs",
+                    self.settings.client_id,
+                    exc,
+                    delay,
+                )
             finally:
                 self.connected.clear()
                 self._client = None
@@ -125,8 +144,11 @@ class MqttLink:
 
     async def _read(self, client: aiomqtt.Client, handler: Handler) -> None:
         async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else bytes(
-                str(message.payload), "utf-8")
+            payload = (
+                message.payload
+                if isinstance(message.payload, bytes)
+                else bytes(str(message.payload), "utf-8")
+            )
             self.stats.bytes_received += len(payload)
             self.stats.messages_received += 1
             try:
@@ -134,8 +156,15 @@ class MqttLink:
             except Exception:  # a handler bug must not kill the session
                 self._log.exception("handler failed for a message on %s", message.topic.value)
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-                      wait_s: float = 30.0) -> bool:
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        wait_s: float = 30.0,
+    ) -> bool:
         """Publish once connected (waiting up to ``wait_s``); False if it could not be sent."""
         try:
             await asyncio.wait_for(self.connected.wait(), timeout=wait_s)

@@ -19,7 +19,9 @@ def _read(path: Path) -> str | None:
 
 def battery_state(root: Path = POWER_SUPPLY) -> tuple[float, bool]:
     """(battery fraction, charging); a device without a battery counts as full and on mains."""
-    batteries = [p for p in root.glob("*") if _read(p / "type") == "Battery"] if root.exists() else []
+    batteries = (
+        [p for p in root.glob("*") if _read(p / "type") == "Battery"] if root.exists() else []
+    )
     if not batteries:
         return 1.0, True
     capacity = _read(batteries[0] / "capacity")
@@ -49,5 +51,10 @@ def is_idle(threshold: float = 0.5) -> bool:
 def probe_eligibility(metered: bool = False) -> Eligibility:
     """The device's current eligibility as reported at check-in."""
     battery, charging = battery_state()
-    return Eligibility(charging=charging, unmetered=not metered, idle=is_idle(),
-                       battery=battery, free_memory_mb=free_memory_mb())
+    return Eligibility(
+        charging=charging,
+        unmetered=not metered,
+        idle=is_idle(),
+        battery=battery,
+        free_memory_mb=free_memory_mb(),
+    )

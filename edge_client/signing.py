@@ -29,16 +29,21 @@ def sign_blob(key: Ed25519PrivateKey, kind: str, digest: str) -> bytes:
     return key.sign(_message(kind, digest))
 
 
-def verify_blob(public_key: Ed25519PublicKey, kind: str, data: bytes, expected_digest: str,
-                signature: bytes) -> None:
+def verify_blob(
+    public_key: Ed25519PublicKey, kind: str, data: bytes, expected_digest: str, signature: bytes
+) -> None:
     """Check that ``data`` has the expected digest and that the server signed it; else raise."""
     digest = sha256_hex(data)
     if digest != expected_digest:
-        raise ArtifactError(f"{kind}: sha256 {digest[:12]}... does not match {expected_digest[:12]}...")
+        raise ArtifactError(
+            f"{kind}: sha256 {digest[:12]}... does not match {expected_digest[:12]}..."
+        )
     try:
         public_key.verify(signature, _message(kind, digest))
     except InvalidSignature as exc:
-        raise ArtifactError(f"{kind} {digest[:12]}...: bad signature (not signed by the server)") from exc
+        raise ArtifactError(
+            f"{kind} {digest[:12]}...: bad signature (not signed by the server)"
+        ) from exc
 
 
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
@@ -51,8 +56,9 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
         return key
     key = Ed25519PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
@@ -62,8 +68,9 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
 
 def public_pem(public_key: Ed25519PublicKey) -> bytes:
     """PEM (SubjectPublicKeyInfo) of an Ed25519 public key."""
-    return public_key.public_bytes(serialization.Encoding.PEM,
-                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def load_public_key(data: bytes) -> Ed25519PublicKey:

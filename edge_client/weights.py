@@ -39,6 +39,8 @@ def unpack_weights(data: bytes, shapes: Sequence[tuple[int, ...]]) -> list[np.nd
         except ProtocolError as exc:
             raise ArtifactError(str(exc)) from exc
         if arr.dtype != np.float32 or tuple(arr.shape) != tuple(shape):
-            raise ArtifactError(f"weights[{i}] is {arr.dtype}{list(arr.shape)}, expected float32{list(shape)}")
+            raise ArtifactError(
+                f"weights[{i}] is {arr.dtype}{list(arr.shape)}, expected float32{list(shape)}"
+            )
         out.append(arr)
     return out

@@ -71,18 +71,31 @@ def _quiet_disconnect_errors(loop: asyncio.AbstractEventLoop, context: dict[str,
 async def _run_devices(args: WorkerArgs, stop_flag: Any) -> dict[str, dict[str, Any]]:
     asyncio.get_running_loop().set_exception_handler(_quiet_disconnect_errors)
     # every worker's clock counts from the same wall instant, so all agree on the time of day
-    clock = ScaledClock(args.speedup, start_s=args.start_s + (time.time() - args.clock_wall0) * args.speedup)
+    clock = ScaledClock(
+        args.speedup, start_s=args.start_s + (time.time() - args.clock_wall0) * args.speedup
+    )
     trainers = TrainerCache()
     stop = asyncio.Event()
     agents = []
     for spec in args.devices:
         config = load_device_config(Path(spec.folder) / "device.toml")
-        hooks = SimHooks(get_profile(spec.profile), _availability(spec, args.seed), clock,
-                         np.random.default_rng((args.seed, spec.index, 7)), args.dropout_p,
-                         away_after_dropout_s=args.away_after_dropout_s)
-        agents.append(build_agent(config, hooks=hooks, trainers=trainers,
-                                  checkin_timeout_s=args.checkin_timeout_s,
-                                  seed=args.seed * 1_000_003 + spec.index))
+        hooks = SimHooks(
+            get_profile(spec.profile),
+            _availability(spec, args.seed),
+            clock,
+            np.random.default_rng((args.seed, spec.index, 7)),
+            args.dropout_p,
+            away_after_dropout_s=args.away_after_dropout_s,
+        )
+        agents.append(
+            build_agent(
+                config,
+                hooks=hooks,
+                trainers=trainers,
+                checkin_timeout_s=args.checkin_timeout_s,
+                seed=args.seed * 1_000_003 + spec.index,
+            )
+        )
     tasks = []
     spread = args.connect_spread_s / max(len(agents), 1)
     for agent in agents:
@@ -98,8 +111,10 @@ async def _run_devices(args: WorkerArgs, stop_flag: Any) -> dict[str, dict[str, 
         await asyncio.gather(*pending, return_exceptions=True)
     return {
         a.config.device_id: {
-            "profile": a.config.profile, "rounds_reported": a.rounds_reported,
-            "uplink_bytes": a.uplink_bytes, "dropouts": a.hooks.dropouts,  # type: ignore[attr-defined]
+            "profile": a.config.profile,
+            "rounds_reported": a.rounds_reported,
+            "uplink_bytes": a.uplink_bytes,
+            "dropouts": a.hooks.dropouts,  # type: ignore[attr-defined]
             "sim_compute_s": a.hooks.sim_compute_s,  # type: ignore[attr-defined]
             "sim_upload_s": a.hooks.sim_transfer_s["up"],  # type: ignore[attr-defined]
         }
@@ -109,7 +124,9 @@ async def _run_devices(args: WorkerArgs, stop_flag: Any) -> dict[str, dict[str, 
 
 def worker_main(args: WorkerArgs, stop_flag: Any, results: Any) -> None:
     """Process entry point: run the agents until ``stop_flag`` is set; put per-device stats."""
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     stats = asyncio.run(_run_devices(args, stop_flag))
@@ -123,9 +140,15 @@ class Fleet:
         self._ctx = mp.get_context("spawn")  # the parent runs threads (broker, HTTP): never fork
         self.stop_flag = self._ctx.Event()
         self.results = self._ctx.Queue()
-        self.processes = [self._ctx.Process(target=worker_main, args=(wa, self.stop_flag, self.results),
-                                            daemon=True, name=f"fedge-sim-worker-{i}")
-                          for i, wa in enumerate(worker_args)]
+        self.processes = [
+            self._ctx.Process(
+                target=worker_main,
+                args=(wa, self.stop_flag, self.results),
+                daemon=True,
+                name=f"fedge-sim-worker-{i}",
+            )
+            for i, wa in enumerate(worker_args)
+        ]
 
     def start(self) -> None:
         for proc in self.processes:

@@ -13,16 +13,21 @@ from firmware_sim.clock import Clock
 from firmware_sim.network import download_time, upload_time
 from firmware_sim.profiles import Charging, DeviceProfile
 
-
 SECURE_STAGES = ("secagg-advertise", "secagg-share", "secagg-masked", "secagg-unmask")
 
 
 class SimHooks(AgentHooks):
     """Makes the real agent behave like one device of the given profile, on a virtual clock."""
 
-    def __init__(self, profile: DeviceProfile, availability: Availability, clock: Clock,
-                 rng: np.random.Generator, dropout_p: float | None = None,
-                 away_after_dropout_s: float = 30.0):
+    def __init__(
+        self,
+        profile: DeviceProfile,
+        availability: Availability,
+        clock: Clock,
+        rng: np.random.Generator,
+        dropout_p: float | None = None,
+        away_after_dropout_s: float = 30.0,
+    ):
         super().__init__()
         self.profile = profile
         self.availability = availability
@@ -48,8 +53,13 @@ class SimHooks(AgentHooks):
 
     def eligibility(self) -> Eligibility:
         charging = self.profile.charging == Charging.MAINS or self.available()
-        return Eligibility(charging=charging, unmetered=True, idle=True,
-                           battery=self.battery, free_memory_mb=self.profile.memory_mb)
+        return Eligibility(
+            charging=charging,
+            unmetered=True,
+            idle=True,
+            battery=self.battery,
+            free_memory_mb=self.profile.memory_mb,
+        )
 
     def drops_out(self, stage: str) -> bool:
         """One draw per task, after training; in secure mode at a random protocol stage.
@@ -73,8 +83,9 @@ class SimHooks(AgentHooks):
         sim_s = wall_s * self.profile.compute_factor
         self.sim_compute_s += sim_s
         if self.profile.battery is not None and self.profile.charging != Charging.MAINS:
-            self.battery = self.profile.battery.level_after(self.battery, train_s=sim_s, idle_s=0.0,
-                                                            charging_s=0.0)
+            self.battery = self.profile.battery.level_after(
+                self.battery, train_s=sim_s, idle_s=0.0, charging_s=0.0
+            )
         extra = self._wall(sim_s) - wall_s
         if extra > 0:
             await self.sleep_wall(extra)

@@ -29,8 +29,14 @@ from firmware_sim.plots import plot_summary, write_rounds_csv
 from firmware_sim.profiles import assign_profiles, profile_mix
 from server.app import FedgeServer, ServerSettings
 from server.broker import EmbeddedBroker, free_port
-from server.job import EvaluationConfig, JobConfig, SelectionConfig, TrainingConfig, \
-    ServerOptimizerConfig, validate
+from server.job import (
+    EvaluationConfig,
+    JobConfig,
+    SelectionConfig,
+    ServerOptimizerConfig,
+    TrainingConfig,
+    validate,
+)
 
 log = logging.getLogger("fedge.sim")
 
@@ -129,8 +135,9 @@ def _artifact_dir(c: SimConfig, model: str) -> Path:
     return target
 
 
-def _device_toml(device_id: str, fleet: str, broker_url: str, profile: str, key_file: Path,
-                 enrolment_pub: Path) -> str:
+def _device_toml(
+    device_id: str, fleet: str, broker_url: str, profile: str, key_file: Path, enrolment_pub: Path
+) -> str:
     return (
         f'[device]\nid = "{device_id}"\nfleet = "{fleet}"\nstate_dir = "state"\nprofile = "{profile}"\n\n'
         f'[broker]\nurl = "{broker_url}"\n\n'
@@ -177,60 +184,119 @@ def prepare(c: SimConfig, broker_url: str) -> SimPlan:
         train_idx, test_idx = split_local(idx, c.test_fraction, (c.seed, i))
         save_npz_dataset(folder / "train.npz", x_train[train_idx], y_train[train_idx])
         save_npz_dataset(folder / "test.npz", x_train[test_idx], y_train[test_idx])
-        (folder / "device.toml").write_text(_device_toml(device_id, fleet, broker_url, profile, pub,
-                                                         enrolment_pub))
+        (folder / "device.toml").write_text(
+            _device_toml(device_id, fleet, broker_url, profile, pub, enrolment_pub)
+        )
         if c.secagg:
             _enrol(folder, fleet, device_id, enrolment)
         trace = traces.get(device_id)
-        devices.append(DeviceSpec(
-            index=i, folder=str(folder), profile=profile, availability=c.availability,
-            trace=trace.intervals if trace else None, trace_period_s=trace.period_s if trace else None,
-        ))
+        devices.append(
+            DeviceSpec(
+                index=i,
+                folder=str(folder),
+                profile=profile,
+                availability=c.availability,
+                trace=trace.intervals if trace else None,
+                trace_period_s=trace.period_s if trace else None,
+            )
+        )
     central = out / "central_test.npz"
     save_npz_dataset(central, x_test, y_test)
     k = c.clients_per_round
-    job = validate(JobConfig(
-        name="sim", fleet=fleet, artifact=artifact_dir, rounds=c.rounds, seed=c.seed,
-        codec=c.compression, downlink=c.downlink, dp=c.dp,
-        secagg={"enabled": True, "clip": c.secagg_clip, "bits": c.secagg_bits,
+    job = validate(
+        JobConfig(
+            name="sim",
+            fleet=fleet,
+            artifact=artifact_dir,
+            rounds=c.rounds,
+            seed=c.seed,
+            codec=c.compression,
+            downlink=c.downlink,
+            dp=c.dp,
+            secagg={
+                "enabled": True,
+                "clip": c.secagg_clip,
+                "bits": c.secagg_bits,
                 "dropout_rate": max(c.dropout or 0.0, 0.1),
-                "stage_timeout_s": c.secagg_stage_timeout_s} if c.secagg else {},
-        selection=SelectionConfig(
-            target_reports=k, over_selection=c.over_selection, min_reports=max(1, math.ceil(k * c.min_report_fraction)),
-            selection_timeout_s=c.selection_timeout_s, round_deadline_s=c.round_deadline_s,
-            retry_window_s=2.0,
-        ),
-        # Secure mode scales each update by weight / max_example_weight into a fixed range, so
-        # the cap is the largest shard (the default 10,000 would waste the ring's resolution).
-        training=TrainingConfig(local_epochs=c.local_epochs, lr=c.lr,
-                                max_example_weight=max(len(p) for p in parts)),
-        optimizer=ServerOptimizerConfig(name=c.server_optimizer, lr=c.server_lr),
-        evaluation=EvaluationConfig(central_every=1, central_data=str(central),
-                                    federated_every=c.federated_eval_every),
-    ))
-    return SimPlan(job=job, devices=devices, params=manifest.param_count, signing_key_file=key_file,
-                   broker_port=0, enrolment_key_file=enrolment_file)
+                "stage_timeout_s": c.secagg_stage_timeout_s,
+            }
+            if c.secagg
+            else {},
+            selection=SelectionConfig(
+                target_reports=k,
+                over_selection=c.over_selection,
+                min_reports=max(1, math.ceil(k * c.min_report_fraction)),
+                selection_timeout_s=c.selection_timeout_s,
+                round_deadline_s=c.round_deadline_s,
+                retry_window_s=2.0,
+            ),
+            # Secure mode scales each update by weight / max_example_weight into a fixed range, so
+            # the cap is the largest shard (the default 10,000 would waste the ring's resolution).
+            training=TrainingConfig(
+                local_epochs=c.local_epochs, lr=c.lr, max_example_weight=max(len(p) for p in parts)
+            ),
+            optimizer=ServerOptimizerConfig(name=c.server_optimizer, lr=c.server_lr),
+            evaluation=EvaluationConfig(
+                central_every=1, central_data=str(central), federated_every=c.federated_eval_every
+            ),
+        )
+    )
+    return SimPlan(
+        job=job,
+        devices=devices,
+        params=manifest.param_count,
+        signing_key_file=key_file,
+        broker_port=0,
+        enrolment_key_file=enrolment_file,
+    )
 
 
-def _summary(c: SimConfig, plan: SimPlan, rows: list[dict[str, Any]], device_stats: dict[str, Any],
-             wall_s: float, status: str) -> dict[str, Any]:
+def _summary(
+    c: SimConfig,
+    plan: SimPlan,
+    rows: list[dict[str, Any]],
+    device_stats: dict[str, Any],
+    wall_s: float,
+    status: str,
+) -> dict[str, Any]:
     train = [r for r in rows if r["kind"] == "train"]
     committed = [r for r in train if r["state"] == "committed"]
-    rounds = [{
-        "round": r["round"], "attempt": r["attempt"],
-        "accuracy": r["eval_accuracy"], "loss": r["eval_loss"],
-        "train_accuracy": r["train_accuracy"], "train_loss": r["train_loss"],
-        "selected": r["selected"], "reported": r["reported"], "dropped": r["dropped"],
-        "refused": r["refused"], "uplink_bytes": r["uplink_bytes"],
-        "downlink_bytes": r["downlink_bytes"],
-        "duration_s": round((r["ended"] or r["started"]) - r["started"], 3),
-        "epsilon": r["epsilon"],
-    } for r in committed]
-    failed = [{"round": r["round"], "attempt": r["attempt"], "reason": r["reason"],
-               "selected": r["selected"], "reported": r["reported"], "dropped": r["dropped"]}
-              for r in train if r["state"] == "failed"]
-    fed_eval = [{"round": r["round"], "accuracy": r["fed_eval_accuracy"], "loss": r["fed_eval_loss"]}
-                for r in rows if r["kind"] == "evaluate" and r["state"] == "committed"]
+    rounds = [
+        {
+            "round": r["round"],
+            "attempt": r["attempt"],
+            "accuracy": r["eval_accuracy"],
+            "loss": r["eval_loss"],
+            "train_accuracy": r["train_accuracy"],
+            "train_loss": r["train_loss"],
+            "selected": r["selected"],
+            "reported": r["reported"],
+            "dropped": r["dropped"],
+            "refused": r["refused"],
+            "uplink_bytes": r["uplink_bytes"],
+            "downlink_bytes": r["downlink_bytes"],
+            "duration_s": round((r["ended"] or r["started"]) - r["started"], 3),
+            "epsilon": r["epsilon"],
+        }
+        for r in committed
+    ]
+    failed = [
+        {
+            "round": r["round"],
+            "attempt": r["attempt"],
+            "reason": r["reason"],
+            "selected": r["selected"],
+            "reported": r["reported"],
+            "dropped": r["dropped"],
+        }
+        for r in train
+        if r["state"] == "failed"
+    ]
+    fed_eval = [
+        {"round": r["round"], "accuracy": r["fed_eval_accuracy"], "loss": r["fed_eval_loss"]}
+        for r in rows
+        if r["kind"] == "evaluate" and r["state"] == "committed"
+    ]
     return {
         "config": c.to_dict(),
         "status": status,
@@ -251,21 +317,35 @@ async def _monitor(server: FedgeServer, c: SimConfig, stop: asyncio.Event) -> No
     await server.ready.wait()
     coordinator = server.coordinator
     assert coordinator is not None
-    with Progress(TextColumn("[bold]fedge sim"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.description}"), TimeElapsedColumn(),
-                  disable=not c.progress) as progress:
+    with Progress(
+        TextColumn("[bold]fedge sim"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        disable=not c.progress,
+    ) as progress:
         task = progress.add_task("starting", total=c.rounds)
         while not stop.is_set():
             rows = [r for r in coordinator.store.rounds(coordinator.job.name, "train")]
             done = [r for r in rows if r["state"] == "committed"]
             cur = coordinator.current
             last = done[-1] if done else None
-            acc = f"{last['eval_accuracy']:.3f}" if last and last["eval_accuracy"] is not None else "-"
+            acc = (
+                f"{last['eval_accuracy']:.3f}"
+                if last and last["eval_accuracy"] is not None
+                else "-"
+            )
             up = sum(r["uplink_bytes"] or 0 for r in done)
             state = f"round {cur.number} {cur.state.value}" if cur else "-"
-            progress.update(task, completed=len(done), description=(
-                f"{state} | reported {last['reported'] if last else 0}/{last['selected'] if last else 0}"
-                f" dropped {sum(r['dropped'] or 0 for r in rows)} | acc {acc} | up {up / 1e6:.2f} MB"))
+            progress.update(
+                task,
+                completed=len(done),
+                description=(
+                    f"{state} | reported {last['reported'] if last else 0}/{last['selected'] if last else 0}"
+                    f" dropped {sum(r['dropped'] or 0 for r in rows)} | acc {acc} | up {up / 1e6:.2f} MB"
+                ),
+            )
             try:
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
             except TimeoutError:
@@ -284,20 +364,35 @@ def run_sim(c: SimConfig) -> dict[str, Any]:
         log.info("embedded amqtt broker on %s", broker_url)
     try:
         plan = prepare(c, broker_url)
-        settings = ServerSettings(state_dir=c.out.resolve() / "server", broker_url=broker_url,
-                                  http_port=c.http_port or free_port(),
-                                  signing_key_file=plan.signing_key_file, expect_devices=c.devices,
-                                  enrolment_key_file=plan.enrolment_key_file)
+        settings = ServerSettings(
+            state_dir=c.out.resolve() / "server",
+            broker_url=broker_url,
+            http_port=c.http_port or free_port(),
+            signing_key_file=plan.signing_key_file,
+            expect_devices=c.devices,
+            enrolment_key_file=plan.enrolment_key_file,
+        )
         server = FedgeServer(plan.job, settings)
         print(f"dashboard: {server.dashboard_url}", flush=True)
         workers = max(1, min(c.workers, c.devices))
         groups = [tuple(plan.devices[i::workers]) for i in range(workers)]
-        fleet = Fleet([WorkerArgs(devices=g, seed=c.seed, speedup=c.speedup,
-                                  start_s=c.start_hour * 3600.0, clock_wall0=time.time(),
-                                  dropout_p=c.dropout, checkin_timeout_s=c.selection_timeout_s + 5,
-                                  connect_spread_s=min(10.0, 0.01 * len(g)),
-                                  away_after_dropout_s=c.round_deadline_s,
-                                  log_level=logging.WARNING) for g in groups])
+        fleet = Fleet(
+            [
+                WorkerArgs(
+                    devices=g,
+                    seed=c.seed,
+                    speedup=c.speedup,
+                    start_s=c.start_hour * 3600.0,
+                    clock_wall0=time.time(),
+                    dropout_p=c.dropout,
+                    checkin_timeout_s=c.selection_timeout_s + 5,
+                    connect_spread_s=min(10.0, 0.01 * len(g)),
+                    away_after_dropout_s=c.round_deadline_s,
+                    log_level=logging.WARNING,
+                )
+                for g in groups
+            ]
+        )
 
         async def main() -> str:
             stop = asyncio.Event()

@@ -57,8 +57,10 @@ class StreamingMean:
         """Weighted mean delta (float32)."""
         if self.total_weight <= 0:
             raise CodecError("no updates were aggregated")
-        return [(s.astype(np.float64) / (_SCALE * self.total_weight)).astype(np.float32)
-                for s in self._sums]
+        return [
+            (s.astype(np.float64) / (_SCALE * self.total_weight)).astype(np.float32)
+            for s in self._sums
+        ]
 
     def sums(self) -> list[np.ndarray]:
         """The weighted sums as float64."""

@@ -100,12 +100,18 @@ def load_server_settings(path: Path, **overrides: Any) -> ServerSettings:
 class FedgeServer:
     """One server process for one fleet: runs the job it was started with, then jobs posted to the API."""
 
-    def __init__(self, job: JobConfig | None, settings: ServerSettings, *, exit_when_done: bool = True):
+    def __init__(
+        self, job: JobConfig | None, settings: ServerSettings, *, exit_when_done: bool = True
+    ):
         fleet = job.fleet if job is not None else settings.fleet
         if fleet is None:
-            raise ConfigError("the server needs a fleet: from the job or from server.toml [fleet] name")
+            raise ConfigError(
+                "the server needs a fleet: from the job or from server.toml [fleet] name"
+            )
         if job is not None and settings.fleet is not None and settings.fleet != job.fleet:
-            raise ConfigError(f"job fleet {job.fleet!r} differs from the server's fleet {settings.fleet!r}")
+            raise ConfigError(
+                f"job fleet {job.fleet!r} differs from the server's fleet {settings.fleet!r}"
+            )
         self.fleet = fleet
         self.job = job
         self.settings = settings
@@ -134,10 +140,16 @@ class FedgeServer:
             host=parsed.hostname or "127.0.0.1",
             port=parsed.port or (8883 if parsed.scheme == "mqtts" else 1883),
             client_id=f"fedge-server-{self.fleet}",
-            username=s.broker_username, password=s.broker_password,
-            ca_file=s.ca_file, cert_file=s.cert_file, key_file=s.key_file,
+            username=s.broker_username,
+            password=s.broker_password,
+            ca_file=s.ca_file,
+            cert_file=s.cert_file,
+            key_file=s.key_file,
             tls=parsed.scheme == "mqtts",
-            subscriptions=(topics.server_up_filter(self.fleet), topics.server_presence_filter(self.fleet)),
+            subscriptions=(
+                topics.server_up_filter(self.fleet),
+                topics.server_presence_filter(self.fleet),
+            ),
             max_inflight=1000,
         )
 
@@ -145,19 +157,29 @@ class FedgeServer:
     def submit_job(self, job: JobConfig) -> Coordinator:
         """Start ``job`` now; RuntimeError while another job is active."""
         if self.coordinator is not None and not self.coordinator.finished.is_set():
-            raise RuntimeError(f"job {self.coordinator.job.name!r} is still {self.coordinator.status}")
+            raise RuntimeError(
+                f"job {self.coordinator.job.name!r} is still {self.coordinator.status}"
+            )
         if job.fleet != self.fleet:
-            raise ConfigError(f"job fleet {job.fleet!r} differs from this server's fleet {self.fleet!r}")
+            raise ConfigError(
+                f"job fleet {job.fleet!r} differs from this server's fleet {self.fleet!r}"
+            )
         assert self._store is not None and self._blobs is not None
         central = None
         if job.evaluation.central_data:
             central = load_local_dataset(Path(job.evaluation.central_data))
         previous_online = self.coordinator.online if self.coordinator is not None else set()
         coordinator = Coordinator(
-            job, load_artifact(job.artifact), self._store, self._blobs, self._key,
+            job,
+            load_artifact(job.artifact),
+            self._store,
+            self._blobs,
+            self._key,
             self.settings.public_url or self.dashboard_url.rstrip("/"),
-            publish=self._publish, central_data=central,
-            served_bytes=lambda: self.traffic.bytes_served, expect_devices=self.settings.expect_devices,
+            publish=self._publish,
+            central_data=central,
+            served_bytes=lambda: self.traffic.bytes_served,
+            expect_devices=self.settings.expect_devices,
             enrolment_key=self._enrolment_public_key(),
         )
         coordinator.online |= previous_online
@@ -178,8 +200,12 @@ class FedgeServer:
 
     async def _run_job(self, coordinator: Coordinator) -> None:
         await coordinator.run()
-        await self._publish(topics.broadcast(self.fleet), m.make(
-            m.JobState(state=coordinator.status), sender=SERVER_ID, job_id=coordinator.job.name).pack())
+        await self._publish(
+            topics.broadcast(self.fleet),
+            m.make(
+                m.JobState(state=coordinator.status), sender=SERVER_ID, job_id=coordinator.job.name
+            ).pack(),
+        )
         self._job_changed.set()
 
     async def _publish(self, topic: str, data: bytes) -> bool:
@@ -212,11 +238,19 @@ class FedgeServer:
         from server.api import mount_api  # the management API and dashboard
 
         mount_api(app, self._store, self, s.api_tokens)
-        tls = {}
+        tls: dict[str, Any] = {}
         if s.http_cert_file and s.http_key_file:
             tls = {"ssl_certfile": str(s.http_cert_file), "ssl_keyfile": str(s.http_key_file)}
-        http = uvicorn.Server(uvicorn.Config(app, host=s.http_host, port=self.http_port,
-                                             log_level="warning", lifespan="off", **tls))
+        http = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=s.http_host,
+                port=self.http_port,
+                log_level="warning",
+                lifespan="off",
+                **tls,
+            )
+        )
         tasks = [
             asyncio.create_task(self.link.run(self._on_message, link_stop), name="mqtt"),
             asyncio.create_task(http.serve(), name="http"),
@@ -228,8 +262,11 @@ class FedgeServer:
             self.ready.set()
             while not stop.is_set():
                 self._job_changed.clear()
-                done = self.coordinator is not None and self.coordinator.finished.is_set() and (
-                    self._job_task is None or self._job_task.done())
+                done = (
+                    self.coordinator is not None
+                    and self.coordinator.finished.is_set()
+                    and (self._job_task is None or self._job_task.done())
+                )
                 if done and self.exit_when_done:
                     break
                 changed = asyncio.create_task(self._job_changed.wait())
@@ -251,4 +288,3 @@ class FedgeServer:
             self._store.close()
             if self.broker is not None:
                 self.broker.stop()
-

@@ -24,10 +24,10 @@ from edge_client.weights import pack_weights, unpack_weights
 from server.aggregator import StreamingMean
 from server.blobs import BlobStore
 from server.dp_controller import central_dp_for
-from server.secure_round import SecureRound, secure_settings
 from server.job import JobConfig
 from server.optimizers import ServerOptimizer
 from server.rounds import ParticipantReport, RoundRun, RoundState
+from server.secure_round import SecureRound, secure_settings
 from server.selection import SelectionPool, ineligibility, round_rng, round_seed
 from server.store import Store
 
@@ -49,12 +49,21 @@ class BlobSet:
 class Coordinator:
     """The server side of the protocol for one job."""
 
-    def __init__(self, job: JobConfig, artifact: Artifact, store: Store, blobs: BlobStore,
-                 signing_key: Any, public_url: str, publish: Publish,
-                 limits: Limits = DEFAULT_LIMITS,
-                 central_data: tuple[np.ndarray, np.ndarray] | None = None,
-                 served_bytes: Callable[[], int] = lambda: 0, expect_devices: int = 0,
-                 enrolment_key: Any = None):
+    def __init__(
+        self,
+        job: JobConfig,
+        artifact: Artifact,
+        store: Store,
+        blobs: BlobStore,
+        signing_key: Any,
+        public_url: str,
+        publish: Publish,
+        limits: Limits = DEFAULT_LIMITS,
+        central_data: tuple[np.ndarray, np.ndarray] | None = None,
+        served_bytes: Callable[[], int] = lambda: 0,
+        expect_devices: int = 0,
+        enrolment_key: Any = None,
+    ):
         self.job = job
         self.artifact = artifact
         self.store = store
@@ -75,11 +84,15 @@ class Coordinator:
         self.secure = secure_settings(job.secagg)
         self.enrolment_key = enrolment_key
         if job.dp and self.dp is None:
-            raise ConfigError("distributed DP is not wired into rounds yet: use central DP "
-                              "(with or without secure aggregation)")
+            raise ConfigError(
+                "distributed DP is not wired into rounds yet: use central DP "
+                "(with or without secure aggregation)"
+            )
         if self.secure is not None and self.dp is not None:
-            raise ConfigError("central DP re-clips each update on the server, which secure "
-                              "aggregation hides: use one or the other")
+            raise ConfigError(
+                "central DP re-clips each update on the server, which secure "
+                "aggregation hides: use one or the other"
+            )
         self.evaluator = LocalTrainer(artifact)
         self.current: RoundRun | None = None
         self.online: set[str] = set()
@@ -97,12 +110,18 @@ class Coordinator:
     # blobs ---------------------------------------------------------------------------------
     def _ref(self, kind: str, data: bytes) -> m.BlobRef:
         digest = self.blobs.put(data)
-        return m.BlobRef(sha256=digest, url=f"{self.public_url}/v1/blobs/{digest}",
-                         signature=sign_blob(self.signing_key, kind, digest), size=len(data))
+        return m.BlobRef(
+            sha256=digest,
+            url=f"{self.public_url}/v1/blobs/{digest}",
+            signature=sign_blob(self.signing_key, kind, digest),
+            size=len(data),
+        )
 
     def _put_artifact(self) -> tuple[m.BlobRef, m.BlobRef]:
-        return (self._ref("model", self.artifact.model_bytes),
-                self._ref("manifest", self.artifact.manifest.to_json()))
+        return (
+            self._ref("model", self.artifact.model_bytes),
+            self._ref("manifest", self.artifact.manifest.to_json()),
+        )
 
     def _blob_set(self) -> BlobSet:
         weights_data = self.blobs.get(self.weights_sha)
@@ -118,18 +137,26 @@ class Coordinator:
             assert row is not None
         failed = self.store.fail_unfinished_rounds(self.job.name, "server restarted mid-round")
         if failed:
-            log.warning("job %s: %d unfinished round(s) marked failed after a restart",
-                        self.job.name, failed)
+            log.warning(
+                "job %s: %d unfinished round(s) marked failed after a restart",
+                self.job.name,
+                failed,
+            )
         if row["weights_sha"]:
             self.weights = unpack_weights(self.blobs.get(row["weights_sha"]), self.shapes)
             self.weights_sha = row["weights_sha"]
             if row["optimizer_sha"]:
                 keys, arrays = _unpack_state(self.blobs.get(row["optimizer_sha"]))
                 self.optimizer.load_state_arrays(keys, arrays)
-            log.info("job %s: resuming after committed round %d", self.job.name, row["committed_round"])
+            log.info(
+                "job %s: resuming after committed round %d", self.job.name, row["committed_round"]
+            )
             if self.dp is not None and self.dp.clipper is not None:
-                clips = [r["dp_clip"] for r in self.store.rounds(self.job.name, "train")
-                         if r["state"] == "committed" and r["dp_clip"] is not None]
+                clips = [
+                    r["dp_clip"]
+                    for r in self.store.rounds(self.job.name, "train")
+                    if r["state"] == "committed" and r["dp_clip"] is not None
+                ]
                 if clips:
                     self.dp.clipper.clip = clips[-1]
         else:
@@ -155,14 +182,20 @@ class Coordinator:
                 raise ProtocolError(f"server does not read {kind!r} topics")
             envelope = unpack(payload, self.limits)
             if envelope.sender != device_id:
-                raise ProtocolError(f"sender {envelope.sender!r} published on {device_id!r}'s topic")
+                raise ProtocolError(
+                    f"sender {envelope.sender!r} published on {device_id!r}'s topic"
+                )
             self.replay.check(envelope)
             message = m.parse(envelope, self.limits)
-            await self._dispatch(device_id, envelope.job_id, envelope.round_id, message, len(payload))
+            await self._dispatch(
+                device_id, envelope.job_id, envelope.round_id, message, len(payload)
+            )
         except (ProtocolError, CodecError) as exc:
             self._reject(device_id, topic, str(exc))
             if device_id is not None and isinstance(exc, ProtocolError | CodecError):
-                await self._send(device_id, m.ErrorReport(code=type(exc).__name__, message=str(exc)))
+                await self._send(
+                    device_id, m.ErrorReport(code=type(exc).__name__, message=str(exc))
+                )
 
     def _reject(self, device_id: str | None, topic: str, reason: str) -> None:
         log.warning("refused message from %s on %s: %s", device_id or "?", topic, reason)
@@ -177,16 +210,23 @@ class Coordinator:
         presence = m.parse(envelope, self.limits)
         if not isinstance(presence, m.Presence):
             raise ProtocolError("presence topic carries a non-presence message")
-        self.store.upsert_device(device_id, self.job.fleet, online=presence.online,
-                                 profile=presence.profile)
+        self.store.upsert_device(
+            device_id, self.job.fleet, online=presence.online, profile=presence.profile
+        )
         if presence.online:
             self.online.add(device_id)
         else:
             self.online.discard(device_id)
             self.pool.remove(device_id)
 
-    async def _dispatch(self, device_id: str, job_id: str | None, round_id: int | None,
-                        message: m.Message, nbytes: int) -> None:
+    async def _dispatch(
+        self,
+        device_id: str,
+        job_id: str | None,
+        round_id: int | None,
+        message: m.Message,
+        nbytes: int,
+    ) -> None:
         if isinstance(message, m.CheckIn):
             await self._on_checkin(device_id, message)
         elif isinstance(message, m.Update):
@@ -201,16 +241,25 @@ class Coordinator:
             raise ProtocolError(f"devices may not send {message.TYPE!r}")
 
     async def _on_checkin(self, device_id: str, checkin: m.CheckIn) -> None:
-        self.store.upsert_device(device_id, self.job.fleet, online=True, profile=checkin.profile,
-                                 runtime=f"{checkin.runtime} {checkin.runtime_version}",
-                                 eligibility=vars(checkin.eligibility),
-                                 identity_key=checkin.identity_key)
+        self.store.upsert_device(
+            device_id,
+            self.job.fleet,
+            online=True,
+            profile=checkin.profile,
+            runtime=f"{checkin.runtime} {checkin.runtime_version}",
+            eligibility=vars(checkin.eligibility),
+            identity_key=checkin.identity_key,
+        )
         rnd = self.current
         if self.finished.is_set() or not self.paused.is_set():
             await self._retry(device_id, f"job {self.status}", 60.0)
             return
-        if rnd is not None and device_id in rnd.selected and device_id not in rnd.reports \
-                and rnd.state in (RoundState.CONFIGURING, RoundState.COLLECTING):
+        if (
+            rnd is not None
+            and device_id in rnd.selected
+            and device_id not in rnd.reports
+            and rnd.state in (RoundState.CONFIGURING, RoundState.COLLECTING)
+        ):
             await self._send_task(device_id, rnd)  # the device restarted: send its task again
             return
         why = ineligibility(checkin, self.job.selection)
@@ -232,35 +281,62 @@ class Coordinator:
         window = self.pool.retry_window(self._rng, eta_s, self.job.selection.selected_per_round)
         await self._send(device_id, m.RetryLater(reason=reason, retry_after_s=window))
 
-    async def _on_update(self, device_id: str, job_id: str | None, round_id: int | None,
-                         update: m.Update, nbytes: int) -> None:
+    async def _on_update(
+        self,
+        device_id: str,
+        job_id: str | None,
+        round_id: int | None,
+        update: m.Update,
+        nbytes: int,
+    ) -> None:
         rnd = self.current
         refusal = self._late_or_foreign(device_id, job_id, round_id, "train")
         if refusal is None and update.base_weights != self.weights_sha:
             refusal = "update was trained on other weights than this round's"
         if refusal is None and update.codec != str(self.codec_spec):
-            refusal = f"update codec {update.codec!r} differs from the round's {str(self.codec_spec)!r}"
+            refusal = (
+                f"update codec {update.codec!r} differs from the round's {str(self.codec_spec)!r}"
+            )
         if refusal is not None or rnd is None:
             self._reject(device_id, "update", refusal or "no round")
             await self._send(device_id, m.Ack(accepted=False, reason=refusal or "no round"))
             return
-        delta = codec.decode_update(update.payload, self.codec_spec, self.shapes,
-                                    round_seed=rnd.round_seed)
+        delta = codec.decode_update(
+            update.payload, self.codec_spec, self.shapes, round_seed=rnd.round_seed
+        )
         if self.dp is not None:
             delta = self.dp.bound(delta)
             rnd.within_clip += int(bool(update.within_clip))
         assert rnd.aggregator is not None
         rnd.aggregator.add(delta, update.metrics.examples)
-        report = ParticipantReport(update.metrics.examples, update.metrics.loss,
-                                   update.metrics.accuracy, update.metrics.train_time_s, nbytes)
+        report = ParticipantReport(
+            update.metrics.examples,
+            update.metrics.loss,
+            update.metrics.accuracy,
+            update.metrics.train_time_s,
+            nbytes,
+        )
         rnd.record(device_id, report)
-        self.store.set_participant(rnd.rid, device_id, "reported", examples=report.examples,
-                                   loss=report.loss, accuracy=report.accuracy,
-                                   train_time_s=report.train_time_s, uplink_bytes=nbytes)
+        self.store.set_participant(
+            rnd.rid,
+            device_id,
+            "reported",
+            examples=report.examples,
+            loss=report.loss,
+            accuracy=report.accuracy,
+            train_time_s=report.train_time_s,
+            uplink_bytes=nbytes,
+        )
         await self._send(device_id, m.Ack(accepted=True))
 
-    async def _on_secagg(self, device_id: str, job_id: str | None, round_id: int | None,
-                         stage: m.SecAggStage, nbytes: int) -> None:
+    async def _on_secagg(
+        self,
+        device_id: str,
+        job_id: str | None,
+        round_id: int | None,
+        stage: m.SecAggStage,
+        nbytes: int,
+    ) -> None:
         rnd = self.current
         refusal = self._late_or_foreign(device_id, job_id, round_id, "train")
         if refusal is None and (rnd is None or rnd.secure is None):
@@ -291,8 +367,14 @@ class Coordinator:
         if rnd is not None:
             rnd.downlink_bytes += nbytes
 
-    async def _on_eval_result(self, device_id: str, job_id: str | None, round_id: int | None,
-                              result: m.EvalResult, nbytes: int) -> None:
+    async def _on_eval_result(
+        self,
+        device_id: str,
+        job_id: str | None,
+        round_id: int | None,
+        result: m.EvalResult,
+        nbytes: int,
+    ) -> None:
         rnd = self.current
         refusal = self._late_or_foreign(device_id, job_id, round_id, "evaluate")
         if refusal is not None or rnd is None:
@@ -301,12 +383,20 @@ class Coordinator:
             return
         report = ParticipantReport(result.examples, result.loss, result.accuracy, 0.0, nbytes)
         rnd.record(device_id, report)
-        self.store.set_participant(rnd.rid, device_id, "reported", examples=result.examples,
-                                   loss=result.loss, accuracy=result.accuracy, uplink_bytes=nbytes)
+        self.store.set_participant(
+            rnd.rid,
+            device_id,
+            "reported",
+            examples=result.examples,
+            loss=result.loss,
+            accuracy=result.accuracy,
+            uplink_bytes=nbytes,
+        )
         await self._send(device_id, m.Ack(accepted=True))
 
-    def _late_or_foreign(self, device_id: str, job_id: str | None, round_id: int | None,
-                         kind: str) -> str | None:
+    def _late_or_foreign(
+        self, device_id: str, job_id: str | None, round_id: int | None, kind: str
+    ) -> str | None:
         rnd = self.current
         if job_id != self.job.name:
             return f"unknown job {job_id!r}"
@@ -325,25 +415,36 @@ class Coordinator:
     # outbound ------------------------------------------------------------------------------
     async def _send(self, device_id: str, message: m.Message) -> int:
         rnd = self.current
-        envelope = m.make(message, sender=SERVER_ID, job_id=self.job.name,
-                          round_id=rnd.number if rnd else None)
+        envelope = m.make(
+            message, sender=SERVER_ID, job_id=self.job.name, round_id=rnd.number if rnd else None
+        )
         data = envelope.pack()
         await self.publish(topics.device_down(self.job.fleet, device_id), data)
         return len(data)
 
     async def _send_task(self, device_id: str, rnd: RoundRun) -> None:
         blobs = self._blob_set()
-        plan = m.TrainingPlan(epochs=self.job.training.local_epochs,
-                              lr=self.job.training.lr_for_round(rnd.number),
-                              max_steps=self.job.training.max_steps,
-                              shuffle=self.job.training.shuffle)
+        plan = m.TrainingPlan(
+            epochs=self.job.training.local_epochs,
+            lr=self.job.training.lr_for_round(rnd.number),
+            max_steps=self.job.training.max_steps,
+            shuffle=self.job.training.shuffle,
+        )
         delta_base, delta_ref = self.weights_delta if self.weights_delta else (None, None)
-        task = m.Task(kind=rnd.kind, model=blobs.model, manifest=blobs.manifest, weights=blobs.weights,
-                      weights_delta=delta_ref, delta_base=delta_base,
-                      plan=plan, codec=str(self.codec_spec), deadline=rnd.deadline,
-                      round_seed=rnd.round_seed,
-                      dp=self.dp.task_settings() if self.dp and rnd.kind == "train" else None,
-                      secagg=rnd.secure.task_settings() if rnd.secure is not None else None)
+        task = m.Task(
+            kind=rnd.kind,
+            model=blobs.model,
+            manifest=blobs.manifest,
+            weights=blobs.weights,
+            weights_delta=delta_ref,
+            delta_base=delta_base,
+            plan=plan,
+            codec=str(self.codec_spec),
+            deadline=rnd.deadline,
+            round_seed=rnd.round_seed,
+            dp=self.dp.task_settings() if self.dp and rnd.kind == "train" else None,
+            secagg=rnd.secure.task_settings() if rnd.secure is not None else None,
+        )
         rnd.downlink_bytes += await self._send(device_id, task)
 
     # the job -------------------------------------------------------------------------------
@@ -368,15 +469,22 @@ class Coordinator:
                 ev = self.job.evaluation
                 if ev.federated_every and number % ev.federated_every == 0:
                     await self._run_round(number, "evaluate")
-            elif self.store.attempts(self.job.name, "train", number) >= self.job.selection.max_attempts:
-                self._finish("failed", f"round {number} failed {self.job.selection.max_attempts} times")
+            elif (
+                self.store.attempts(self.job.name, "train", number)
+                >= self.job.selection.max_attempts
+            ):
+                self._finish(
+                    "failed", f"round {number} failed {self.job.selection.max_attempts} times"
+                )
                 return
         if not self.finished.is_set():
             self._finish("finished", None)
 
     def _population(self) -> int:
         """Devices of the fleet the server knows: the population DP sampling draws from."""
-        rows = self.store.query("SELECT COUNT(*) AS n FROM devices WHERE fleet=?", (self.job.fleet,))
+        rows = self.store.query(
+            "SELECT COUNT(*) AS n FROM devices WHERE fleet=?", (self.job.fleet,)
+        )
         return max(int(rows[0]["n"]), len(self.online))
 
     async def _wait_for_fleet(self, timeout_s: float = 60.0) -> None:
@@ -401,11 +509,21 @@ class Coordinator:
     async def _run_round(self, number: int, kind: str) -> bool:
         sel = self.job.selection
         attempt = self.store.attempts(self.job.name, kind, number) + 1
-        rid = self.store.start_round(self.job.name, number, attempt, kind, RoundState.SELECTING.value)
-        rnd = RoundRun(rid=rid, job_id=self.job.name, number=number, attempt=attempt, kind=kind,
-                       round_seed=round_seed(self.job.seed, self.job.name, number, attempt))
+        rid = self.store.start_round(
+            self.job.name, number, attempt, kind, RoundState.SELECTING.value
+        )
+        rnd = RoundRun(
+            rid=rid,
+            job_id=self.job.name,
+            number=number,
+            attempt=attempt,
+            kind=kind,
+            round_seed=round_seed(self.job.seed, self.job.name, number, attempt),
+        )
         want = sel.selected_per_round if kind == "train" else self.job.evaluation.federated_devices
-        rnd.target = sel.target_reports if kind == "train" else max(1, int(want / sel.over_selection))
+        rnd.target = (
+            sel.target_reports if kind == "train" else max(1, int(want / sel.over_selection))
+        )
         minimum = sel.min_reports if kind == "train" else 1
         if kind == "train":  # DP-FedAvg weighs every device the same (bounded sensitivity)
             cap = 1 if self.dp is not None else self.job.training.max_example_weight
@@ -417,27 +535,43 @@ class Coordinator:
         # SELECTING: wake a sample of waiting devices, then wait for enough eligible check-ins.
         t0 = time.time()
         wake = self.pool.wake_probability(want, len(self.online))
-        await self.publish(topics.broadcast(self.job.fleet), m.make(
-            m.RoundOpen(round=number, wake_probability=wake), sender=SERVER_ID,
-            job_id=self.job.name, round_id=number).pack())
+        await self.publish(
+            topics.broadcast(self.job.fleet),
+            m.make(
+                m.RoundOpen(round=number, wake_probability=wake),
+                sender=SERVER_ID,
+                job_id=self.job.name,
+                round_id=number,
+            ).pack(),
+        )
         while not self.finished.is_set() and not self.pool.should_close(
-                want, minimum, len(self.online), time.time() - t0):
+            want, minimum, len(self.online), time.time() - t0
+        ):
             await asyncio.sleep(0.05)
         if self.finished.is_set():
             self._fail(rnd, "job stopped")
             return False
         # DP jobs sample with OS randomness: a predictable seed would void privacy amplification.
-        rng = secrets.SystemRandom() if self.dp is not None else round_rng(
-            self.job.seed, self.job.name, number, attempt, f"select-{kind}")
+        rng = (
+            secrets.SystemRandom()
+            if self.dp is not None
+            else round_rng(self.job.seed, self.job.name, number, attempt, f"select-{kind}")
+        )
         chosen, rest = self.pool.select(rng, want)
         rnd.selected = set(chosen)
         rnd.deadline = time.time() + sel.round_deadline_s
         if kind == "train" and self.secure is not None:
             rnd.secure = SecureRound(
-                fleet=self.job.fleet, round_id=f"{self.job.name}.{number}.{attempt}",
-                round_seed=rnd.round_seed, selected=chosen, shapes=self.shapes,
-                codec_spec=self.codec_spec, settings=self.secure,
-                max_weight=self.job.training.max_example_weight, enrolment_key=self.enrolment_key)
+                fleet=self.job.fleet,
+                round_id=f"{self.job.name}.{number}.{attempt}",
+                round_seed=rnd.round_seed,
+                selected=chosen,
+                shapes=self.shapes,
+                codec_spec=self.codec_spec,
+                settings=self.secure,
+                max_weight=self.job.training.max_example_weight,
+                enrolment_key=self.enrolment_key,
+            )
         rnd.advance(RoundState.CONFIGURING)
         self.store.set_participants(rid, chosen)
         self.store.transition(rid, RoundState.CONFIGURING.value, selected=len(chosen))
@@ -459,30 +593,43 @@ class Coordinator:
                 log.warning("round %d: secure aggregation aborted: %s", number, exc)
         else:
             try:
-                await asyncio.wait_for(rnd.enough.wait(), timeout=max(rnd.deadline - time.time(), 0))
+                await asyncio.wait_for(
+                    rnd.enough.wait(), timeout=max(rnd.deadline - time.time(), 0)
+                )
             except TimeoutError:
                 pass
         rnd.downlink_bytes += self.served_bytes() - served_before
         for device_id in rnd.dropped():
             self.store.set_participant(rid, device_id, "dropped", reason="no report by deadline")
-        counts = dict(reported=len(rnd.reports), dropped=len(rnd.dropped()), refused=rnd.refused,
-                      uplink_bytes=rnd.uplink_bytes, downlink_bytes=rnd.downlink_bytes)
+        counts = dict(
+            reported=len(rnd.reports),
+            dropped=len(rnd.dropped()),
+            refused=rnd.refused,
+            uplink_bytes=rnd.uplink_bytes,
+            downlink_bytes=rnd.downlink_bytes,
+        )
         if self.finished.is_set():
             self._fail(rnd, "job stopped", **counts)
             return False
         if len(rnd.reports) < minimum:
-            self._fail(rnd, f"only {len(rnd.reports)} of the minimum {minimum} reported by the deadline",
-                       **counts)
+            self._fail(
+                rnd,
+                f"only {len(rnd.reports)} of the minimum {minimum} reported by the deadline",
+                **counts,
+            )
             return False
 
         # AGGREGATING
         rnd.advance(RoundState.AGGREGATING)
-        self.store.transition(rid, RoundState.AGGREGATING.value, **counts)
+        self.store.transition(rid, RoundState.AGGREGATING.value, reason=None, **counts)
         if kind == "evaluate":
             rnd.advance(RoundState.COMMITTED)
-            self.store.transition(rid, RoundState.COMMITTED.value,
-                                  fed_eval_loss=rnd.weighted_metric("loss"),
-                                  fed_eval_accuracy=rnd.weighted_metric("accuracy"))
+            self.store.transition(
+                rid,
+                RoundState.COMMITTED.value,
+                fed_eval_loss=rnd.weighted_metric("loss"),
+                fed_eval_accuracy=rnd.weighted_metric("accuracy"),
+            )
             return True
         try:
             return self._aggregate_and_commit(rnd, counts, secure_mean)
@@ -501,17 +648,26 @@ class Coordinator:
         for device_id in sorted(survivors):
             metrics = rnd.secure_metrics.get(device_id)
             rnd.reports[device_id] = ParticipantReport(
-                metrics.examples if metrics else 0, metrics.loss if metrics else 0.0,
-                metrics.accuracy if metrics else 0.0, metrics.train_time_s if metrics else 0.0, 0)
-            self.store.set_participant(rnd.rid, device_id, "reported",
-                                       examples=metrics.examples if metrics else None,
-                                       loss=metrics.loss if metrics else None,
-                                       accuracy=metrics.accuracy if metrics else None)
+                metrics.examples if metrics else 0,
+                metrics.loss if metrics else 0.0,
+                metrics.accuracy if metrics else 0.0,
+                metrics.train_time_s if metrics else 0.0,
+                0,
+            )
+            self.store.set_participant(
+                rnd.rid,
+                device_id,
+                "reported",
+                examples=metrics.examples if metrics else None,
+                loss=metrics.loss if metrics else None,
+                accuracy=metrics.accuracy if metrics else None,
+            )
         scale = self.job.training.max_example_weight / total_weight
         return [(d * scale).astype(np.float32) for d in summed]
 
-    def _aggregate_and_commit(self, rnd: RoundRun, counts: dict[str, int],
-                              secure_mean: list[np.ndarray] | None = None) -> bool:
+    def _aggregate_and_commit(
+        self, rnd: RoundRun, counts: dict[str, int], secure_mean: list[np.ndarray] | None = None
+    ) -> bool:
         t_agg = time.time()
         if secure_mean is not None:
             mean_delta = secure_mean
@@ -529,8 +685,9 @@ class Coordinator:
         if self.downlink_spec is not None:
             # Devices holding the previous model fetch a compressed delta; the server adopts the
             # same reconstruction, so everyone holds identical weights (and errors do not pile up).
-            delta_blob = codec.encode_model_delta(new_weights, self.weights, self.downlink_spec,
-                                                  seed=rnd.round_seed)
+            delta_blob = codec.encode_model_delta(
+                new_weights, self.weights, self.downlink_spec, seed=rnd.round_seed
+            )
             new_weights = codec.apply_model_delta(self.weights, delta_blob)
         weights_sha = self.blobs.put(pack_weights(new_weights))
         keys, arrays = self.optimizer.state_arrays()
@@ -538,7 +695,11 @@ class Coordinator:
         aggregation_s = time.time() - t_agg
         eval_loss = eval_acc = None
         ev = self.job.evaluation
-        if self.central_data is not None and ev.central_every and rnd.number % ev.central_every == 0:
+        if (
+            self.central_data is not None
+            and ev.central_every
+            and rnd.number % ev.central_every == 0
+        ):
             self.evaluator.set_weights(new_weights)
             result = self.evaluator.evaluate(*self.central_data)
             eval_loss, eval_acc = result.loss, result.accuracy
@@ -550,30 +711,46 @@ class Coordinator:
             self.dp.after_round(rnd.within_clip, len(rnd.reports))
         rnd.advance(RoundState.COMMITTED)
         self.store.commit_round(
-            rnd.rid, self.job.name, rnd.number, weights_sha, optimizer_sha,
-            train_loss=rnd.weighted_metric("loss"), train_accuracy=rnd.weighted_metric("accuracy"),
-            eval_loss=eval_loss, eval_accuracy=eval_acc, aggregation_s=aggregation_s,
-            slowest_train_s=slowest, **privacy, **counts,
+            rnd.rid,
+            self.job.name,
+            rnd.number,
+            weights_sha,
+            optimizer_sha,
+            train_loss=rnd.weighted_metric("loss"),
+            train_accuracy=rnd.weighted_metric("accuracy"),
+            eval_loss=eval_loss,
+            eval_accuracy=eval_acc,
+            aggregation_s=aggregation_s,
+            slowest_train_s=slowest,
+            **privacy,
+            **counts,
         )
         if delta_blob is not None:
             self.weights_delta = (self.weights_sha, self._ref("weights-delta", delta_blob))
         self.weights, self.weights_sha = new_weights, weights_sha
-        log.info("round %d committed: %d reported, %d dropped, accuracy %s", rnd.number,
-                 counts["reported"], counts["dropped"],
-                 f"{eval_acc:.3f}" if eval_acc is not None else "n/a")
+        log.info(
+            "round %d committed: %d reported, %d dropped, accuracy %s",
+            rnd.number,
+            counts["reported"],
+            counts["dropped"],
+            f"{eval_acc:.3f}" if eval_acc is not None else "n/a",
+        )
         return True
 
     def _fail(self, rnd: RoundRun, reason: str, **fields: Any) -> None:
         rnd.advance(RoundState.FAILED)
         self.store.transition(rnd.rid, RoundState.FAILED.value, reason=reason, **fields)
-        log.warning("round %d (%s, attempt %d) failed: %s", rnd.number, rnd.kind, rnd.attempt, reason)
+        log.warning(
+            "round %d (%s, attempt %d) failed: %s", rnd.number, rnd.kind, rnd.attempt, reason
+        )
 
 
 def _pack_state(keys: list[str], arrays: list[np.ndarray]) -> bytes:
     import msgpack
 
-    return msgpack.packb({"keys": keys, "tensors": [m.encode_tensor(a) for a in arrays]},
-                         use_bin_type=True)
+    return msgpack.packb(
+        {"keys": keys, "tensors": [m.encode_tensor(a) for a in arrays]}, use_bin_type=True
+    )
 
 
 def _unpack_state(data: bytes) -> tuple[list[str], list[np.ndarray]]:

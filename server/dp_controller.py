@@ -29,8 +29,7 @@ class CentralDP:
             raise PrivacyError("CentralDP needs a central:... spec")
         self.spec = spec
         self.expected_clients = expected_clients
-        self.clipper = (AdaptiveClipper.from_spec(spec, expected_clients)
-                        if spec.adaptive else None)
+        self.clipper = AdaptiveClipper.from_spec(spec, expected_clients) if spec.adaptive else None
         self.accountant: RoundAccountant | None = None
         self._rng = np.random.default_rng(secrets.randbits(128))
 
@@ -56,8 +55,13 @@ class CentralDP:
 
     def private_mean(self, clipped_sum: Sequence[np.ndarray]) -> list[np.ndarray]:
         """(sum + N(0, (zC)^2)) / expected clients."""
-        noisy = central_dp_mean(list(clipped_sum), self.clip, self.update_noise_multiplier,
-                                self.expected_clients, self._rng)
+        noisy = central_dp_mean(
+            list(clipped_sum),
+            self.clip,
+            self.update_noise_multiplier,
+            self.expected_clients,
+            self._rng,
+        )
         return [np.asarray(a, np.float32) for a in noisy]
 
     def after_round(self, within_clip: int, reports: int) -> None:
@@ -71,7 +75,8 @@ class CentralDP:
         """Create the accountant once the population is known (replaying committed rounds)."""
         if self.accountant is None:
             self.accountant = accountant_from_spec(
-                self.spec, self.expected_clients, max(population, self.expected_clients))
+                self.spec, self.expected_clients, max(population, self.expected_clients)
+            )
             if rounds_done:
                 self.accountant.step(rounds_done)
         return self.accountant
@@ -88,8 +93,10 @@ class CentralDP:
         if target is None or self.accountant is None:
             return None
         if self.accountant.would_exceed(target):
-            return (f"privacy budget reached: epsilon {self.accountant.epsilon:.3f} now, the next "
-                    f"round would exceed the target {target}")
+            return (
+                f"privacy budget reached: epsilon {self.accountant.epsilon:.3f} now, the next "
+                f"round would exceed the target {target}"
+            )
         return None
 
 

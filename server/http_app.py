@@ -42,16 +42,22 @@ def create_app(blobs: BlobStore, counter: TrafficCounter) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _json_errors(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content={"error": exc.detail},
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            status_code=exc.status_code,
+            content={"error": exc.detail},
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/v1/blobs/{digest}")
-    def get_blob(digest: str, range_header: str | None = Header(default=None, alias="Range"),
-                 if_none_match: str | None = Header(default=None)) -> Response:
+    def get_blob(
+        digest: str,
+        range_header: str | None = Header(default=None, alias="Range"),
+        if_none_match: str | None = Header(default=None),
+    ) -> Response:
         """A content-addressed blob; its sha256 is its ETag, and Range resumes a download."""
         try:
             path = blobs.path(digest)
@@ -60,7 +66,11 @@ def create_app(blobs: BlobStore, counter: TrafficCounter) -> FastAPI:
         if not path.exists():
             raise HTTPException(status_code=404, detail=f"no blob {digest}")
         etag = f'"{digest}"'
-        headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "public, max-age=31536000, immutable"}
+        headers = {
+            "ETag": etag,
+            "Accept-Ranges": "bytes",
+            "Cache-Control": "public, max-age=31536000, immutable",
+        }
         if if_none_match is not None:
             tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
             if "*" in tags or etag in tags:
@@ -73,11 +83,12 @@ def create_app(blobs: BlobStore, counter: TrafficCounter) -> FastAPI:
             except HTTPException as exc:
                 exc.headers = {"Content-Range": f"bytes */{len(data)}"}
                 raise
-            body = data[start:end + 1]
+            body = data[start : end + 1]
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
             counter.bytes_served += len(body)
-            return Response(body, status_code=206, headers=headers,
-                            media_type="application/octet-stream")
+            return Response(
+                body, status_code=206, headers=headers, media_type="application/octet-stream"
+            )
         counter.bytes_served += len(data)
         return Response(data, headers=headers, media_type="application/octet-stream")
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_client.errors import ConfigError
+from edge_client.errors import ConfigError, ProtocolError
 from edge_client.protocol.topics import check_name
-from edge_client.errors import ProtocolError
 
 OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
 LR_SCHEDULES = ("constant", "exponential", "step", "inverse_sqrt")
@@ -117,7 +117,7 @@ def _table(raw: dict[str, Any], key: str, cls: type) -> Any:
     table = raw.get(key, {})
     if not isinstance(table, dict):
         raise ConfigError(f"[{key}] must be a table")
-    known = set(cls.__dataclass_fields__)
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(table) - known
     if unknown:
         raise ConfigError(f"[{key}] has unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
@@ -138,9 +138,14 @@ def _check_types(job: JobConfig) -> None:
         raise ConfigError("job.rounds must be an integer")
     if isinstance(job.seed, bool) or not isinstance(job.seed, int):
         raise ConfigError("job.seed must be an integer")
-    for table, obj in (("selection", job.selection), ("training", job.training),
-                       ("server_optimizer", job.optimizer), ("evaluation", job.evaluation)):
-        for name, spec in type(obj).__dataclass_fields__.items():
+    for table, obj in (
+        ("selection", job.selection),
+        ("training", job.training),
+        ("server_optimizer", job.optimizer),
+        ("evaluation", job.evaluation),
+    ):
+        for spec in dataclasses.fields(obj):
+            name = spec.name
             value = getattr(obj, name)
             kind = str(spec.type)
             if value is None and "None" in kind:
@@ -150,7 +155,11 @@ def _check_types(job: JobConfig) -> None:
             elif kind.startswith("int"):
                 ok = isinstance(value, int) and not isinstance(value, bool)
             elif kind.startswith("float"):
-                ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+                ok = (
+                    isinstance(value, int | float)
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                )
             else:
                 ok = isinstance(value, str)
             if not ok:
@@ -162,25 +171,35 @@ def validate(job: JobConfig) -> JobConfig:
     _check_types(job)
     s, t, o = job.selection, job.training, job.optimizer
     _check(isinstance(job.rounds, int) and job.rounds >= 1, "job.rounds must be an integer >= 1")
-    _check(isinstance(s.target_reports, int) and s.target_reports >= 1,
-           "selection.target_reports must be >= 1")
-    _check(isinstance(s.min_reports, int) and 1 <= s.min_reports <= s.target_reports,
-           "selection.min_reports must be between 1 and target_reports")
+    _check(
+        isinstance(s.target_reports, int) and s.target_reports >= 1,
+        "selection.target_reports must be >= 1",
+    )
+    _check(
+        isinstance(s.min_reports, int) and 1 <= s.min_reports <= s.target_reports,
+        "selection.min_reports must be between 1 and target_reports",
+    )
     _check(s.over_selection >= 1.0, "selection.over_selection must be >= 1.0")
     _check(s.round_deadline_s > 0 and s.selection_timeout_s > 0, "timeouts must be positive")
     _check(s.max_attempts >= 1, "selection.max_attempts must be >= 1")
     _check(0.0 <= s.min_battery <= 1.0, "selection.min_battery must be in [0, 1]")
     _check(1 <= t.local_epochs <= 1000, "training.local_epochs must be between 1 and 1000")
     _check(0 < t.lr <= 100, "training.lr must be in (0, 100]")
-    _check(t.max_steps is None or 1 <= t.max_steps <= 10**9, "training.max_steps must be in [1, 1e9]")
+    _check(
+        t.max_steps is None or 1 <= t.max_steps <= 10**9, "training.max_steps must be in [1, 1e9]"
+    )
     _check(t.lr_step_rounds >= 1, "training.lr_step_rounds must be >= 1")
     _check(t.lr_schedule in LR_SCHEDULES, f"training.lr_schedule must be one of {LR_SCHEDULES}")
     _check(0 < t.lr_decay <= 1.0, "training.lr_decay must be in (0, 1]")
     _check(t.max_example_weight >= 1, "training.max_example_weight must be >= 1")
-    _check(o.name in OPTIMIZERS, f"server_optimizer.name must be one of {OPTIMIZERS}, got {o.name!r}")
+    _check(
+        o.name in OPTIMIZERS, f"server_optimizer.name must be one of {OPTIMIZERS}, got {o.name!r}"
+    )
     _check(o.lr > 0, "server_optimizer.lr must be positive")
-    _check(0 <= o.momentum < 1 and 0 <= o.beta1 < 1 and 0 <= o.beta2 < 1,
-           "server_optimizer momentum/betas must be in [0, 1)")
+    _check(
+        0 <= o.momentum < 1 and 0 <= o.beta1 < 1 and 0 <= o.beta2 < 1,
+        "server_optimizer momentum/betas must be in [0, 1)",
+    )
     _check(o.epsilon > 0, "server_optimizer.epsilon must be positive")
     for name, text in (("codec", job.codec), ("downlink", job.downlink)):
         if text is not None:
@@ -199,8 +218,10 @@ def validate(job: JobConfig) -> JobConfig:
             spec = parse_dp_spec(job.dp)
         except PrivacyError as exc:
             raise ConfigError(f"job.dp: {exc}") from exc
-        _check(not spec.requires_secagg or bool(job.secagg.get("enabled")),
-               f"job.dp {job.dp!r} is distributed DP: it needs secure aggregation ([secagg] enabled = true)")
+        _check(
+            not spec.requires_secagg or bool(job.secagg.get("enabled")),
+            f"job.dp {job.dp!r} is distributed DP: it needs secure aggregation ([secagg] enabled = true)",
+        )
     return job
 
 
@@ -238,8 +259,9 @@ def _parse_job_config(raw: dict[str, Any], base_dir: Path) -> JobConfig:
         raise ConfigError("[secagg] must be a table")
     evaluation = _table(raw, "evaluation", EvaluationConfig)
     if evaluation.central_data and not Path(evaluation.central_data).is_absolute():
-        evaluation = EvaluationConfig(**{**asdict(evaluation),
-                                         "central_data": str(base_dir / evaluation.central_data)})
+        evaluation = EvaluationConfig(
+            **{**asdict(evaluation), "central_data": str(base_dir / evaluation.central_data)}
+        )
     cfg = JobConfig(
         name=job["name"],
         fleet=job["fleet"],
@@ -260,16 +282,23 @@ def _parse_job_config(raw: dict[str, Any], base_dir: Path) -> JobConfig:
 
 def job_from_dict(data: dict[str, Any]) -> JobConfig:
     """Inverse of `JobConfig.to_dict` (used when resuming a stored job)."""
-    return validate(JobConfig(
-        name=data["name"], fleet=data["fleet"], artifact=Path(data["artifact"]),
-        rounds=data["rounds"], seed=data["seed"], codec=data["codec"],
-        downlink=data.get("downlink"), secagg=data["secagg"],
-        dp=data["dp"],
-        selection=SelectionConfig(**data["selection"]),
-        training=TrainingConfig(**data["training"]),
-        optimizer=ServerOptimizerConfig(**data["optimizer"]),
-        evaluation=EvaluationConfig(**data["evaluation"]),
-    ))
+    return validate(
+        JobConfig(
+            name=data["name"],
+            fleet=data["fleet"],
+            artifact=Path(data["artifact"]),
+            rounds=data["rounds"],
+            seed=data["seed"],
+            codec=data["codec"],
+            downlink=data.get("downlink"),
+            secagg=data["secagg"],
+            dp=data["dp"],
+            selection=SelectionConfig(**data["selection"]),
+            training=TrainingConfig(**data["training"]),
+            optimizer=ServerOptimizerConfig(**data["optimizer"]),
+            evaluation=EvaluationConfig(**data["evaluation"]),
+        )
+    )
 
 
 def load_job_config(path: Path) -> JobConfig:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from server.aggregator import StreamingMean
 
 
-class RoundState(str, Enum):
+class RoundState(StrEnum):
     """States of one round; every transition is persisted."""
 
     SELECTING = "selecting"

@@ -44,7 +44,9 @@ class SecureSettings:
         known = set(cls.__dataclass_fields__) | {"enabled"}
         unknown = set(table) - known
         if unknown:
-            raise ConfigError(f"[secagg] has unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+            raise ConfigError(
+                f"[secagg] has unknown keys {sorted(unknown)}; allowed: {sorted(known)}"
+            )
         settings = cls(**{k: v for k, v in table.items() if k != "enabled"})
         if settings.graph not in ("harary", "complete"):
             raise ConfigError("secagg.graph must be harary (SecAgg+) or complete (SecAgg)")
@@ -56,9 +58,19 @@ class SecureSettings:
 class SecureRound:
     """Runs the four stages for the selected devices and returns the decoded weighted sum."""
 
-    def __init__(self, *, fleet: str, round_id: str, round_seed: int, selected: list[str],
-                 shapes: list[tuple[int, ...]], codec_spec: codec.CodecSpec, settings: SecureSettings,
-                 max_weight: int, enrolment_key: Any = None):
+    def __init__(
+        self,
+        *,
+        fleet: str,
+        round_id: str,
+        round_seed: int,
+        selected: list[str],
+        shapes: list[tuple[int, ...]],
+        codec_spec: codec.CodecSpec,
+        settings: SecureSettings,
+        max_weight: int,
+        enrolment_key: Any = None,
+    ):
         from server.secagg import SecAggServer
 
         self.settings = settings
@@ -69,21 +81,30 @@ class SecureRound:
         self.ring = codec.RingCodec(codec_spec, shapes, settings.clip, settings.bits, self.selected)
         length = self.ring.length
         self.config = SecAggConfig(
-            fleet=fleet, dimension=length + 1, dropout_rate=settings.dropout_rate,
-            corrupt_fraction=settings.corrupt_fraction, min_clients=settings.min_clients,
+            fleet=fleet,
+            dimension=length + 1,
+            dropout_rate=settings.dropout_rate,
+            corrupt_fraction=settings.corrupt_fraction,
+            min_clients=settings.min_clients,
             graph=GraphKind.COMPLETE if settings.graph == "complete" else GraphKind.HARARY,
         )
         self.round_id = round_id
-        self.server = SecAggServer(round_id, self.config, selected, enrolment_public_key=enrolment_key)
+        self.server = SecAggServer(
+            round_id, self.config, selected, enrolment_public_key=enrolment_key
+        )
         self.progress = asyncio.Event()
         self.stage_log: list[tuple[str, float, int]] = []  # (stage, seconds, devices)
 
     def task_settings(self) -> dict[str, Any]:
         """What every selected device needs to take part."""
         return {
-            "round_id": self.round_id, "config": self.config.to_wire(),
-            "clip": self.settings.clip, "bits": self.settings.bits, "n_max": self.selected,
-            "max_weight": self.max_weight, "stage_timeout_s": self.settings.stage_timeout_s,
+            "round_id": self.round_id,
+            "config": self.config.to_wire(),
+            "clip": self.settings.clip,
+            "bits": self.settings.bits,
+            "n_max": self.selected,
+            "max_weight": self.max_weight,
+            "stage_timeout_s": self.settings.stage_timeout_s,
         }
 
     def receive(self, device_id: str, data: dict[str, Any]) -> None:

@@ -11,7 +11,9 @@ from edge_client.protocol.messages import CheckIn
 from server.job import SelectionConfig
 
 
-def round_rng(seed: int, job_id: str, round_number: int, attempt: int, purpose: str) -> random.Random:
+def round_rng(
+    seed: int, job_id: str, round_number: int, attempt: int, purpose: str
+) -> random.Random:
     """A deterministic RNG for one purpose of one round attempt."""
     material = f"{seed}/{job_id}/{round_number}/{attempt}/{purpose}".encode()
     return random.Random(int.from_bytes(hashlib.sha256(material).digest()[:8], "big"))

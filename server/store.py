@@ -92,10 +92,17 @@ class Store:
             self._conn.execute(sql, args)
 
     # devices -----------------------------------------------------------------------------
-    def upsert_device(self, device_id: str, fleet: str, *, online: bool | None = None,
-                      profile: str | None = None, runtime: str | None = None,
-                      eligibility: dict[str, Any] | None = None,
-                      identity_key: bytes | None = None) -> None:
+    def upsert_device(
+        self,
+        device_id: str,
+        fleet: str,
+        *,
+        online: bool | None = None,
+        profile: str | None = None,
+        runtime: str | None = None,
+        eligibility: dict[str, Any] | None = None,
+        identity_key: bytes | None = None,
+    ) -> None:
         now = time.time()
         with self.transaction() as c:
             c.execute(
@@ -110,8 +117,10 @@ class Store:
             if runtime is not None:
                 c.execute("UPDATE devices SET runtime=? WHERE id=?", (runtime, device_id))
             if eligibility is not None:
-                c.execute("UPDATE devices SET eligibility=? WHERE id=?",
-                          (json.dumps(eligibility), device_id))
+                c.execute(
+                    "UPDATE devices SET eligibility=? WHERE id=?",
+                    (json.dumps(eligibility), device_id),
+                )
             if identity_key is not None:
                 c.execute("UPDATE devices SET identity_key=? WHERE id=?", (identity_key, device_id))
 
@@ -121,10 +130,14 @@ class Store:
 
     def record_rejection(self, device_id: str | None, topic: str, reason: str) -> None:
         with self.transaction() as c:
-            c.execute("INSERT INTO rejections VALUES (?,?,?,?)", (time.time(), device_id, topic, reason))
+            c.execute(
+                "INSERT INTO rejections VALUES (?,?,?,?)", (time.time(), device_id, topic, reason)
+            )
             if device_id:
-                c.execute("UPDATE devices SET rejected_messages = rejected_messages + 1 WHERE id=?",
-                          (device_id,))
+                c.execute(
+                    "UPDATE devices SET rejected_messages = rejected_messages + 1 WHERE id=?",
+                    (device_id,),
+                )
 
     # jobs --------------------------------------------------------------------------------
     def create_job(self, job_id: str, config: dict[str, Any]) -> None:
@@ -143,8 +156,10 @@ class Store:
         return row
 
     def set_job_status(self, job_id: str, status: str, reason: str | None = None) -> None:
-        self.execute("UPDATE jobs SET status=?, reason=?, updated=? WHERE id=?",
-                     (status, reason, time.time(), job_id))
+        self.execute(
+            "UPDATE jobs SET status=?, reason=?, updated=? WHERE id=?",
+            (status, reason, time.time(), job_id),
+        )
 
     # rounds ------------------------------------------------------------------------------
     def start_round(self, job_id: str, rnd: int, attempt: int, kind: str, state: str) -> int:
@@ -159,7 +174,7 @@ class Store:
             c.execute("INSERT INTO round_transitions VALUES (?,?,?,?)", (rid, state, now, None))
         return rid
 
-    def transition(self, rid: int, state: str, reason: str | None = None, **fields: Any) -> None:
+    def transition(self, rid: int, state: str, *, reason: str | None = None, **fields: Any) -> None:
         """Persist a round's new state (and any updated columns) atomically."""
         now = time.time()
         if state in ("committed", "failed"):
@@ -171,17 +186,28 @@ class Store:
             c.execute(f"UPDATE rounds SET {sets} WHERE rid=?", (state, *fields.values(), rid))
             c.execute("INSERT INTO round_transitions VALUES (?,?,?,?)", (rid, state, now, reason))
 
-    def commit_round(self, rid: int, job_id: str, rnd: int, weights_sha: str,
-                     optimizer_sha: str | None, **fields: Any) -> None:
+    def commit_round(
+        self,
+        rid: int,
+        job_id: str,
+        rnd: int,
+        weights_sha: str,
+        optimizer_sha: str | None,
+        **fields: Any,
+    ) -> None:
         """Atomically mark a round committed and move the job's checkpoint to it."""
         now = time.time()
         fields.update(ended=now, weights_sha=weights_sha)
         sets = ", ".join(["state='committed'"] + [f"{k}=?" for k in fields])
         with self.transaction() as c:
             c.execute(f"UPDATE rounds SET {sets} WHERE rid=?", (*fields.values(), rid))
-            c.execute("INSERT INTO round_transitions VALUES (?,?,?,?)", (rid, "committed", now, None))
-            c.execute("INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?)",
-                      (job_id, rnd, weights_sha, optimizer_sha, now))
+            c.execute(
+                "INSERT INTO round_transitions VALUES (?,?,?,?)", (rid, "committed", now, None)
+            )
+            c.execute(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?)",
+                (job_id, rnd, weights_sha, optimizer_sha, now),
+            )
             c.execute(
                 "UPDATE jobs SET committed_round=?, weights_sha=?, optimizer_sha=?, updated=? WHERE id=?",
                 (rnd, weights_sha, optimizer_sha, now, job_id),
@@ -194,7 +220,9 @@ class Store:
     def rounds(self, job_id: str, kind: str | None = None) -> list[dict[str, Any]]:
         if kind is None:
             return self.query("SELECT * FROM rounds WHERE job_id=? ORDER BY rid", (job_id,))
-        return self.query("SELECT * FROM rounds WHERE job_id=? AND kind=? ORDER BY rid", (job_id, kind))
+        return self.query(
+            "SELECT * FROM rounds WHERE job_id=? AND kind=? ORDER BY rid", (job_id, kind)
+        )
 
     def round_row(self, rid: int) -> dict[str, Any] | None:
         rows = self.query("SELECT * FROM rounds WHERE rid=?", (rid,))
@@ -204,14 +232,17 @@ class Store:
         return self.query("SELECT * FROM round_transitions WHERE rid=? ORDER BY at", (rid,))
 
     def attempts(self, job_id: str, kind: str, rnd: int) -> int:
-        rows = self.query("SELECT COUNT(*) AS n FROM rounds WHERE job_id=? AND kind=? AND round=?",
-                          (job_id, kind, rnd))
+        rows = self.query(
+            "SELECT COUNT(*) AS n FROM rounds WHERE job_id=? AND kind=? AND round=?",
+            (job_id, kind, rnd),
+        )
         return int(rows[0]["n"])
 
     def fail_unfinished_rounds(self, job_id: str, reason: str) -> int:
         """Mark rounds left open by a crash as failed; returns how many."""
         rows = self.query(
-            "SELECT rid FROM rounds WHERE job_id=? AND state NOT IN ('committed','failed')", (job_id,)
+            "SELECT rid FROM rounds WHERE job_id=? AND state NOT IN ('committed','failed')",
+            (job_id,),
         )
         for row in rows:
             self.transition(row["rid"], "failed", reason=reason)
@@ -229,14 +260,20 @@ class Store:
     def set_participant(self, rid: int, device_id: str, status: str, **fields: Any) -> None:
         sets = ", ".join(["status=?", "updated=?"] + [f"{k}=?" for k in fields])
         with self.transaction() as c:
-            c.execute(f"UPDATE participants SET {sets} WHERE rid=? AND device_id=?",
-                      (status, time.time(), *fields.values(), rid, device_id))
+            c.execute(
+                f"UPDATE participants SET {sets} WHERE rid=? AND device_id=?",
+                (status, time.time(), *fields.values(), rid, device_id),
+            )
             if status == "reported":
-                c.execute("UPDATE devices SET rounds_reported = rounds_reported + 1 WHERE id=?",
-                          (device_id,))
+                c.execute(
+                    "UPDATE devices SET rounds_reported = rounds_reported + 1 WHERE id=?",
+                    (device_id,),
+                )
             elif status == "dropped":
-                c.execute("UPDATE devices SET rounds_dropped = rounds_dropped + 1 WHERE id=?",
-                          (device_id,))
+                c.execute(
+                    "UPDATE devices SET rounds_dropped = rounds_dropped + 1 WHERE id=?",
+                    (device_id,),
+                )
 
     def participants(self, rid: int) -> list[dict[str, Any]]:
         return self.query("SELECT * FROM participants WHERE rid=? ORDER BY device_id", (rid,))

@@ -44,5 +44,3 @@ def signing_key(tmp_path: Path) -> tuple[Path, Path]:
     key_file = tmp_path / "server-state" / "signing.key"
     load_or_create_signing_key(key_file)
     return key_file, key_file.with_suffix(".pub")
-
-

@@ -97,8 +97,14 @@ class LoopThread:
             self.thread.join(timeout=10)
 
 
-def device_configs(root: Path, n: int, broker_url: str, key_pub: Path,
-                   shards: list[tuple[np.ndarray, np.ndarray]], fleet: str = "test") -> list[DeviceConfig]:
+def device_configs(
+    root: Path,
+    n: int,
+    broker_url: str,
+    key_pub: Path,
+    shards: list[tuple[np.ndarray, np.ndarray]],
+    fleet: str = "test",
+) -> list[DeviceConfig]:
     """Write each device's shard and build its config (as device.toml would)."""
     from edge_client.data import save_npz_dataset
 
@@ -107,9 +113,12 @@ def device_configs(root: Path, n: int, broker_url: str, key_pub: Path,
         folder = root / f"dev-{i:03d}"
         folder.mkdir(parents=True, exist_ok=True)
         save_npz_dataset(folder / "train.npz", *shards[i])
-        raw = {"device": {"id": f"dev-{i:03d}", "fleet": fleet, "state_dir": "state"},
-               "broker": {"url": broker_url}, "data": {"train": "train.npz"},
-               "server": {"signing_public_key": str(key_pub)}}
+        raw = {
+            "device": {"id": f"dev-{i:03d}", "fleet": fleet, "state_dir": "state"},
+            "broker": {"url": broker_url},
+            "data": {"train": "train.npz"},
+            "server": {"signing_public_key": str(key_pub)},
+        }
         configs.append(parse_device_config(raw, folder))
     return configs
 
@@ -138,8 +147,15 @@ class DeviceFleet:
             for i, cfg in enumerate(self.configs):
                 x, y = load_local_dataset(cfg.data.train)
                 hooks = self.hooks(i) if self.hooks else None
-                agent = DeviceAgent(cfg, LocalData(x, y), key, hooks=hooks, trainers=trainers,
-                                    checkin_timeout_s=self.checkin_timeout_s, seed=i)
+                agent = DeviceAgent(
+                    cfg,
+                    LocalData(x, y),
+                    key,
+                    hooks=hooks,
+                    trainers=trainers,
+                    checkin_timeout_s=self.checkin_timeout_s,
+                    seed=i,
+                )
                 self.agents.append(agent)
 
         self._loop.call(build)
@@ -222,6 +238,8 @@ def start_server(job: Any, settings: Any) -> ServerThread:
     return ServerThread(server, loop, fut, stop)
 
 
-def iid_shards(x: np.ndarray, y: np.ndarray, n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def iid_shards(
+    x: np.ndarray, y: np.ndarray, n: int, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     order = np.random.default_rng(seed).permutation(len(y))
     return [(x[idx], y[idx]) for idx in np.array_split(order, n)]

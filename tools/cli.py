@@ -14,8 +14,10 @@ from edge_client.errors import FedgeError
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     for noisy in ("amqtt", "transitions", "uvicorn", "uvicorn.access", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -36,8 +38,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from model_export import export_model
 
     manifest = export_model(args.model, Path(args.out), batch_size=args.batch_size, seed=args.seed)
-    print(f"wrote {args.out}/model.tflite and manifest.json: {manifest.model}, "
-          f"{manifest.param_count} trainable parameters, batch {manifest.batch_size}")
+    print(
+        f"wrote {args.out}/model.tflite and manifest.json: {manifest.model}, "
+        f"{manifest.param_count} trainable parameters, batch {manifest.batch_size}"
+    )
     return 0
 
 
@@ -48,15 +52,23 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     job = load_job_config(Path(args.job)) if args.job else None
     host, _, port = (args.http or "127.0.0.1:8080").rpartition(":")
-    overrides = dict(broker_url=args.broker, http_host=host or None, http_port=int(port),
-                     state_dir=Path(args.state_dir) if args.state_dir else None,
-                     public_url=args.public_url)
+    overrides = dict(
+        broker_url=args.broker,
+        http_host=host or None,
+        http_port=int(port),
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        public_url=args.public_url,
+    )
     if args.config:
         settings = load_server_settings(Path(args.config), **overrides)
     else:
-        settings = ServerSettings(state_dir=Path(args.state_dir or "fedge-state"), broker_url=args.broker,
-                                  http_host=host or "127.0.0.1", http_port=int(port),
-                                  public_url=args.public_url)
+        settings = ServerSettings(
+            state_dir=Path(args.state_dir or "fedge-state"),
+            broker_url=args.broker,
+            http_host=host or "127.0.0.1",
+            http_port=int(port),
+            public_url=args.public_url,
+        )
     server = FedgeServer(job, settings, exit_when_done=job is not None)
     what = f"job {job.name}" if job else "no job yet (POST /v1/jobs)"
     print(f"fedge server: fleet {server.fleet}, {what}, dashboard {server.dashboard_url}")
@@ -108,17 +120,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("export", help=cmd_export.__doc__)
-    p.add_argument("--model", required=True, help="zoo model: mlp-digits, cnn-fmnist, transfer-fmnist")
+    p.add_argument(
+        "--model", required=True, help="zoo model: mlp-digits, cnn-fmnist, transfer-fmnist"
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("server", help=cmd_server.__doc__)
-    p.add_argument("--job", default=None,
-                   help="job.toml to run (without it the server waits for jobs posted to the API)")
-    p.add_argument("--broker", default=None, help="mqtt://host:port or mqtts://... (default: embedded)")
-    p.add_argument("--http", default=None, help="HOST:PORT to serve HTTP on (default 127.0.0.1:8080)")
+    p.add_argument(
+        "--job",
+        default=None,
+        help="job.toml to run (without it the server waits for jobs posted to the API)",
+    )
+    p.add_argument(
+        "--broker", default=None, help="mqtt://host:port or mqtts://... (default: embedded)"
+    )
+    p.add_argument(
+        "--http", default=None, help="HOST:PORT to serve HTTP on (default 127.0.0.1:8080)"
+    )
     p.add_argument("--state-dir", default=None)
     p.add_argument("--public-url", default=None, help="URL devices use to reach this server's HTTP")
     p.add_argument("--config", default=None, help="server.toml written by `fedge provision`")

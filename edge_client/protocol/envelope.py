@@ -68,8 +68,9 @@ def _expect(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
     return value
 
 
-def unpack(data: bytes, limits: Limits = DEFAULT_LIMITS, now: float | None = None,
-           check_time: bool = True) -> Envelope:
+def unpack(
+    data: bytes, limits: Limits = DEFAULT_LIMITS, now: float | None = None, check_time: bool = True
+) -> Envelope:
     """Parse and validate the envelope header; bodies are validated by `messages.parse`.
 
     ``check_time=False`` is for retained messages and last wills, which may be old by design.
@@ -151,5 +152,7 @@ class ReplayGuard:
                 break
             seen.pop(oldest_id)
         if envelope.msg_id in seen:
-            raise ProtocolError(f"replayed message id {envelope.msg_id.hex()} from {envelope.sender}")
+            raise ProtocolError(
+                f"replayed message id {envelope.msg_id.hex()} from {envelope.sender}"
+            )
         seen[envelope.msg_id] = now

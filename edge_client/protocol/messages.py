@@ -22,7 +22,11 @@ def encode_tensor(array: np.ndarray) -> dict[str, Any]:
         arr = arr.copy(order="C")
     if arr.dtype.name not in ALLOWED_DTYPES:
         raise ProtocolError(f"dtype {arr.dtype} cannot travel on the wire")
-    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": arr.astype(arr.dtype.newbyteorder("<")).tobytes()}
+    return {
+        "dtype": arr.dtype.name,
+        "shape": list(arr.shape),
+        "data": arr.astype(arr.dtype.newbyteorder("<")).tobytes(),
+    }
 
 
 def decode_tensor(obj: Any, limits: Limits = DEFAULT_LIMITS, name: str = "tensor") -> np.ndarray:
@@ -38,18 +42,19 @@ def decode_tensor(obj: Any, limits: Limits = DEFAULT_LIMITS, name: str = "tensor
         raise ProtocolError(f"{name}: shape dims must be non-negative ints")
     for d in shape:  # bound each dim too: a zero elsewhere must not hide a huge one
         if d > limits.max_tensor_elements:
-            raise ProtocolError(f"{name}: shape dim {d}: {d} elements exceed the limit "
-                                f"{limits.max_tensor_elements}")
+            raise ProtocolError(
+                f"{name}: shape dim {d}: {d} elements exceed the limit {limits.max_tensor_elements}"
+            )
     count = math.prod(shape)
     if count > limits.max_tensor_elements:
-        raise ProtocolError(f"{name}: {count} elements exceed the limit {limits.max_tensor_elements}")
+        raise ProtocolError(
+            f"{name}: {count} elements exceed the limit {limits.max_tensor_elements}"
+        )
     if not isinstance(data, bytes):
         raise ProtocolError(f"{name}: data must be bytes")
     np_dtype = np.dtype(dtype).newbyteorder("<")
     if len(data) != count * np_dtype.itemsize:
-        raise ProtocolError(
-            f"{name}: {len(data)} bytes do not match shape {shape} of {dtype}"
-        )
+        raise ProtocolError(f"{name}: {len(data)} bytes do not match shape {shape} of {dtype}")
     arr = np.frombuffer(data, dtype=np_dtype).reshape(shape).astype(np.dtype(dtype))
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ProtocolError(f"{name}: contains NaN or infinity")
@@ -63,14 +68,24 @@ class _Field:
     """Validation helpers used by message `from_body` methods."""
 
     @staticmethod
-    def get(body: dict[str, Any], key: str, kind: type | tuple[type, ...], *, optional: bool = False,
-            default: Any = None) -> Any:
+    def get(
+        body: dict[str, Any],
+        key: str,
+        kind: type | tuple[type, ...],
+        *,
+        optional: bool = False,
+        default: Any = None,
+    ) -> Any:
         if key not in body or body[key] is None:
             if optional:
                 return default
             raise ProtocolError(f"missing field {key!r}")
         value = body[key]
-        if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        if (
+            isinstance(value, bool)
+            and kind is not bool
+            and bool not in (kind if isinstance(kind, tuple) else (kind,))
+        ):
             raise ProtocolError(f"field {key!r} must not be a bool")
         if kind is float and isinstance(value, int):
             value = float(value)
@@ -109,7 +124,9 @@ class Eligibility:
             unmetered=F.get(body, "unmetered", bool),
             idle=F.get(body, "idle", bool),
             battery=F.in_range("battery", F.get(body, "battery", float), 0.0, 1.0),
-            free_memory_mb=int(F.in_range("free_memory_mb", F.get(body, "free_memory_mb", int), 0, 1 << 30)),
+            free_memory_mb=int(
+                F.in_range("free_memory_mb", F.get(body, "free_memory_mb", int), 0, 1 << 30)
+            ),
         )
 
 
@@ -197,7 +214,9 @@ class TrainingPlan:
         return cls(
             epochs=int(F.in_range("epochs", F.get(body, "epochs", int), 0, 1000)),
             lr=F.in_range("lr", F.get(body, "lr", float), 0.0, 100.0),
-            max_steps=None if max_steps is None else int(F.in_range("max_steps", max_steps, 1, 10**9)),
+            max_steps=None
+            if max_steps is None
+            else int(F.in_range("max_steps", max_steps, 1, 10**9)),
             shuffle=F.get(body, "shuffle", bool, optional=True, default=True),
         )
 
@@ -257,7 +276,9 @@ class RetryLater(Message):
     def from_body(cls, body: dict[str, Any], limits: Limits) -> RetryLater:
         return cls(
             reason=F.get(body, "reason", str),
-            retry_after_s=F.in_range("retry_after_s", F.get(body, "retry_after_s", float), 0, 7 * 86400),
+            retry_after_s=F.in_range(
+                "retry_after_s", F.get(body, "retry_after_s", float), 0, 7 * 86400
+            ),
         )
 
 
@@ -369,7 +390,9 @@ class Presence(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any], limits: Limits) -> Presence:
-        return cls(online=F.get(body, "online", bool), profile=F.get(body, "profile", str, optional=True))
+        return cls(
+            online=F.get(body, "online", bool), profile=F.get(body, "profile", str, optional=True)
+        )
 
 
 @dataclass(frozen=True)
@@ -398,15 +421,29 @@ class RoundOpen(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any], limits: Limits) -> RoundOpen:
-        return cls(round=int(F.in_range("round", F.get(body, "round", int), 0, 1 << 40)),
-                   wake_probability=F.in_range("wake_probability",
-                                               F.get(body, "wake_probability", float), 0.0, 1.0))
+        return cls(
+            round=int(F.in_range("round", F.get(body, "round", int), 0, 1 << 40)),
+            wake_probability=F.in_range(
+                "wake_probability", F.get(body, "wake_probability", float), 0.0, 1.0
+            ),
+        )
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     m.TYPE: m
-    for m in (CheckIn, Task, RetryLater, Update, EvalResult, Ack, ErrorReport, SecAggStage,
-              Presence, JobState, RoundOpen)
+    for m in (
+        CheckIn,
+        Task,
+        RetryLater,
+        Update,
+        EvalResult,
+        Ack,
+        ErrorReport,
+        SecAggStage,
+        Presence,
+        JobState,
+        RoundOpen,
+    )
 }
 
 DEVICE_TO_SERVER = {CheckIn.TYPE, Update.TYPE, EvalResult.TYPE, ErrorReport.TYPE, SecAggStage.TYPE}
@@ -428,8 +465,10 @@ def parse(envelope: Envelope, limits: Limits = DEFAULT_LIMITS) -> Message:
         _ACTIVE_LIMITS.reset(token)
 
 
-def make(message: Message, *, sender: str, job_id: str | None = None,
-         round_id: int | None = None) -> Envelope:
+def make(
+    message: Message, *, sender: str, job_id: str | None = None, round_id: int | None = None
+) -> Envelope:
     """Wrap a typed message into an envelope ready to `pack()`."""
-    return Envelope(type=message.TYPE, body=message.to_body(), sender=sender, job_id=job_id,
-                    round_id=round_id)
+    return Envelope(
+        type=message.TYPE, body=message.to_body(), sender=sender, job_id=job_id, round_id=round_id
+    )

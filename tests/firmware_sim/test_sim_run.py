@@ -17,17 +17,33 @@ TIMING_KEYS = {"duration_s", "wall_time_s", "sim_compute_s", "sim_upload_s"}
 
 def _strip_timing(value: object) -> object:
     if isinstance(value, dict):
-        return {k: _strip_timing(v) for k, v in value.items() if k not in TIMING_KEYS and k != "out"}
+        return {
+            k: _strip_timing(v) for k, v in value.items() if k not in TIMING_KEYS and k != "out"
+        }
     if isinstance(value, list):
         return [_strip_timing(v) for v in value]
     return value
 
 
 def small_config(out: Path, artifact: Path, **overrides: object) -> SimConfig:
-    base = dict(out=out, devices=8, rounds=3, clients_per_round=4, over_selection=1.0,
-                partition="iid", profiles="android-high", availability="always", dropout=0.0,
-                local_epochs=2, lr=0.2, seed=5, artifact=artifact, progress=False, workers=2,
-                round_deadline_s=20.0)
+    base = dict(
+        out=out,
+        devices=8,
+        rounds=3,
+        clients_per_round=4,
+        over_selection=1.0,
+        partition="iid",
+        profiles="android-high",
+        availability="always",
+        dropout=0.0,
+        local_epochs=2,
+        lr=0.2,
+        seed=5,
+        artifact=artifact,
+        progress=False,
+        workers=2,
+        round_deadline_s=20.0,
+    )
     base.update(overrides)
     return SimConfig(**base)  # type: ignore[arg-type]
 
@@ -37,7 +53,13 @@ def test_small_run_is_deterministic_for_a_seed(tmp_path, mlp_artifact):
     second = run_sim(small_config(tmp_path / "b", mlp_artifact))
     assert first["status"] == "finished" and len(first["rounds"]) == 3
     assert _strip_timing(first) == _strip_timing(second)
-    for name in ("summary.json", "rounds.csv", "accuracy_loss.png", "participation.png", "bytes.png"):
+    for name in (
+        "summary.json",
+        "rounds.csv",
+        "accuracy_loss.png",
+        "participation.png",
+        "bytes.png",
+    ):
         assert (tmp_path / "a" / name).stat().st_size > 0
     other_seed = run_sim(small_config(tmp_path / "c", mlp_artifact, seed=6))
     assert _strip_timing(other_seed)["rounds"] != _strip_timing(first)["rounds"]
@@ -45,17 +67,30 @@ def test_small_run_is_deterministic_for_a_seed(tmp_path, mlp_artifact):
 
 def test_dropout_and_availability_change_who_reports(tmp_path, mlp_artifact):
     trace = tmp_path / "trace.csv"  # three devices are never online during the run
-    trace.write_text("device_id,start_s,end_s\n" + "".join(
-        f"dev-{i:05d},1000000000,1000000001\n" for i in range(3)))
-    summary = run_sim(small_config(tmp_path / "run", mlp_artifact, devices=10, rounds=3,
-                                   clients_per_round=3, over_selection=1.0, dropout=0.35,
-                                   trace=trace, round_deadline_s=5.0))
+    trace.write_text(
+        "device_id,start_s,end_s\n"
+        + "".join(f"dev-{i:05d},1000000000,1000000001\n" for i in range(3))
+    )
+    summary = run_sim(
+        small_config(
+            tmp_path / "run",
+            mlp_artifact,
+            devices=10,
+            rounds=3,
+            clients_per_round=3,
+            over_selection=1.0,
+            dropout=0.35,
+            trace=trace,
+            round_deadline_s=5.0,
+        )
+    )
     devices = summary["devices"]
     never = [f"dev-{i:05d}" for i in range(3)]
     assert all(devices[d]["rounds_reported"] == 0 and devices[d]["dropouts"] == 0 for d in never)
     assert sum(devices[d]["rounds_reported"] for d in devices if d not in never) > 0
     dropped = sum(r["dropped"] for r in summary["rounds"]) + sum(
-        r["dropped"] for r in summary["failed_rounds"])
+        r["dropped"] for r in summary["failed_rounds"]
+    )
     assert dropped > 0
     assert sum(d["dropouts"] for d in devices.values()) >= dropped
 
@@ -64,8 +99,9 @@ def test_profile_bandwidth_changes_simulated_upload_time():
     clock = ScaledClock(speedup=1e9)
     times = {}
     for name in ("pi-zero-2w", "android-high"):
-        hooks = SimHooks(get_profile(name), pattern_availability("always", 0), clock,
-                         np.random.default_rng(0))
+        hooks = SimHooks(
+            get_profile(name), pattern_availability("always", 0), clock, np.random.default_rng(0)
+        )
         import asyncio
 
         asyncio.run(hooks.after_transfer(1_000_000, "up"))
@@ -74,10 +110,21 @@ def test_profile_bandwidth_changes_simulated_upload_time():
 
 
 def test_secure_run_with_dropouts_matches_plain_run(tmp_path, mlp_artifact):
-    common = dict(devices=20, rounds=4, clients_per_round=10, over_selection=1.3, dropout=0.2,
-                  local_epochs=5, lr=0.2, round_deadline_s=10.0, partition="iid")
+    common = dict(
+        devices=20,
+        rounds=4,
+        clients_per_round=10,
+        over_selection=1.3,
+        dropout=0.2,
+        local_epochs=5,
+        lr=0.2,
+        round_deadline_s=10.0,
+        partition="iid",
+    )
     secure = run_sim(small_config(tmp_path / "secure", mlp_artifact, secagg=True, **common))
-    plain = run_sim(small_config(tmp_path / "plain", mlp_artifact, compression="clip:2+q16", **common))
+    plain = run_sim(
+        small_config(tmp_path / "plain", mlp_artifact, compression="clip:2+q16", **common)
+    )
     assert secure["status"] == "finished"
     assert [r["round"] for r in secure["rounds"]] == [1, 2, 3, 4]  # every round committed
     dropped = sum(d["dropouts"] for d in secure["devices"].values())

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from fedge_testing import LoopThread, free_tcp_port
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from fedge_testing import LoopThread, free_tcp_port
 
 from edge_client.errors import ArtifactError
 from edge_client.fetch import BlobFetcher

@@ -28,8 +28,15 @@ from server.store import Store
 REPO = Path(__file__).resolve().parents[2]
 
 
-def write_job(tmp_path: Path, artifact: Path, digits: tuple, rounds: int, deadline: float = 20.0,
-              target: int = 8, over_selection: float = 1.3) -> Path:
+def write_job(
+    tmp_path: Path,
+    artifact: Path,
+    digits: tuple,
+    rounds: int,
+    deadline: float = 20.0,
+    target: int = 8,
+    over_selection: float = 1.3,
+) -> Path:
     central = tmp_path / "central.npz"
     save_npz_dataset(central, digits[2], digits[3])
     job = tmp_path / "job.toml"
@@ -60,13 +67,29 @@ central_data = "{central}"
     return job
 
 
-def start_server_process(job: Path, broker_url: str, state: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_server_process(
+    job: Path, broker_url: str, state: Path, log: Path
+) -> subprocess.Popen[bytes]:
     port = free_tcp_port()
     with log.open("ab") as sink:
         return subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "server", "--job", str(job), "--broker", broker_url,
-             "--state-dir", str(state), "--http", f"127.0.0.1:{port}"],
-            cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "tools.cli",
+                "server",
+                "--job",
+                str(job),
+                "--broker",
+                broker_url,
+                "--state-dir",
+                str(state),
+                "--http",
+                f"127.0.0.1:{port}",
+            ],
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -104,8 +127,9 @@ def fleet_on(tmp_path, digits):
     fleets: list[DeviceFleet] = []
 
     def make(broker_url: str, key_pub: Path, n: int = 10) -> DeviceFleet:
-        configs = device_configs(tmp_path / "devices", n, broker_url, key_pub,
-                                 iid_shards(digits[0], digits[1], n))
+        configs = device_configs(
+            tmp_path / "devices", n, broker_url, key_pub, iid_shards(digits[0], digits[1], n)
+        )
         fleet = DeviceFleet(configs, key_pub, checkin_timeout_s=8.0)
         fleet.start()
         fleets.append(fleet)
@@ -117,7 +141,8 @@ def fleet_on(tmp_path, digits):
 
 
 def test_server_sigkill_mid_round_resumes_without_losing_committed_rounds(
-        tmp_path, mlp_artifact, digits, mosquitto, fleet_on):
+    tmp_path, mlp_artifact, digits, mosquitto, fleet_on
+):
     state = tmp_path / "state"
     key = state / "signing.key"
     load_or_create_signing_key(key)
@@ -126,11 +151,22 @@ def test_server_sigkill_mid_round_resumes_without_losing_committed_rounds(
     proc = start_server_process(job, mosquitto.url, state, log)
     fleet_on(mosquitto.url, key.with_suffix(".pub"))
     try:
-        wait_for(lambda: sum(r["state"] == "committed" for r in rounds_of(state)) >= 2, 120,
-                 "two committed rounds")
-        wait_for(lambda: any(r["round"] == 3 and r["state"] in ("collecting", "configuring", "selecting")
-                             for r in rounds_of(state)), 60, "round 3 in progress")
-        before = {r["round"]: r["weights_sha"] for r in rounds_of(state) if r["state"] == "committed"}
+        wait_for(
+            lambda: sum(r["state"] == "committed" for r in rounds_of(state)) >= 2,
+            120,
+            "two committed rounds",
+        )
+        wait_for(
+            lambda: any(
+                r["round"] == 3 and r["state"] in ("collecting", "configuring", "selecting")
+                for r in rounds_of(state)
+            ),
+            60,
+            "round 3 in progress",
+        )
+        before = {
+            r["round"]: r["weights_sha"] for r in rounds_of(state) if r["state"] == "committed"
+        }
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         proc = start_server_process(job, mosquitto.url, state, log)
@@ -150,7 +186,8 @@ def test_server_sigkill_mid_round_resumes_without_losing_committed_rounds(
 
 
 def test_devices_and_server_reconnect_after_mosquitto_restart(
-        tmp_path, mlp_artifact, digits, mosquitto, fleet_on):
+    tmp_path, mlp_artifact, digits, mosquitto, fleet_on
+):
     state = tmp_path / "state"
     key = state / "signing.key"
     load_or_create_signing_key(key)
@@ -158,8 +195,11 @@ def test_devices_and_server_reconnect_after_mosquitto_restart(
     proc = start_server_process(job, mosquitto.url, state, tmp_path / "server.log")
     fleet = fleet_on(mosquitto.url, key.with_suffix(".pub"))
     try:
-        wait_for(lambda: sum(r["state"] == "committed" for r in rounds_of(state)) >= 1, 120,
-                 "first committed round")
+        wait_for(
+            lambda: sum(r["state"] == "committed" for r in rounds_of(state)) >= 1,
+            120,
+            "first committed round",
+        )
         mosquitto.stop()
         time.sleep(1.0)
         mosquitto.start()
@@ -184,7 +224,9 @@ class Rogue:
         self.client.subscribe(topics.server_up_filter("test"), qos=1)
 
     def publish(self, device_id: str, payload: bytes) -> None:
-        self.client.publish(topics.device_up("test", device_id), payload, qos=1).wait_for_publish(10)
+        self.client.publish(topics.device_up("test", device_id), payload, qos=1).wait_for_publish(
+            10
+        )
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -200,50 +242,99 @@ class SlowDevice(AgentHooks):
 
 def forged_update(raw: dict, sender: str, payload: bytes) -> bytes:
     body = raw["body"]
-    return m.make(m.Update(payload=payload, codec=body["codec"], base_weights=body["base_weights"],
-                           metrics=m.TrainMetrics(**body["metrics"])),
-                  sender=sender, job_id=raw["job"], round_id=raw["round"]).pack()
+    return m.make(
+        m.Update(
+            payload=payload,
+            codec=body["codec"],
+            base_weights=body["base_weights"],
+            metrics=m.TrainMetrics(**body["metrics"]),
+        ),
+        sender=sender,
+        job_id=raw["job"],
+        round_id=raw["round"],
+    ).pack()
 
 
 def test_rogue_messages_are_refused_and_logged(tmp_path, mlp_artifact, digits, mosquitto):
     state = tmp_path / "state"
     key = state / "signing.key"
     load_or_create_signing_key(key)
-    job = write_job(tmp_path, mlp_artifact, digits, rounds=3, deadline=30.0, target=10,
-                    over_selection=1.0)
+    job = write_job(
+        tmp_path, mlp_artifact, digits, rounds=3, deadline=30.0, target=10, over_selection=1.0
+    )
     proc = start_server_process(job, mosquitto.url, state, tmp_path / "server.log")
     rogue = Rogue(mosquitto.port)
     victim = "dev-009"  # trains slowly, so its real update comes after the forged ones
-    configs = device_configs(tmp_path / "devices", 10, mosquitto.url, key.with_suffix(".pub"),
-                             iid_shards(digits[0], digits[1], 10))
-    fleet = DeviceFleet(configs, key.with_suffix(".pub"), checkin_timeout_s=8.0,
-                        hooks=lambda i: SlowDevice() if i == 9 else AgentHooks())
+    configs = device_configs(
+        tmp_path / "devices",
+        10,
+        mosquitto.url,
+        key.with_suffix(".pub"),
+        iid_shards(digits[0], digits[1], 10),
+    )
+    fleet = DeviceFleet(
+        configs,
+        key.with_suffix(".pub"),
+        checkin_timeout_s=8.0,
+        hooks=lambda i: SlowDevice() if i == 9 else AgentHooks(),
+    )
     fleet.start()
     shapes = [tuple(t.shape) for t in load_artifact(mlp_artifact).manifest.tensors]
     try:
-        wait_for(lambda: any(r["round"] == 2 and r["state"] == "collecting" for r in rounds_of(state)),
-                 120, "round 2 collecting")
-        wait_for(lambda: any(msgpack.unpackb(p).get("t") == "update" and msgpack.unpackb(p)["round"] == 2
-                             for p in rogue.captured), 60, "a real update of round 2 to replay")
-        real = next(p for p in rogue.captured
-                    if msgpack.unpackb(p).get("t") == "update" and msgpack.unpackb(p)["round"] == 2)
+        wait_for(
+            lambda: any(r["round"] == 2 and r["state"] == "collecting" for r in rounds_of(state)),
+            120,
+            "round 2 collecting",
+        )
+        wait_for(
+            lambda: any(
+                msgpack.unpackb(p).get("t") == "update" and msgpack.unpackb(p)["round"] == 2
+                for p in rogue.captured
+            ),
+            60,
+            "a real update of round 2 to replay",
+        )
+        real = next(
+            p
+            for p in rogue.captured
+            if msgpack.unpackb(p).get("t") == "update" and msgpack.unpackb(p)["round"] == 2
+        )
         raw = msgpack.unpackb(real)
         spec = codec.parse_spec(raw["body"]["codec"])
-        wrong_shape = codec.encode_update([np.zeros((3, 3), np.float32)], spec, [(3, 3)],
-                                          round_seed=0, rng=np.random.default_rng(0))
-        zeros = codec.encode_update([np.zeros(s, np.float32) for s in shapes], spec, shapes,
-                                    round_seed=0, rng=np.random.default_rng(0))
+        wrong_shape = codec.encode_update(
+            [np.zeros((3, 3), np.float32)],
+            spec,
+            [(3, 3)],
+            round_seed=0,
+            rng=np.random.default_rng(0),
+        )
+        zeros = codec.encode_update(
+            [np.zeros(s, np.float32) for s in shapes],
+            spec,
+            shapes,
+            round_seed=0,
+            rng=np.random.default_rng(0),
+        )
         nan_values = zeros[:-4] + np.array([np.nan], np.float32).tobytes()
-        rogue.publish(raw["from"], b"\xc1garbage")                          # malformed
-        rogue.publish(raw["from"], b"\x00" * (16 * 1024 * 1024 + 1))        # oversized
-        rogue.publish(raw["from"], real)                                    # replayed
-        rogue.publish(victim, forged_update(raw, victim, wrong_shape))      # wrong shape
-        rogue.publish(victim, forged_update(raw, victim, nan_values))       # NaN values
-        nan_metrics = msgpack.packb({**raw, "from": victim, "id": os.urandom(12), "ts": time.time(),
-                                     "body": {**raw["body"], "metrics": {**raw["body"]["metrics"],
-                                                                         "loss": float("nan")}}})
-        rogue.publish(victim, nan_metrics)                                  # NaN metrics
-        rogue.publish("dev-000", forged_update(raw, victim, zeros))         # impersonation
+        rogue.publish(raw["from"], b"\xc1garbage")  # malformed
+        rogue.publish(raw["from"], b"\x00" * (16 * 1024 * 1024 + 1))  # oversized
+        rogue.publish(raw["from"], real)  # replayed
+        rogue.publish(victim, forged_update(raw, victim, wrong_shape))  # wrong shape
+        rogue.publish(victim, forged_update(raw, victim, nan_values))  # NaN values
+        nan_metrics = msgpack.packb(
+            {
+                **raw,
+                "from": victim,
+                "id": os.urandom(12),
+                "ts": time.time(),
+                "body": {
+                    **raw["body"],
+                    "metrics": {**raw["body"]["metrics"], "loss": float("nan")},
+                },
+            }
+        )
+        rogue.publish(victim, nan_metrics)  # NaN metrics
+        rogue.publish("dev-000", forged_update(raw, victim, zeros))  # impersonation
         wait_for(lambda: job_status(state) == "finished", 180, "the job to finish")
     finally:
         rogue.close()
@@ -257,8 +348,14 @@ def test_rogue_messages_are_refused_and_logged(tmp_path, mlp_artifact, digits, m
     victim_row = [p for p in store.participants(round2["rid"]) if p["device_id"] == victim][0]
     store.close()
     text = "\n".join(reasons)
-    for expected in ("not a msgpack message", "exceeds the limit", "replayed", "'loss' is not finite",
-                     "published on 'dev-000'", "NaN"):
+    for expected in (
+        "not a msgpack message",
+        "exceeds the limit",
+        "replayed",
+        "'loss' is not finite",
+        "published on 'dev-000'",
+        "NaN",
+    ):
         assert expected in text, expected
     assert any("shape" in r.lower() or "crc" in r.lower() for r in reasons), reasons
     # The forged updates were refused without harm: the victim's own update still counted.

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import pytest
-from fedge_testing import DeviceFleet, MosquittoProcess, device_configs, iid_shards, start_server
+from fedge_testing import DeviceFleet, device_configs, iid_shards, start_server
 
 from edge_client.agent import AgentHooks
 from edge_client.data import save_npz_dataset
@@ -19,19 +16,40 @@ from server.store import Store
 
 
 def digits_job(artifact: Path, central: Path, rounds: int = 5, **selection: object) -> JobConfig:
-    sel = dict(target_reports=8, over_selection=1.3, min_reports=5, selection_timeout_s=10.0,
-               round_deadline_s=20.0, retry_window_s=1.0)
+    sel = dict(
+        target_reports=8,
+        over_selection=1.3,
+        min_reports=5,
+        selection_timeout_s=10.0,
+        round_deadline_s=20.0,
+        retry_window_s=1.0,
+    )
     sel.update(selection)
-    return validate(JobConfig(
-        name="digits", fleet="test", artifact=artifact, rounds=rounds, seed=1,
-        selection=SelectionConfig(**sel),  # type: ignore[arg-type]
-        training=TrainingConfig(local_epochs=5, lr=0.2),
-        evaluation=EvaluationConfig(central_every=1, central_data=str(central)),
-    ))
+    return validate(
+        JobConfig(
+            name="digits",
+            fleet="test",
+            artifact=artifact,
+            rounds=rounds,
+            seed=1,
+            selection=SelectionConfig(**sel),  # type: ignore[arg-type]
+            training=TrainingConfig(local_epochs=5, lr=0.2),
+            evaluation=EvaluationConfig(central_every=1, central_data=str(central)),
+        )
+    )
 
 
-def run_job(tmp_path: Path, broker_url: str, artifact: Path, digits: tuple, *, n: int = 10,
-            hooks=None, job_kwargs: dict | None = None, rounds: int = 5) -> tuple[str, list[dict], DeviceFleet]:
+def run_job(
+    tmp_path: Path,
+    broker_url: str,
+    artifact: Path,
+    digits: tuple,
+    *,
+    n: int = 10,
+    hooks=None,
+    job_kwargs: dict | None = None,
+    rounds: int = 5,
+) -> tuple[str, list[dict], DeviceFleet]:
     x_tr, y_tr, x_te, y_te = digits
     central = tmp_path / "central.npz"
     save_npz_dataset(central, x_te, y_te)
@@ -43,8 +61,9 @@ def run_job(tmp_path: Path, broker_url: str, artifact: Path, digits: tuple, *, n
     load_or_create_signing_key(key_file)
     settings = ServerSettings(state_dir=state, broker_url=broker_url, http_port=0)
     srv = start_server(job, settings)
-    configs = device_configs(tmp_path / "devices", n, broker_url, key_file.with_suffix(".pub"),
-                             iid_shards(x_tr, y_tr, n))
+    configs = device_configs(
+        tmp_path / "devices", n, broker_url, key_file.with_suffix(".pub"), iid_shards(x_tr, y_tr, n)
+    )
     fleet = DeviceFleet(configs, key_file.with_suffix(".pub"), hooks=hooks)
     fleet.start()
     try:
@@ -112,7 +131,11 @@ def test_round_commits_with_minimum_when_devices_vanish(tmp_path, mlp_artifact, 
     # 10 devices, all selected; 4 vanish mid-round 1: 6 report, below the target of 8 but at
     # least the minimum of 5, so round 1 commits at the deadline with 6.
     status, rows, _ = run_job(
-        tmp_path, mosquitto.url, mlp_artifact, digits, rounds=2,
+        tmp_path,
+        mosquitto.url,
+        mlp_artifact,
+        digits,
+        rounds=2,
         hooks=lambda i: VanishInRound(vanish=i < 4),
         job_kwargs=dict(target_reports=10, over_selection=1.0, min_reports=5, round_deadline_s=6.0),
     )
@@ -125,7 +148,11 @@ def test_round_commits_with_minimum_when_devices_vanish(tmp_path, mlp_artifact, 
 def test_round_fails_and_retries_when_too_few_remain(tmp_path, mlp_artifact, digits, mosquitto):
     # 7 of 10 vanish in their first task: 3 < minimum 5, the attempt fails and is retried.
     status, rows, _ = run_job(
-        tmp_path, mosquitto.url, mlp_artifact, digits, rounds=2,
+        tmp_path,
+        mosquitto.url,
+        mlp_artifact,
+        digits,
+        rounds=2,
         hooks=lambda i: VanishInRound(vanish=i < 7),
         job_kwargs=dict(target_reports=10, over_selection=1.0, min_reports=5, round_deadline_s=6.0),
     )

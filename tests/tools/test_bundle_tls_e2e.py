@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import signal
 import socket
 import stat
@@ -44,11 +45,28 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def quiet_port() -> int:
+    """A free loopback port below the kernel's ephemeral range: the ports are provisioned a
+    minute or two before the broker and the server bind them, and an outgoing connection
+    (pip, a client) could take a free ephemeral port in between."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 10_000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {low}")
+
+
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, free_port) -> ProvisionResult:
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> ProvisionResult:
     out = tmp_path_factory.mktemp("provisioned")
-    return provision_fleet(out, FLEET, 2, broker_port=free_port(),
-                           http_url=f"https://127.0.0.1:{free_port()}")
+    return provision_fleet(out, FLEET, 2, broker_port=quiet_port(),
+                           http_url=f"https://127.0.0.1:{quiet_port()}")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""fedge device side: protocol, runtime, trainer, codec, secure aggregation, DP, agent."""
