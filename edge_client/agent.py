@@ -505,6 +505,7 @@ class DeviceAgent:
                     lr=task.plan.lr,
                     seed=seed,
                     max_steps=task.plan.max_steps,
+                    shuffle=task.plan.shuffle,
                 )
                 return trainer.get_weights(), result
 

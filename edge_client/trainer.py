@@ -131,10 +131,11 @@ class LocalTrainer:
         seed: int,
         max_steps: int | None = None,
         progress: Callable[[int, int], None] | None = None,
+        shuffle: bool = True,
     ) -> TrainResult:
         """Run SGD through the ``train`` signature.
 
-        Each epoch shuffles the examples (seeded by ``seed``) and walks them in batches
+        Each epoch shuffles the examples (seeded by ``seed``; in order with ``shuffle=False``) and walks them in batches
         of ``manifest.batch_size``; the last partial batch is padded and masked.
 
         Parameters
@@ -183,7 +184,7 @@ class LocalTrainer:
         loss_sum = 0.0
         seen = np.arange(0)
         while steps < total:
-            order = rng.permutation(n)
+            order = rng.permutation(n) if shuffle else np.arange(n)
             loss_sum, done = 0.0, 0
             for lo in range(0, n, b):
                 if steps == total:
