@@ -131,3 +131,17 @@ def test_secure_run_with_dropouts_matches_plain_run(tmp_path, mlp_artifact):
     assert dropped > 0  # devices really vanished at some protocol stage
     assert secure["final_accuracy"] >= 0.6
     assert abs(secure["final_accuracy"] - plain["final_accuracy"]) <= 0.1
+
+
+def test_compressed_run_converges(tmp_path, mlp_artifact):
+    summary = run_sim(small_config(tmp_path / "run", mlp_artifact, devices=12, rounds=8,
+                                   clients_per_round=6, local_epochs=5, lr=0.2, partition="iid",
+                                   compression="topk:0.05+q8", downlink="q8",
+                                   federated_eval_every=4))
+    dense = 4 * summary["params"]
+    per_device = [r["uplink_bytes"] / r["reported"] for r in summary["rounds"]]
+    assert summary["final_accuracy"] >= 0.75
+    assert max(per_device) < dense / 8  # far below dense float32, envelope included
+    evaluations = summary["federated_evaluation"]  # devices evaluated on their own test splits
+    assert [e["round"] for e in evaluations] == [4, 8]
+    assert all(0.0 <= e["accuracy"] <= 1.0 for e in evaluations)
