@@ -434,6 +434,7 @@ class DeviceAgent:
             await self._send(
                 m.ErrorReport(code=type(exc).__name__, message=str(exc)), job_id, round_id
             )
+            await self._pause(self.rng.uniform(5.0, 10.0))  # no tight loop on a lasting failure
         finally:
             if over or self._deliberately_skipped(task):
                 self._pending_path().unlink(missing_ok=True)

@@ -228,7 +228,7 @@ class Artifact:
             )
         try:
             data = json.loads(manifest_json)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise ArtifactError(
                 f"manifest is not valid JSON (truncated or corrupt?): {exc}"
             ) from exc

@@ -19,9 +19,12 @@ log = logging.getLogger("fedge.device")
 def load_local_data(config: DeviceConfig) -> LocalData:
     """The device's train (and optional test) split from the paths in its config."""
     x, y = load_local_dataset(config.data.train)
-    if config.data.test is not None:
-        xt, yt = load_local_dataset(config.data.test)
+    test = config.data.test
+    if test is not None and test.exists() and (test.is_file() or any(test.iterdir())):
+        xt, yt = load_local_dataset(test)
         return LocalData(x, y, xt, yt)
+    log.info("device %s: no local test split; evaluation tasks use the training data",
+             config.device_id)
     return LocalData(x, y)
 
 

@@ -160,8 +160,11 @@ class Signature:
             self._wrapper.AllocateTensors(self._subgraph)
         except (ValueError, RuntimeError) as exc:
             raise _translate(exc, f"cannot prepare signature {key!r}") from exc
-        self.inputs = _details(runner.get_input_details())
-        self.outputs = _details(runner.get_output_details())
+        try:
+            self.inputs = _details(runner.get_input_details())
+            self.outputs = _details(runner.get_output_details())
+        except UnicodeDecodeError as exc:
+            raise ArtifactError(f"signature {key!r} has a tensor name that is not UTF-8") from exc
 
     def setter(self, name: str) -> Callable[[np.ndarray | np.generic], None]:
         """Fast ``set(name, value)`` for hot loops (no per-call name lookup)."""
@@ -306,12 +309,18 @@ class _Reader:
     def string(self, tbl: tuple[int, int, int], slot: int, what: str) -> str:
         start, length = self.vector(tbl, slot, 1, what)
         self._need(start, length + 1, what)  # strings are NUL-terminated
-        return self.buf[start : start + length].decode("utf-8", "replace")
+        try:
+            return self.buf[start : start + length].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self.fail(f"{what} is not UTF-8") from exc
 
     def union(self, tbl: tuple[int, int, int], slot: int, what: str) -> None:
         at = self.child(tbl, slot, what)
         if at is not None:
             self.table(at, what)
+
+
+_VAR_HANDLE_OPTIONS = 111  # BuiltinOptions.VarHandleOptions in the TFLite schema
 
 
 def check_flatbuffer(model_bytes: bytes) -> None:
@@ -392,6 +401,12 @@ def _check_subgraph(
         for slot in (1, 2, 8):
             _check_indices(r, r.ints(op, slot, what), n, what)
         r.union(op, 4, f"{what}.builtin_options")
+        if r.scalar(op, 3, "B") == _VAR_HANDLE_OPTIONS:  # strings the interpreter reads unchecked
+            at = r.child(op, 4, f"{what}.builtin_options")
+            if at is not None:
+                options = r.table(at, f"{what}.builtin_options")
+                r.string(options, 0, f"{what} VarHandleOptions.container")
+                r.string(options, 1, f"{what} VarHandleOptions.shared_name")
         r.vector(op, 5, 1, f"{what}.custom_options")
         r.vector(op, 7, 1, f"{what}.mutating_variable_inputs")
     return n

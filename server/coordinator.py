@@ -237,6 +237,9 @@ class Coordinator:
             await self._on_secagg(device_id, job_id, round_id, message, nbytes)
         elif isinstance(message, m.ErrorReport):
             log.warning("device %s reports %s: %s", device_id, message.code, message.message)
+            rnd = self.current
+            if rnd is not None and round_id == rnd.number and device_id in rnd.selected:
+                rnd.failed.add(device_id)  # its task failed: do not hand it the same task again
         else:
             raise ProtocolError(f"devices may not send {message.TYPE!r}")
 
@@ -258,6 +261,7 @@ class Coordinator:
             rnd is not None
             and device_id in rnd.selected
             and device_id not in rnd.reports
+            and device_id not in rnd.failed
             and rnd.state in (RoundState.CONFIGURING, RoundState.COLLECTING)
         ):
             await self._send_task(device_id, rnd)  # the device restarted: send its task again

@@ -63,6 +63,7 @@ class RoundRun:
     selected: set[str] = field(default_factory=set)
     reports: dict[str, ParticipantReport] = field(default_factory=dict)
     refused: int = 0
+    failed: set[str] = field(default_factory=set)
     within_clip: int = 0
     uplink_bytes: int = 0
     downlink_bytes: int = 0

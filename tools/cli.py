@@ -52,10 +52,10 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     job = load_job_config(Path(args.job)) if args.job else None
     host, _, port = (args.http or "127.0.0.1:8080").rpartition(":")
-    overrides = dict(
+    overrides = dict(  # only what was given on the command line overrides server.toml
         broker_url=args.broker,
-        http_host=host or None,
-        http_port=int(port),
+        http_host=(host or None) if args.http else None,
+        http_port=int(port) if args.http else None,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         public_url=args.public_url,
     )
@@ -169,7 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fedge` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # provision and bundle take their own options: pass them through
+        if args.command not in ("provision", "bundle"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.rest = [*extra, *args.rest]
     _setup_logging(args.verbose)
     try:
         return int(args.func(args))

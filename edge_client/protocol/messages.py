@@ -34,7 +34,7 @@ def decode_tensor(obj: Any, limits: Limits = DEFAULT_LIMITS, name: str = "tensor
     if not isinstance(obj, dict):
         raise ProtocolError(f"{name}: expected a tensor map")
     dtype, shape, data = obj.get("dtype"), obj.get("shape"), obj.get("data")
-    if dtype not in ALLOWED_DTYPES:
+    if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
         raise ProtocolError(f"{name}: dtype {dtype!r} not allowed")
     if not isinstance(shape, list) or len(shape) > 8:
         raise ProtocolError(f"{name}: shape must be a list of at most 8 dims")

@@ -14,7 +14,7 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -255,8 +255,7 @@ def install(bundle: Path, root: Path) -> Path:
     trap = ConnectionTrap()
     try:
         done = subprocess.run(
-            [str(extracted / "install.sh"), "--prefix", str(prefix),
-             "--no-systemd"],
+            [str(extracted / "install.sh"), "--prefix", str(prefix), "--no-systemd"],
             env=offline_env(trap), cwd=root, capture_output=True, timeout=INSTALL_TIMEOUT_S,
             check=False)
     finally:
@@ -294,7 +293,8 @@ def wait_selecting(server: subprocess.Popen[bytes], state: Path, log: Path) -> N
 
 
 def test_installed_device_trains_a_round_over_tls_with_acls(
-        bundle: Path, fleet: ProvisionResult, tmp_path: Path, start_mosquitto, mlp_artifact: Path,
+        bundle: Path, fleet: ProvisionResult, tmp_path: Path,
+        start_mosquitto: Callable[[Path, int], subprocess.Popen[bytes]], mlp_artifact: Path,
         digits: tuple[np.ndarray, ...], processes: list[subprocess.Popen[bytes]]) -> None:
     prefix = install(bundle, tmp_path)
     for name in SECRET_FILES:
