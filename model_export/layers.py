@@ -44,27 +44,6 @@ def relu(x: tf.Tensor) -> tf.Tensor:
     return _relu(x)
 
 
-def bias_add(x: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
-    """``x + bias`` over the last axis; for 4-D ``x`` the bias gradient is a spatial mean.
-
-    ``sum over (B, H, W)`` is computed as ``H * W * sum_B(mean_HW(g))``: a MEAN over
-    axes 1 and 2 is global average pooling, which XNNPACK runs, where TFLite's SUM
-    over three axes takes its generic (slow) reduction.
-    """
-
-    @tf.custom_gradient
-    def _bias_add(x: tf.Tensor, bias: tf.Tensor) -> tuple[tf.Tensor, GradFn]:
-        def grad(g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            if len(g.shape) == 4:
-                hw = float(int(g.shape[1]) * int(g.shape[2]))
-                return g, tf.reduce_sum(tf.reduce_mean(g, axis=[1, 2]), axis=0) * hw
-            return g, tf.reduce_sum(g, axis=list(range(len(g.shape) - 1)))
-
-        return x + bias, grad
-
-    return _bias_add(x, bias)
-
-
 def dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
     """``x @ kernel + bias`` with an explicit matmul/sum gradient."""
 
@@ -87,11 +66,13 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def conv2d(x: tf.Tensor, kernel: tf.Tensor, stride: int, padding: str) -> tf.Tensor:
-    """2-D convolution (NHWC, kernel HWIO) with builtin-only gradients.
+def conv2d(
+    x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor, stride: int, padding: str
+) -> tf.Tensor:
+    """2-D convolution plus bias (NHWC, kernel HWIO) with builtin-only gradients.
 
     ``SAME`` is an explicit ``tf.pad`` (whose gradient is a slice) followed by a
-    ``VALID`` convolution; see :func:`_conv2d_valid` for the gradients.
+    ``VALID`` convolution; see :func:`_conv2d_valid` for the forward pass and gradients.
     """
     _check_conv_args(stride, padding)
     if padding == "SAME":
@@ -105,60 +86,68 @@ def conv2d(x: tf.Tensor, kernel: tf.Tensor, stride: int, padding: str) -> tf.Ten
         ]
         if any(p for pair in pads for p in pair):
             x = tf.pad(x, pads)
-    return _conv2d_valid(x, kernel, stride)
+    return _conv2d_valid(x, kernel, bias, stride)
 
 
-def _conv2d_valid(x: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tensor:
-    """VALID convolution; input grad by transposed conv, filter grad by a dilated conv.
+def _patch_filter(kh: int, kw: int, channels: int) -> np.ndarray:
+    """Depthwise filter whose output channel ``c * kh * kw + i * kw + j`` is input ``c``
+    shifted by ``(i, j)``: a VALID depthwise convolution with it is im2col."""
+    taps = np.zeros((kh, kw, channels, kh * kw), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            taps[i, j, :, i * kw + j] = 1.0
+    return taps
 
-    The filter gradient ``dk[i, j, c, o] = sum_{b,p,q} x[b, p*s+i, q*s+j, c] * g[b, p, q, o]``
-    is a VALID convolution of ``x`` transposed to ``[C, H, W, B]`` with ``g`` transposed to
-    ``[Ho, Wo, B, O]`` used as the filter, dilated by the stride; its output is at least
-    ``[kh, kw]`` and is sliced to it (rows the forward pass never read are dropped).
-    With one input channel the forward pass is :func:`_conv2d_one_channel`.
+
+def _conv2d_valid(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor, stride: int) -> tf.Tensor:
+    """VALID convolution plus bias as a patch matrix times a kernel matrix.
+
+    Forward: a depthwise convolution with the constant one-hot :func:`_patch_filter`
+    builds the ``[B * Ho * Wo, C * kh * kw]`` patch matrix ``P`` (XNNPACK runs it: the
+    filter is static), which BATCH_MATMUL (ruy) multiplies by the kernel as a
+    ``[C * kh * kw, O]`` matrix. TFLite's own CONV_2D with a run-time filter is slower
+    here. The bias is added to the 2-D product: with the reshape to 4-D right after
+    the matmul, the converter would fold it into a batched BATCH_MATMUL of many tiny
+    matrices.
+
+    Gradients, given ``g``: the bias gradient is ``H * W * sum_B(mean_HW(g))`` (a MEAN
+    over axes 1 and 2 is global average pooling, which XNNPACK runs); the input gradient
+    is a transposed convolution of ``g`` with the kernel. The filter gradient is
+    ``g^T P`` (BATCH_MATMUL, reusing ``P``) when there are several input channels; with
+    one it is a VALID convolution of ``x`` transposed to ``[C, H, W, B]`` with ``g``
+    transposed to ``[Ho, Wo, B, O]`` as the filter, dilated by the stride and sliced to
+    ``[kh, kw]`` (``P`` is then a narrow matrix whose transposition dominates).
     """
-    kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
+    kh, kw, cin, cout = (int(d) for d in kernel.shape)
     x_shape = [int(d) for d in x.shape]
+    b, h, w, _ = x_shape
+    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+    n, taps = b * ho * wo, cin * kh * kw
 
     @tf.custom_gradient
-    def _conv(x: tf.Tensor, kernel: tf.Tensor) -> tuple[tf.Tensor, GradFn]:
-        def grad(g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _conv(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tuple[tf.Tensor, GradFn]:
+        patches = tf.nn.depthwise_conv2d(
+            x, tf.constant(_patch_filter(kh, kw, cin)), [1, stride, stride, 1], "VALID"
+        )
+        p = tf.reshape(patches, [n, taps])
+        k = tf.reshape(tf.transpose(kernel, [2, 0, 1, 3]), [taps, cout])
+        y = tf.reshape(tf.matmul(p, k) + bias, [b, ho, wo, cout])
+
+        def grad(g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            db = tf.reduce_sum(tf.reduce_mean(g, axis=[1, 2]), axis=0) * float(ho * wo)
             dx = tf.nn.conv2d_transpose(g, kernel, x_shape, strides=stride, padding="VALID")
+            if cin > 1:
+                gt = tf.reshape(tf.transpose(g, [3, 0, 1, 2]), [cout, n])
+                dk = tf.reshape(tf.matmul(gt, p), [cout, cin, kh, kw])
+                return dx, tf.transpose(dk, [2, 3, 1, 0]), db
             xt = tf.transpose(x, [3, 1, 2, 0])
             gt = tf.transpose(g, [1, 2, 0, 3])
             dk = tf.nn.conv2d(xt, gt, strides=1, padding="VALID", dilations=stride)
-            dk = tf.transpose(dk[:, :kh, :kw, :], [1, 2, 0, 3])
-            return dx, dk
+            return dx, tf.transpose(dk[:, :kh, :kw, :], [1, 2, 0, 3]), db
 
-        if x_shape[3] == 1:
-            return _conv2d_one_channel(x, kernel, stride), grad
-        return tf.nn.conv2d(x, kernel, strides=stride, padding="VALID"), grad
+        return y, grad
 
-    return _conv(x, kernel)
-
-
-def _conv2d_one_channel(x: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tensor:
-    """VALID convolution of a one-channel input as patch matrix times kernel matrix.
-
-    TFLite's CONV_2D with a run-time filter is slowest on one input channel (its
-    im2col copies one float at a time). Here the ``kh * kw`` shifted views of the
-    ``[B, H, W]`` plane are stacked on a new leading axis (whole-plane copies),
-    transposed to the ``[B * Ho * Wo, kh * kw]`` patch matrix (XNNPACK) and multiplied
-    by the kernel as a ``[kh * kw, O]`` matrix (BATCH_MATMUL, ruy). The same values as
-    ``tf.nn.conv2d``, summed in another order.
-    """
-    b, h, w, _ = (int(d) for d in x.shape)
-    kh, kw, _, out = (int(d) for d in kernel.shape)
-    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
-    plane = tf.reshape(x, [b, h, w])
-    views = [
-        plane[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    patches = tf.transpose(tf.reshape(tf.stack(views), [kh * kw, b * ho * wo]))
-    y = tf.matmul(patches, tf.reshape(kernel, [kh * kw, out]))
-    return tf.reshape(y, [b, ho, wo, out])
+    return _conv(x, kernel, bias)
 
 
 def mean_pool_2x2(x: tf.Tensor) -> tf.Tensor:
@@ -340,7 +329,7 @@ class Conv2D(Layer):
         ]
 
     def forward(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
-        return bias_add(conv2d(x, params[0], self.stride, self.padding), params[1])
+        return conv2d(x, params[0], params[1], self.stride, self.padding)
 
     def reference(self, x: tf.Tensor, params: Sequence[tf.Tensor]) -> tf.Tensor:
         y = tf.nn.conv2d(x, params[0], strides=self.stride, padding=self.padding)
