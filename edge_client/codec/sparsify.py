@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -22,6 +23,7 @@ def topk_indices(values: np.ndarray, k: int) -> np.ndarray:
     return np.sort(part).astype(np.int64)
 
 
+@functools.lru_cache(maxsize=64)
 def random_indices(size: int, k: int, *, round_seed: int, section: int) -> np.ndarray:
     """Sorted set of ``k`` distinct indices in ``[0, size)``, the same for every caller
     with the same (round_seed, section).
@@ -35,4 +37,6 @@ def random_indices(size: int, k: int, *, round_seed: int, section: int) -> np.nd
     shift = np.uint64(max(1, (size - 1).bit_length()))
     keys = (shared_raw(round_seed, Purpose.RANDOM_K, section, size) >> shift) << shift
     keys |= np.arange(size, dtype=np.uint64)
-    return np.sort(np.argpartition(keys, k - 1)[:k]).astype(np.int64)
+    chosen = np.sort(np.argpartition(keys, k - 1)[:k]).astype(np.int64)
+    chosen.flags.writeable = False  # cached: every update of a round shares one index set
+    return chosen
