@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,13 +82,7 @@ def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
     numerator = 1
     for x in xs:
         numerator = numerator * x % PRIME
-    dens = []
-    for i, xi in enumerate(xs):
-        d = xi
-        for j, xj in enumerate(xs):
-            if j != i:
-                d *= xj - xi
-        dens.append(d % PRIME)
+    dens = [xi * math.prod(xj - xi for xj in xs if xj != xi) % PRIME for xi in xs]
     prefix = [1]
     for d in dens:
         prefix.append(prefix[-1] * d % PRIME)

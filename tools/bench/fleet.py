@@ -12,7 +12,7 @@ Run ``python -m tools.bench.fleet [--quick] [--out DIR]``.
    count confirms them. Then the fleet holds its sessions for a while (keepalives only) and
    stops. Reported: start-up (spawn + building agents, until the first presence), connect
    window (first to last presence), worker and broker memory (RSS) and CPU (cores, psutil).
-2. Round overhead at 100 and 1,000 selected per round on a 10k fleet: ``run_sim`` with a real
+2. Round overhead at 100 and 1,000 selected per round on a 2k fleet: ``run_sim`` with a real
    server and real agents on Mosquitto, Fashion-MNIST IID (about 5 training examples per
    device, one step), a 784-16-10 MLP (12,730 parameters), profile pi5 at ``--speedup 1000``
    (no simulated sleeps), no dropouts, 1.3x over-selection (the server's default: the round
@@ -232,11 +232,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="1k sessions, 100 selected of 1k (about 2 minutes)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="results directory")
     p.add_argument("--sessions", default=None, help="session counts (1000,2000,5000,10000)")
-    p.add_argument("--fleet", type=int, default=None, help="fleet size for the rounds (10000)")
+    p.add_argument("--fleet", type=int, default=None,
+                   help="fleet size for the rounds (2000; 10000 does not complete here)")
     p.add_argument("--selected", default=None, help="selected per round (100,1000)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per run (the first is excluded)")
     p.add_argument("--workers", type=int, default=2, help="simulator worker processes")
-    p.add_argument("--hold", type=float, default=None, help="seconds to hold the sessions (20)")
+    p.add_argument("--hold", type=float, default=None, help="seconds to hold the sessions (10)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: sessions,rounds")
     args = p.parse_args(argv)
     if args.rounds < 2 or args.workers < 1:
@@ -256,8 +257,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     skip = {s for s in args.skip.split(",") if s}
     sessions = _ints(args.sessions, "1000" if args.quick else "1000,2000,5000,10000")
     selected = _ints(args.selected, "100" if args.quick else "100,1000")
-    fleet_size = args.fleet or (1000 if args.quick else 10000)
-    hold_s = args.hold if args.hold is not None else (5.0 if args.quick else 20.0)
+    fleet_size = args.fleet or (1000 if args.quick else 2000)
+    hold_s = args.hold if args.hold is not None else (5.0 if args.quick else 10.0)
     if max(selected) > fleet_size:
         raise ConfigError(f"--selected {max(selected)} exceeds --fleet {fleet_size}")
     fd_limit = raise_fd_limit()
