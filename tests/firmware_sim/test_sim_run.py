@@ -121,7 +121,8 @@ def test_secure_run_with_dropouts_matches_plain_run(tmp_path, mlp_artifact):
         round_deadline_s=10.0,
         partition="iid",
     )
-    secure = run_sim(small_config(tmp_path / "secure", mlp_artifact, secagg=True, **common))
+    secure = run_sim(small_config(tmp_path / "secure", mlp_artifact, secagg=True,
+                                  secagg_stage_timeout_s=6.0, **common))
     plain = run_sim(
         small_config(tmp_path / "plain", mlp_artifact, compression="clip:2+q16", **common)
     )

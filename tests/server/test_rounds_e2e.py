@@ -136,8 +136,9 @@ def test_round_commits_with_minimum_when_devices_vanish(tmp_path, mlp_artifact, 
         mlp_artifact,
         digits,
         rounds=2,
-        hooks=lambda i: VanishInRound(vanish=i < 4),
-        job_kwargs=dict(target_reports=10, over_selection=1.0, min_reports=5, round_deadline_s=6.0),
+        # a deadline generous enough for a loaded CI machine; the vanished stay away past it
+        hooks=lambda i: VanishInRound(vanish=i < 4, away_s=40.0),
+        job_kwargs=dict(target_reports=10, over_selection=1.0, min_reports=5, round_deadline_s=20.0),
     )
     first = [r for r in rows if r["kind"] == "train" and r["round"] == 1]
     assert status == "finished"
@@ -153,8 +154,8 @@ def test_round_fails_and_retries_when_too_few_remain(tmp_path, mlp_artifact, dig
         mlp_artifact,
         digits,
         rounds=2,
-        hooks=lambda i: VanishInRound(vanish=i < 7),
-        job_kwargs=dict(target_reports=10, over_selection=1.0, min_reports=5, round_deadline_s=6.0),
+        hooks=lambda i: VanishInRound(vanish=i < 7, away_s=22.0),
+        job_kwargs=dict(target_reports=10, over_selection=1.0, min_reports=5, round_deadline_s=20.0),
     )
     first = [r for r in rows if r["kind"] == "train" and r["round"] == 1]
     assert status == "finished"
