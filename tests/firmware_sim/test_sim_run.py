@@ -118,7 +118,7 @@ def test_secure_run_with_dropouts_matches_plain_run(tmp_path, mlp_artifact):
         dropout=0.2,
         local_epochs=5,
         lr=0.2,
-        round_deadline_s=10.0,
+        round_deadline_s=20.0,
         partition="iid",
     )
     secure = run_sim(small_config(tmp_path / "secure", mlp_artifact, secagg=True,
