@@ -191,7 +191,7 @@ def test_devices_and_server_reconnect_after_mosquitto_restart(
     state = tmp_path / "state"
     key = state / "signing.key"
     load_or_create_signing_key(key)
-    job = write_job(tmp_path, mlp_artifact, digits, rounds=4, deadline=8.0)
+    job = write_job(tmp_path, mlp_artifact, digits, rounds=4, deadline=20.0)
     proc = start_server_process(job, mosquitto.url, state, tmp_path / "server.log")
     fleet = fleet_on(mosquitto.url, key.with_suffix(".pub"))
     try:
