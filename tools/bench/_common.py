@@ -141,12 +141,18 @@ class Mosquitto:
             "persistence false\nmax_connections -1\nmax_queued_messages 100000\n"
             "max_inflight_messages 1000\nmax_queued_bytes 0\nset_tcp_nodelay true\nsys_interval 1\n"
             f"log_dest file {self.workdir / 'mosquitto.log'}\nlog_type error\nlog_type warning\n"
+            "log_type notice\nconnection_messages false\nlog_timestamp_format %H:%M:%S\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def exit_code(self) -> int | None:
+        """None while it runs (or before it started); its exit status once it has exited."""
+        return None if self.proc is None else self.proc.poll()
 
     @property
     def pid(self) -> int:

@@ -301,20 +301,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         table.append([f"best: {best.label}", *best.cells()[1:]])
     command = command_line("tools.bench.compression")
     goal_met = best is not None and none.final_accuracy - best.final_accuracy <= GOAL_POINTS / 100
+    goal_last3 = best is not None and none.last3_accuracy - best.last3_accuracy <= GOAL_POINTS / 100
+    tail = [r["accuracy"] for r in summaries["none"]["rounds"][-5:]]
+    noise = 100 * float(np.std(tail))
     params = sum(int(np.prod(x)) for x in shapes)
     note = (f"cnn-fmnist ({params:,} params, dense float32 {dense:,} B), "
             f"{s.devices} devices, {s.partition}, {s.clients_per_round} per round, "
             f"{s.rounds} rounds, "
             f"{s.local_epochs} local epoch(s), lr {s.lr}, seed {s.seed}; accuracies in %. "
-            f"Goal (payload >= {GOAL_RATIO:.0f}x smaller, within {GOAL_POINTS:g} point of none): "
-            f"{'met' if goal_met else 'not met'} by "
-            f"{best.label if best else 'no candidate'}. Load before {load_before['loadavg']}, "
+            f"Goal (payload >= {GOAL_RATIO:.0f}x smaller, within {GOAL_POINTS:g} point of none), "
+            f"best candidate {best.label if best else '-'}: "
+            f"{'met' if goal_met else 'not met'} on final accuracy, "
+            f"{'met' if goal_last3 else 'not met'} on the last-3 mean; round-to-round std of "
+            f"none over its last {len(tail)} rounds: {noise:.1f} points. "
+            f"Load before {load_before['loadavg']}, "
             f"after {machine_load()['loadavg']}; total {time.time() - t0:.0f} s.")
     print_table("compression: accuracy vs uplink bytes", COLUMNS, table, command, note)
     payload = {"command": command, "setting": asdict(s), "dense_float32_bytes": dense,
                "params": params,
                "rows": [asdict(r) for r in rows], "best": None if best is None else best.label,
-               "goal_met": goal_met, "load_before": load_before, "load_after": machine_load(),
+               "goal_met": goal_met, "goal_met_last3": goal_last3,
+               "none_round_std_points": noise, "load_before": load_before, "load_after": machine_load(),
                "curves": {label: [(r["round"], r["accuracy"], r["uplink_bytes"])
                                   for r in summ["rounds"]] for label, summ in plot_runs.items()},
                "plot": str(plot)}

@@ -145,6 +145,7 @@ class SessionRow:
     broker_cpu_connect_s: float
     broker_cpu_hold: float
     stop_s: float
+    broker_exit: int | None  # None: Mosquitto was still running at the end of the hold
 
     @property
     def kb_per_device(self) -> float:
@@ -181,7 +182,8 @@ def hold_sessions(devices: Sequence[DeviceSpec], workers: int, broker: Mosquitto
         w1 = usage(pids)
         time.sleep(hold_s)
         b2, w2 = usage([broker.pid]), usage(pids)
-        broker_fds = psutil.Process(broker.pid).num_fds()
+        broker_exit = broker.exit_code
+        broker_fds = psutil.Process(broker.pid).num_fds() if broker_exit is None else 0
         connected = watch.count()
         clients = watch.broker_clients
     finally:
@@ -197,7 +199,7 @@ def hold_sessions(devices: Sequence[DeviceSpec], workers: int, broker: Mosquitto
         worker_rss_mb=w2.rss_bytes / MB, worker_cpu_hold=w2.cpu_share_since(w1),
         broker_rss_mb=b2.rss_bytes / MB, broker_fds=broker_fds,
         broker_cpu_connect_s=b1.cpu_s - b0.cpu_s, broker_cpu_hold=b2.cpu_share_since(b1),
-        stop_s=stop_s)
+        stop_s=stop_s, broker_exit=broker_exit)
 
 
 def fleet_config(fleet: int, selected: int, rounds: int, broker_url: str, out: Path,
@@ -212,14 +214,16 @@ def fleet_config(fleet: int, selected: int, rounds: int, broker_url: str, out: P
 
 SESSION_COLUMNS = ("devices", "connected", "broker clients", "start-up s", "connect s",
                    "workers RSS MB", "kB/device", "workers cores (hold)", "broker RSS MB",
-                   "broker fds", "broker CPU s (connect)", "broker cores (hold)", "stop s")
+                   "broker fds", "broker CPU s (connect)", "broker cores (hold)", "stop s",
+                   "broker exit")
 
 
 def session_table_rows(rows: Sequence[SessionRow]) -> list[list[object]]:
     return [[r.devices, r.connected, r.broker_clients, _r(r.startup_s), _r(r.connect_s),
              round(r.worker_rss_mb), round(r.kb_per_device, 1), round(r.worker_cpu_hold, 3),
              round(r.broker_rss_mb, 1), r.broker_fds, round(r.broker_cpu_connect_s, 3),
-             round(r.broker_cpu_hold, 3), round(r.stop_s, 1)] for r in rows]
+             round(r.broker_cpu_hold, 3), round(r.stop_s, 1),
+             "running" if r.broker_exit is None else str(r.broker_exit)] for r in rows]
 
 
 def _r(value: float | None) -> float | None:
