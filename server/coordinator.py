@@ -320,6 +320,11 @@ class Coordinator:
             update.metrics.train_time_s,
             nbytes,
         )
+        self._record_report(rnd, device_id, report)
+        await self._send(device_id, m.Ack(accepted=True))
+
+    def _record_report(self, rnd: RoundRun, device_id: str, report: ParticipantReport) -> None:
+        """Count a device's report in the round and persist it as its participation."""
         rnd.record(device_id, report)
         self.store.set_participant(
             rnd.rid,
@@ -329,9 +334,8 @@ class Coordinator:
             loss=report.loss,
             accuracy=report.accuracy,
             train_time_s=report.train_time_s,
-            uplink_bytes=nbytes,
+            uplink_bytes=report.uplink_bytes,
         )
-        await self._send(device_id, m.Ack(accepted=True))
 
     async def _on_secagg(
         self,
@@ -386,16 +390,7 @@ class Coordinator:
             await self._send(device_id, m.Ack(accepted=False, reason=refusal or "no round"))
             return
         report = ParticipantReport(result.examples, result.loss, result.accuracy, 0.0, nbytes)
-        rnd.record(device_id, report)
-        self.store.set_participant(
-            rnd.rid,
-            device_id,
-            "reported",
-            examples=result.examples,
-            loss=result.loss,
-            accuracy=result.accuracy,
-            uplink_bytes=nbytes,
-        )
+        self._record_report(rnd, device_id, report)
         await self._send(device_id, m.Ack(accepted=True))
 
     def _late_or_foreign(
