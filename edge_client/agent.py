@@ -28,6 +28,7 @@ from edge_client.identity import (
     IdentityCertificate,
     load_enrolment_public_key,
     load_or_create_identity,
+    public_key_bytes,
 )
 from edge_client.mqtt_link import LinkSettings, MqttLink
 from edge_client.privacy import clip_update
@@ -172,6 +173,7 @@ class DeviceAgent:
         self.uplink_bytes = 0
         self.job_state: str | None = None
         self._stop = asyncio.Event()
+        self._identity_key: Any = None
         dev = config.device_id
         self._own_topics = {topics.device_down(config.fleet, dev), topics.broadcast(config.fleet)}
         presence_off = m.make(m.Presence(online=False, profile=config.profile), sender=dev).pack()
@@ -362,6 +364,8 @@ class DeviceAgent:
                 examples=len(self.data.y_train),
                 cached_artifacts=self.fetcher.cached_digests(),
                 profile=self.config.profile,
+                identity_key=public_key_bytes(self._identity()),
+                identity_cert=self._identity_cert_bytes(),
             )
             await self._send(checkin)
             self._set(AgentState.CHECKED_IN)
@@ -633,8 +637,15 @@ class DeviceAgent:
                 return True
 
     def _identity(self) -> Any:
-        path = self.config.identity_key_file or self.state_dir / "identity.key"
-        return load_or_create_identity(path)
+        """The device's Ed25519 identity key, created in the state dir on first start."""
+        if self._identity_key is None:
+            path = self.config.identity_key_file or self.state_dir / "identity.key"
+            self._identity_key = load_or_create_identity(path)
+        return self._identity_key
+
+    def _identity_cert_bytes(self) -> bytes | None:
+        path = self.config.identity_cert_file
+        return path.read_bytes() if path is not None and path.exists() else None
 
     def _enrolment_key(self) -> Any:
         path = self.config.enrolment_key_file
