@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from edge_client import codec
@@ -745,18 +746,16 @@ class Coordinator:
 
 
 def _pack_state(keys: list[str], arrays: list[np.ndarray]) -> bytes:
-    import msgpack
-
+    """Optimizer state (FedAvgM/FedAdam/FedYogi moments) as a checkpoint blob."""
     return msgpack.packb(
         {"keys": keys, "tensors": [m.encode_tensor(a) for a in arrays]}, use_bin_type=True
     )
 
 
 def _unpack_state(data: bytes) -> tuple[list[str], list[np.ndarray]]:
-    import msgpack
-
-    raw = msgpack.unpackb(data, raw=False)
+    """Inverse of `_pack_state`; FedgeError if the blob is corrupt."""
     try:
+        raw = msgpack.unpackb(data, raw=False)
         return list(raw["keys"]), [m.decode_tensor(t) for t in raw["tensors"]]
-    except (KeyError, TypeError, ProtocolError) as exc:
+    except (ValueError, KeyError, TypeError, ProtocolError, msgpack.UnpackException) as exc:
         raise FedgeError(f"optimizer checkpoint is corrupt: {exc}") from exc
