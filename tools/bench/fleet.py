@@ -66,6 +66,7 @@ MODULE = "tools.bench.fleet"
 SIM_FLEET = "sim"  # the fleet name firmware_sim.sim.prepare writes into device.toml
 BROKER_CLIENTS = "$SYS/broker/clients/connected"
 MB = 1024 * 1024
+SIM_BUDGET_S = 240.0  # wall-time bound of one simulated fleet (10k: prepare alone is ~40 s)
 CONNECT_SPREAD_S = 0.004  # per device of a worker: 250 connects/s per worker, at most 30 s
 
 
@@ -297,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 config = fleet_config(fleet_size, k, args.rounds, broker.url,
                                       out / "fleet-sim" / f"f{fleet_size}-s{k}", artifact,
                                       args.workers)
-                outcomes.append(simulate_rounds(config, broker.pid))
+                outcomes.append(simulate_rounds(config, broker.pid, budget_s=SIM_BUDGET_S))
             finally:
                 broker.stop()
             print(f"rounds: {outcomes[-1].to_dict()}", flush=True)

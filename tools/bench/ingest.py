@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import shutil
+import signal
 import statistics
 import tempfile
 import time
@@ -77,6 +78,7 @@ MODULE = "tools.bench.ingest"
 SPECS = ("none", "q8", "topk:0.01+q8", "randk:0.01+q8")
 JOB = "bench"
 POOL = 16  # distinct encoded payloads per spec (per publisher)
+SIM_BUDGET_S = 180.0  # wall-time bound of one simulated fleet
 Publish = Callable[[str, bytes], Awaitable[bool]]
 
 
@@ -451,33 +453,73 @@ class SimOutcome:
                 "row": self.row.to_dict() if self.row else None, "rounds": self.stats}
 
 
-def simulate_rounds(config: SimConfig, broker_pid: int) -> SimOutcome:
-    """Run ``config`` with ``run_sim`` (server in this process); measure rounds after the first.
+def _sim_child(config: SimConfig, results: Any) -> None:
+    """Process entry: run the simulation; SIGTERM exits through run_sim's cleanup."""
 
-    CPU is sampled for this process (the server), its other children (the simulator workers)
-    and the broker, and split over the measured rounds' window. A job that fails is reported
-    (status and failed attempts), not raised.
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+    quiet_logs()
+    summary = run_sim(config)
+    results.put(str(summary["status"]))
+
+
+def unfinished_rounds(db: Path, job: str) -> list[str]:
+    """Training round attempts that failed or never ended, with the reason."""
+    store = Store(db)
+    try:
+        return [f"round {r['round']} attempt {r['attempt']}: "
+                + (f"{r['reason']} ({r['reported']}/{r['selected']} reported)"
+                   if r["state"] == "failed" else f"still {r['state']} when stopped")
+                for r in store.rounds(job, "train") if r["state"] != "committed"]
+    finally:
+        store.close()
+
+
+def simulate_rounds(config: SimConfig, broker_pid: int, budget_s: float) -> SimOutcome:
+    """Run ``config`` with ``run_sim`` in a child process; measure the rounds after the first.
+
+    The child is the server; its children are the simulator workers. CPU is sampled for the
+    server, the workers and the broker and split over the measured rounds' window. After
+    ``budget_s`` the child is stopped (SIGTERM, which runs the simulator's cleanup). A job
+    that fails or times out is reported (status and failed attempts), never raised.
     """
-    me = psutil.Process()
-
-    def groups() -> dict[str, list[int]]:
-        children = [c.pid for c in me.children(recursive=True) if c.pid != broker_pid]
-        return {"server": [me.pid], "devices": children, "broker": [broker_pid]}
-
     if config.out.exists():
         shutil.rmtree(config.out)  # a finished job there would be resumed, not run
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    child = ctx.Process(target=_sim_child, args=(config, results), name="fedge-bench-sim")
+
+    def groups() -> dict[str, list[int]]:
+        try:
+            kids = [c.pid for c in psutil.Process(child.pid).children(recursive=True)]
+        except psutil.Error:
+            kids = []
+        return {"server": [child.pid] if child.pid else [], "devices": kids,
+                "broker": [broker_pid]}
+
+    child.start()
     sampler = CpuSampler(groups).start()
     try:
-        summary = run_sim(config)
+        child.join(timeout=budget_s)
+        status = f"stopped after {budget_s:.0f} s" if child.is_alive() else "ended"
+        if child.is_alive():
+            child.terminate()
+            child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+            child.join(timeout=10)
     finally:
         sampler.stop()
-    stats = round_stats(config.out.resolve() / "server" / "fedge.db", "sim",
-                        min(config.workers, config.devices))
+    if status == "ended":
+        status = results.get(timeout=5) if not results.empty() else f"exit {child.exitcode}"
+    db = config.out.resolve() / "server" / "fedge.db"
+    stats = round_stats(db, "sim", min(config.workers, config.devices)) if db.exists() else []
     cpu = sampler.cpu_between(stats[0]["started"], stats[-1]["ended"]) if stats else None
-    failures = [f"round {f['round']} attempt {f['attempt']}: {f['reason']} "
-                f"({f['reported']}/{f['selected']} reported)" for f in summary["failed_rounds"]]
+    failures = unfinished_rounds(db, "sim") if db.exists() else ["no server state written"]
     row = summarise_rounds(config.devices, stats, cpu) if stats else None
-    return SimOutcome(config.devices, str(summary["status"]), row, stats, failures)
+    return SimOutcome(config.devices, status, row, stats, failures)
 
 
 def outcome_note(outcomes: Sequence[SimOutcome]) -> str:
@@ -595,7 +637,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if "rounds" not in skip:
                 for n in sizes:
                     outcomes.append(simulate_rounds(all_selected_config(
-                        n, args.rounds, broker.url, out / "ingest-sim" / f"n{n}"), broker.pid))
+                        n, args.rounds, broker.url, out / "ingest-sim" / f"n{n}"), broker.pid,
+                        budget_s=SIM_BUDGET_S))
     result["load_end"] = machine_load()
     result["ingest"] = [asdict(r) | {"updates_per_s": r.updates_per_s, "mb_per_s": r.mb_per_s,
                                      "updates_per_cpu_s": r.updates_per_cpu_s} for r in ingest]
