@@ -68,7 +68,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
 
 
 def fmt(value: object) -> str:
-    """Human-friendly cell text (3 significant decimals for floats)."""
+    """Cell text: floats as integers from 100, one decimal from 1, three significant digits below."""
     if value is None:
         return "-"
     if isinstance(value, float):

@@ -4,20 +4,21 @@ Run ``python -m tools.bench.fleet [--quick] [--out DIR]``.
 
 1. Sessions: N = 1k, 2k, 5k, 10k real ``DeviceAgent``s (the simulator's worker processes,
    ``firmware_sim.fleet.Fleet``, 2 workers, each starting its agents 4 ms apart, at most 30 s
-   in all) connect to a fresh Mosquitto. Each agent opens its MQTT
-   session (clean_session false, last will, subscriptions to its down topic and the fleet
-   broadcast), publishes its retained presence and sends one check-in. No server runs in this
+   in all) connect to a fresh Mosquitto. Each agent opens its MQTT session (clean_session
+   false, last will, subscriptions to its down topic and the fleet broadcast), publishes its retained presence and sends one check-in. No server runs in this
    part, so check-ins stay unanswered (the agents' check-in timeout is longer than the hold).
    A watcher client counts the online presences; the broker's ``$SYS`` connected-client
    count confirms them. Then the fleet holds its sessions for a while (keepalives only) and
    stops. Reported: start-up (spawn + building agents, until the first presence), connect
    window (first to last presence), worker and broker memory (RSS) and CPU (cores, psutil).
-2. Round overhead at 100 and 1,000 selected per round on a 2k fleet: ``run_sim`` with a real
-   server and real agents on Mosquitto, Fashion-MNIST IID (about 5 training examples per
-   device, one step), a 784-16-10 MLP (12,730 parameters), profile pi5 at ``--speedup 1000``
+2. Round overhead at 100 and 1,000 selected per round on a 2k fleet (``--fleet 10000`` for the
+   project's goal; see docs/benchmarks.md for how that fares here): ``run_sim`` in a child
+   process, real server and real agents on Mosquitto, Fashion-MNIST IID (24 training
+   examples per device at 2k, one step), a 784-16-10 MLP (12,730 parameters), profile pi5 at ``--speedup 1000``
    (no simulated sleeps), no dropouts, 1.3x over-selection (the server's default: the round
    closes when the target, selected / 1.3, has reported). Round 1 (fleet start-up) is
-   excluded. ``(round wall - slowest training) / selected`` is the overhead per device.
+   excluded. ``(round wall - slowest training) / selected`` is the overhead per device; CPU
+   per selected device is split into server, simulated devices and broker.
 """
 
 from __future__ import annotations

@@ -17,11 +17,13 @@ Run ``python -m tools.bench.ingest [--quick] [--out DIR]``.
    Every message carries its own envelope (device id, message id); the codec payloads come
    from a pool of distinct encoded random deltas (decoding cost does not depend on values).
 3. Per-round overhead with 10, 100 and 500 devices, all selected: ``firmware_sim.sim.run_sim``
-   (real server, real agents in 2 worker processes, Mosquitto), ``mlp-digits``, IID digits,
+   in a child process bounded in time (real server, real agents in 2 worker processes,
+   Mosquitto), ``mlp-digits``, IID digits,
    profile pi5 with ``--speedup 1000`` (no simulated sleeps), no dropouts. Round 1 (fleet
    start-up) is excluded. ``overhead = round wall - slowest device's training``; agents of a
    worker process share one interpreter and train one after another, so the table also shows
-   ``wall - serial training`` (the largest per-worker sum of training times).
+   the largest per-worker sum of training times, and CPU per selected device for the server,
+   the simulated devices and the broker.
 """
 
 from __future__ import annotations
