@@ -297,3 +297,10 @@ def bench_mlp_artifact(hidden: int, cache_dir: Path | None = None) -> Path:
                      (L.Flatten(), L.Dense(hidden), L.ReLU(), L.Dense(10)))
     export_spec(spec, target, batch_size=32, seed=0)
     return target
+
+
+def report_sections(out: Any, name: str, sections: Any, command: str) -> None:
+    """Print every (title, columns, rows, note) section as a table and write them as Markdown."""
+    for title, columns, rows, note in sections:
+        print_table(title, columns, rows, command, note)
+    write_markdown(out, name, sections, command)

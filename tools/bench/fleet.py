@@ -48,12 +48,11 @@ from tools.bench._common import (
     bench_mlp_artifact,
     command_line,
     machine_load,
-    print_table,
     quiet_logs,
     raise_fd_limit,
+    report_sections,
     usage,
     write_json,
-    write_markdown,
 )
 from tools.bench.ingest import (
     ROUND_COLUMNS,
@@ -317,9 +316,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         sections.append((f"Round overhead on a fleet of {fleet_size:,} (rounds after the first)",
                          ROUND_COLUMNS, round_table_rows([o.row for o in outcomes if o.row]),
                          outcome_note(outcomes) + f"\n{load}"))
-    for title, columns, rows, note in sections:
-        print_table(title, columns, rows, command, note)
-    write_markdown(out, "fleet.md", sections, command)
+    report_sections(out, "fleet.md", sections, command)
     print(f"results: {path}")
     return result
 

@@ -69,11 +69,10 @@ from tools.bench._common import (
     bench_mlp_artifact,
     command_line,
     machine_load,
-    print_table,
     quiet_logs,
     raise_fd_limit,
+    report_sections,
     write_json,
-    write_markdown,
 )
 
 MODULE = "tools.bench.ingest"
@@ -655,9 +654,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         sections.append(("Per-round overhead, every device selected (rounds after the first)",
                          ROUND_COLUMNS, round_table_rows([o.row for o in outcomes if o.row]),
                          outcome_note(outcomes) + f"\n{load}"))
-    for title, columns, rows, note in sections:
-        print_table(title, columns, rows, command, note)
-    write_markdown(out, "ingest.md", sections, command)
+    report_sections(out, "ingest.md", sections, command)
     print(f"results: {path}")
     return result
 
