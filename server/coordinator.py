@@ -107,6 +107,8 @@ class Coordinator:
         self.status = "running"
         self._rng = round_rng(job.seed, job.name, 0, 0, "retry-windows")
         self._model_refs = self._put_artifact()
+        self._blob_cache: BlobSet | None = None
+        self._blobs_for = ""
 
     # blobs ---------------------------------------------------------------------------------
     def _ref(self, kind: str, data: bytes) -> m.BlobRef:
@@ -125,8 +127,13 @@ class Coordinator:
         )
 
     def _blob_set(self) -> BlobSet:
-        weights_data = self.blobs.get(self.weights_sha)
-        return BlobSet(self._model_refs[0], self._model_refs[1], self._ref("weights", weights_data))
+        """The round's blobs; the weights are read, hashed and signed once per model version."""
+        if self._blobs_for != self.weights_sha:
+            weights_ref = self._ref("weights", self.blobs.get(self.weights_sha))
+            self._blob_cache = BlobSet(self._model_refs[0], self._model_refs[1], weights_ref)
+            self._blobs_for = self.weights_sha
+        assert self._blob_cache is not None
+        return self._blob_cache
 
     # resume --------------------------------------------------------------------------------
     def restore_or_init(self) -> int:
