@@ -22,7 +22,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_client import codec
 from edge_client.artifact import Artifact
 from edge_client.config import DeviceConfig, EligibilityRules
-from edge_client.errors import ArtifactError, CodecError, DataError, ProtocolError, SecAggError
+from edge_client.errors import (
+    ArtifactError,
+    CodecError,
+    DataError,
+    PrivacyError,
+    ProtocolError,
+    SecAggError,
+)
 from edge_client.fetch import BlobFetcher
 from edge_client.identity import (
     IdentityCertificate,
@@ -31,7 +38,7 @@ from edge_client.identity import (
     public_key_bytes,
 )
 from edge_client.mqtt_link import LinkSettings, MqttLink
-from edge_client.privacy import clip_update
+from edge_client.privacy import DistributedDPParams, clip_update, encode_distributed
 from edge_client.probe import probe_eligibility
 from edge_client.protocol import messages as m
 from edge_client.protocol import topics
@@ -432,7 +439,7 @@ class DeviceAgent:
                     self.rounds_reported += 1
                 else:
                     log.info("device %s: update refused: %s", self.config.device_id, ack[0].reason)
-        except (ArtifactError, CodecError, DataError, SecAggError) as exc:
+        except (ArtifactError, CodecError, DataError, PrivacyError, SecAggError) as exc:
             over = True
             log.warning("device %s: task failed: %s", self.config.device_id, exc)
             await self._send(
@@ -559,22 +566,14 @@ class DeviceAgent:
         try:
             config = SecAggConfig.from_wire(settings.get("config"))
             max_weight = int(settings["max_weight"])
-            ring = codec.RingCodec(
-                codec.parse_spec(task.codec),
-                [tuple(t.shape) for t in artifact.manifest.tensors],
-                float(settings["clip"]),
-                int(settings["bits"]),
-                int(settings["n_max"]),
-                residual_path=self.state_dir / "residual-secure.npz",
-            )
             stage_timeout = float(settings["stage_timeout_s"])
             secagg_round = str(settings["round_id"])
         except (KeyError, TypeError, ValueError) as exc:
             raise SecAggError(f"bad secure-aggregation settings in the task: {exc}") from exc
+        encode = self._secure_encoder(task, artifact, settings, config)
         delta, result, seed = await self._local_update(task, artifact, weights)
         weight = min(max(int(result.examples), 1), max_weight)
-        scaled = [d * np.float32(weight / max_weight) for d in delta]
-        vector = ring.encode(scaled, round_seed=task.round_seed, rng_seed=seed).vector
+        vector = encode(delta, weight / max_weight, seed)
         x = np.concatenate([vector, np.array([weight], np.uint32)])
         client = SecAggClient(
             self.config.device_id,
@@ -635,6 +634,43 @@ class DeviceAgent:
             if stage == "unmask":
                 self.rounds_reported += 1
                 return True
+
+    def _secure_encoder(
+        self, task: m.Task, artifact: Artifact, settings: dict[str, Any], config: SecAggConfig
+    ) -> Callable[[list[np.ndarray], float, int], np.ndarray]:
+        """How this task turns (delta, weight fraction, rounding seed) into its ring vector.
+
+        Distributed DP: clip, rotate, round and add integer noise drawn from OS randomness
+        (never from a seed the server could know); every device weighs 1. Otherwise the
+        ring codec of the task's spec, with its error-feedback residual in the state dir.
+        """
+        shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
+        if task.dp is not None and task.dp.get("mode") == "distributed":
+            params = DistributedDPParams.from_dict(task.dp.get("params", {}))
+            if config.dimension != params.padded_dim + 1:
+                raise PrivacyError(
+                    f"secure-aggregation dimension {config.dimension} does not fit the "
+                    f"distributed DP vector of {params.padded_dim} (+1)"
+                )
+            return lambda delta, _fraction, _seed: encode_distributed(
+                delta, params, task.round_seed
+            )
+        try:
+            ring = codec.RingCodec(
+                codec.parse_spec(task.codec),
+                shapes,
+                float(settings["clip"]),
+                int(settings["bits"]),
+                int(settings["n_max"]),
+                residual_path=self.state_dir / "residual-secure.npz",
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SecAggError(f"bad secure-aggregation settings in the task: {exc}") from exc
+        return lambda delta, fraction, seed: (
+            ring.encode(
+                [d * np.float32(fraction) for d in delta], round_seed=task.round_seed, rng_seed=seed
+            ).vector
+        )
 
     def _identity(self) -> Any:
         """The device's Ed25519 identity key, created in the state dir on first start."""

@@ -23,8 +23,9 @@ def load_local_data(config: DeviceConfig) -> LocalData:
     if test is not None and test.exists() and (test.is_file() or any(test.iterdir())):
         xt, yt = load_local_dataset(test)
         return LocalData(x, y, xt, yt)
-    log.info("device %s: no local test split; evaluation tasks use the training data",
-             config.device_id)
+    log.info(
+        "device %s: no local test split; evaluation tasks use the training data", config.device_id
+    )
     return LocalData(x, y)
 
 

@@ -88,6 +88,11 @@ class SimConfig:
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
+    @property
+    def secure(self) -> bool:
+        """Secure aggregation on: asked for, or implied by distributed DP (which needs it)."""
+        return self.secagg or (self.dp or "").strip().lower().startswith("distributed")
+
 
 @dataclass
 class SimPlan:
@@ -187,7 +192,7 @@ def prepare(c: SimConfig, broker_url: str) -> SimPlan:
         (folder / "device.toml").write_text(
             _device_toml(device_id, fleet, broker_url, profile, pub, enrolment_pub)
         )
-        if c.secagg:
+        if c.secure:
             _enrol(folder, fleet, device_id, enrolment)
         trace = traces.get(device_id)
         devices.append(
@@ -220,7 +225,7 @@ def prepare(c: SimConfig, broker_url: str) -> SimPlan:
                 "dropout_rate": max(c.dropout or 0.0, 0.1),
                 "stage_timeout_s": c.secagg_stage_timeout_s,
             }
-            if c.secagg
+            if c.secure
             else {},
             selection=SelectionConfig(
                 target_reports=k,
@@ -413,11 +418,13 @@ def run_sim(c: SimConfig) -> dict[str, Any]:
 
         store = Store(settings.state_dir / "fedge.db")
         rows = store.rounds(plan.job.name)
+        job_row = store.job(plan.job.name) or {}
         store.close()
     finally:
         if broker is not None:
             broker.stop()
     summary = _summary(c, plan, rows, device_stats, time.time() - t0, status)
+    summary["status_reason"] = job_row.get("reason")
     out = c.out.resolve()
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_rounds_csv(summary, out / "rounds.csv")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +16,7 @@ import numpy as np
 
 from edge_client import codec
 from edge_client.artifact import Artifact
-from edge_client.errors import CodecError, ConfigError, FedgeError, ProtocolError, SecAggError
+from edge_client.errors import CodecError, FedgeError, ProtocolError, SecAggError
 from edge_client.protocol import messages as m
 from edge_client.protocol import topics
 from edge_client.protocol.envelope import DEFAULT_LIMITS, Limits, ReplayGuard, unpack
@@ -24,7 +25,7 @@ from edge_client.trainer import LocalTrainer
 from edge_client.weights import pack_weights, unpack_weights
 from server.aggregator import StreamingMean
 from server.blobs import BlobStore
-from server.dp_controller import central_dp_for
+from server.dp_controller import CentralDP, DistributedDP, job_privacy_for
 from server.job import JobConfig
 from server.optimizers import ServerOptimizer
 from server.rounds import ParticipantReport, RoundRun, RoundState
@@ -81,19 +82,17 @@ class Coordinator:
         self.pool = SelectionPool(job.selection)
         self.replay = ReplayGuard(limits.max_clock_skew_s)
         self.optimizer = ServerOptimizer(job.optimizer)
-        self.dp = central_dp_for(job.dp, job.selection.target_reports)
         self.secure = secure_settings(job.secagg)
+        self.dp = job_privacy_for(
+            job.dp,
+            expected_clients=job.selection.target_reports,
+            max_clients=job.selection.selected_per_round,
+            min_clients=max(
+                job.selection.min_reports, self.secure.min_clients if self.secure else 1
+            ),
+            dim=sum(math.prod(shape) for shape in self.shapes),
+        )
         self.enrolment_key = enrolment_key
-        if job.dp and self.dp is None:
-            raise ConfigError(
-                "distributed DP is not wired into rounds yet: use central DP "
-                "(with or without secure aggregation)"
-            )
-        if self.secure is not None and self.dp is not None:
-            raise ConfigError(
-                "central DP re-clips each update on the server, which secure "
-                "aggregation hides: use one or the other"
-            )
         self.evaluator = LocalTrainer(artifact)
         self.current: RoundRun | None = None
         self.online: set[str] = set()
@@ -305,6 +304,8 @@ class Coordinator:
         refusal = self._late_or_foreign(device_id, job_id, round_id, "train")
         if refusal is None and update.base_weights != self.weights_sha:
             refusal = "update was trained on other weights than this round's"
+        if refusal is None and rnd is not None and rnd.secure is not None:
+            refusal = "this round uses secure aggregation: plain updates are refused"
         if refusal is None and update.codec != str(self.codec_spec):
             refusal = (
                 f"update codec {update.codec!r} differs from the round's {str(self.codec_spec)!r}"
@@ -316,7 +317,7 @@ class Coordinator:
         delta = codec.decode_update(
             update.payload, self.codec_spec, self.shapes, round_seed=rnd.round_seed
         )
-        if self.dp is not None:
+        if isinstance(self.dp, CentralDP):
             delta = self.dp.bound(delta)
             rnd.within_clip += int(bool(update.within_clip))
         assert rnd.aggregator is not None
@@ -578,6 +579,7 @@ class Coordinator:
                 settings=self.secure,
                 max_weight=self.job.training.max_example_weight,
                 enrolment_key=self.enrolment_key,
+                dp=self.dp if isinstance(self.dp, DistributedDP) else None,
             )
         rnd.advance(RoundState.CONFIGURING)
         self.store.set_participants(rid, chosen)
@@ -649,7 +651,7 @@ class Coordinator:
         """Run the SecAgg+ stages; the weighted mean delta of the survivors (exact ring sum)."""
         assert rnd.secure is not None
         survivors = await rnd.secure.run(self._send_stage, rnd.deadline, rnd.target)
-        summed, total_weight = rnd.secure.decode()
+        mean, total_weight = rnd.secure.decode_mean()
         if total_weight <= 0:
             raise SecAggError("the secure sum carries no weight")
         for device_id in sorted(survivors):
@@ -669,8 +671,7 @@ class Coordinator:
                 loss=metrics.loss if metrics else None,
                 accuracy=metrics.accuracy if metrics else None,
             )
-        scale = self.job.training.max_example_weight / total_weight
-        return [(d * scale).astype(np.float32) for d in summed]
+        return mean
 
     def _aggregate_and_commit(
         self, rnd: RoundRun, counts: dict[str, int], secure_mean: list[np.ndarray] | None = None
@@ -678,7 +679,7 @@ class Coordinator:
         t_agg = time.time()
         if secure_mean is not None:
             mean_delta = secure_mean
-        elif self.dp is not None:
+        elif isinstance(self.dp, CentralDP):
             assert rnd.aggregator is not None
             mean_delta = self.dp.private_mean(rnd.aggregator.sums())
         else:

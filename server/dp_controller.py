@@ -8,20 +8,65 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_client.errors import PrivacyError
-from edge_client.privacy import DPMode, DPSpec, clip_update, parse_dp_spec
+from edge_client.errors import ConfigError, PrivacyError
+from edge_client.privacy import (
+    DistributedDPParams,
+    DPMode,
+    DPSpec,
+    clip_update,
+    parse_dp_spec,
+    select_distributed_params,
+)
 from server.privacy import (
     AdaptiveClipper,
     RoundAccountant,
     accountant_from_spec,
     central_dp_mean,
+    decode_noisy_sum,
     update_noise_multiplier,
 )
 
 log = logging.getLogger("fedge.server.dp")
 
 
-class CentralDP:
+class JobPrivacy:
+    """What every DP mode shares: the job's spec, its accountant and the budget stop."""
+
+    spec: DPSpec
+    expected_clients: int
+    accountant: RoundAccountant | None
+
+    def _new_accountant(self, population: int) -> RoundAccountant:
+        raise NotImplementedError
+
+    def ensure_accountant(self, population: int, rounds_done: int) -> RoundAccountant:
+        """Create the accountant once the population is known (replaying committed rounds)."""
+        if self.accountant is None:
+            self.accountant = self._new_accountant(max(population, self.expected_clients))
+            if rounds_done:
+                self.accountant.step(rounds_done)
+        return self.accountant
+
+    def account(self) -> float:
+        """Step the accountant for a committed round; returns epsilon so far."""
+        if self.accountant is None:
+            raise PrivacyError("the accountant was not created before the first round")
+        return self.accountant.step()
+
+    def budget_exhausted(self) -> str | None:
+        """Why the job must stop before the next round (None: it may go on)."""
+        target = self.spec.target_epsilon
+        if target is None or self.accountant is None:
+            return None
+        if self.accountant.would_exceed(target):
+            return (
+                f"privacy budget reached: epsilon {self.accountant.epsilon:.3f} now, the next "
+                f"round would exceed the target {target}"
+            )
+        return None
+
+
+class CentralDP(JobPrivacy):
     """Trusted-server DP-FedAvg: uniform weights, server-side re-clipping, Gaussian noise."""
 
     def __init__(self, spec: DPSpec, expected_clients: int):
@@ -71,40 +116,109 @@ class CentralDP:
             self.clipper.update(within_clip, reports, self._rng)
             log.info("adaptive clip: %.4g -> %.4g", old, self.clipper.clip)
 
-    def ensure_accountant(self, population: int, rounds_done: int) -> RoundAccountant:
-        """Create the accountant once the population is known (replaying committed rounds)."""
-        if self.accountant is None:
-            self.accountant = accountant_from_spec(
-                self.spec, self.expected_clients, max(population, self.expected_clients)
+    def _new_accountant(self, population: int) -> RoundAccountant:
+        return accountant_from_spec(self.spec, self.expected_clients, population)
+
+
+class DistributedDP(JobPrivacy):
+    """Distributed DP under secure aggregation: devices add integer noise, the server sees a sum.
+
+    The noise of the sum has standard deviation z * clip when `expected_clients` devices
+    take part; each device adds 1/expected_clients of the variance. Up to `max_clients`
+    (the over-selected cohort) may end up in the sum, so the ring is sized for them. Secure
+    aggregation refuses to reveal a sum of fewer than `min_clients` devices, and the
+    accountant assumes exactly that many (the least noise a released sum can carry).
+    """
+
+    clipper = None  # no adaptive clipping: it would need each device's clip bit in the clear
+
+    def __init__(
+        self,
+        spec: DPSpec,
+        *,
+        expected_clients: int,
+        max_clients: int,
+        min_clients: int,
+        dim: int,
+    ):
+        if spec.mode is not DPMode.DISTRIBUTED:
+            raise PrivacyError("DistributedDP needs a distributed:... spec")
+        if not 1 <= min_clients <= expected_clients:
+            raise PrivacyError(
+                f"min_clients must be in [1, {expected_clients}] (expected clients), "
+                f"got {min_clients}"
             )
-            if rounds_done:
-                self.accountant.step(rounds_done)
-        return self.accountant
+        self.spec = spec
+        self.expected_clients = expected_clients
+        self.min_clients = min_clients
+        self.params: DistributedDPParams = select_distributed_params(
+            spec.clip,
+            expected_clients,
+            dim,
+            spec.noise_multiplier,
+            bits=spec.bits,
+            noise=spec.noise,
+            beta=spec.beta,
+            max_clients=max_clients,
+        )
+        self.accountant = None
 
-    def account(self) -> float:
-        """Step the accountant for a committed round; returns epsilon so far."""
-        if self.accountant is None:
-            raise PrivacyError("the accountant was not created before the first round")
-        return self.accountant.step()
+    @property
+    def clip(self) -> float:
+        """The clip norm devices use."""
+        return self.spec.clip
 
-    def budget_exhausted(self) -> str | None:
-        """Why the job must stop before the next round (None: it may go on)."""
-        target = self.spec.target_epsilon
-        if target is None or self.accountant is None:
-            return None
-        if self.accountant.would_exceed(target):
-            return (
-                f"privacy budget reached: epsilon {self.accountant.epsilon:.3f} now, the next "
-                f"round would exceed the target {target}"
-            )
-        return None
+    def task_settings(self) -> dict[str, object]:
+        """What devices need: the exact parameters (the rotation seed is the round seed)."""
+        return {"mode": "distributed", "clip": self.clip, "params": self.params.to_dict()}
+
+    def decode_mean(
+        self, ring_sum: np.ndarray, rotation_seed: int, shapes: Sequence[tuple[int, ...]]
+    ) -> list[np.ndarray]:
+        """Decode the securely aggregated ring sum; divide by the expected clients."""
+        noisy_sum = decode_noisy_sum(ring_sum, self.params, rotation_seed, shapes)
+        return [(s / np.float32(self.expected_clients)).astype(np.float32) for s in noisy_sum]
+
+    def after_round(self, within_clip: int, reports: int) -> None:
+        """Nothing adapts in distributed mode."""
+
+    def _new_accountant(self, population: int) -> RoundAccountant:
+        return accountant_from_spec(
+            self.spec,
+            self.expected_clients,
+            population,
+            distributed_params=self.params,
+            min_clients=self.min_clients,
+        )
 
 
-def central_dp_for(spec_text: str | None, expected_clients: int) -> CentralDP | None:
-    """The controller of a job's DP setting (None without DP); distributed mode lives in secagg."""
+def job_privacy_for(
+    spec_text: str | None,
+    *,
+    expected_clients: int,
+    max_clients: int,
+    min_clients: int,
+    dim: int,
+) -> CentralDP | DistributedDP | None:
+    """The DP controller of a job (None without DP).
+
+    Raises
+    ------
+    ConfigError
+        If distributed parameters cannot be chosen (ring too small for the cohort).
+    """
     if not spec_text:
         return None
     spec = parse_dp_spec(spec_text)
     if spec.mode is DPMode.CENTRAL:
         return CentralDP(spec, expected_clients)
-    return None
+    try:
+        return DistributedDP(
+            spec,
+            expected_clients=expected_clients,
+            max_clients=max(max_clients, expected_clients),
+            min_clients=min(min_clients, expected_clients),
+            dim=dim,
+        )
+    except PrivacyError as exc:
+        raise ConfigError(f"job.dp {spec_text!r}: {exc}") from exc

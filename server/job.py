@@ -9,7 +9,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_client.errors import ConfigError, ProtocolError
+from edge_client.codec import parse_spec
+from edge_client.errors import CodecError, ConfigError, PrivacyError, ProtocolError
+from edge_client.privacy import parse_dp_spec
 from edge_client.protocol.topics import check_name
 
 OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
@@ -203,24 +205,29 @@ def validate(job: JobConfig) -> JobConfig:
     _check(o.epsilon > 0, "server_optimizer.epsilon must be positive")
     for name, text in (("codec", job.codec), ("downlink", job.downlink)):
         if text is not None:
-            from edge_client.codec import parse_spec
-            from edge_client.errors import CodecError
-
             try:
                 parse_spec(text)
             except CodecError as exc:
                 raise ConfigError(f"job.{name}: {exc}") from exc
     if job.dp:
-        from edge_client.errors import PrivacyError
-        from edge_client.privacy import parse_dp_spec
-
         try:
             spec = parse_dp_spec(job.dp)
         except PrivacyError as exc:
             raise ConfigError(f"job.dp: {exc}") from exc
+        secure = bool(job.secagg.get("enabled"))
         _check(
-            not spec.requires_secagg or bool(job.secagg.get("enabled")),
+            not spec.requires_secagg or secure,
             f"job.dp {job.dp!r} is distributed DP: it needs secure aggregation ([secagg] enabled = true)",
+        )
+        _check(
+            spec.requires_secagg or not secure,
+            f"job.dp {job.dp!r} is central DP, which re-clips each update on the server; secure "
+            "aggregation hides single updates: use distributed DP with secure aggregation",
+        )
+        _check(
+            not spec.requires_secagg or str(parse_spec(job.codec)) == "none",
+            f"job.dp {job.dp!r} is distributed DP, which quantizes and noises updates itself: "
+            f"set codec = 'none', not {job.codec!r}",
         )
     return job
 

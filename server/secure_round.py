@@ -3,7 +3,8 @@
 Devices train first; a device's AdvertiseKeys message says "my masked input will be ready".
 Then ShareKeys, MaskedInput and Unmask run, each with its own deadline, and the server learns
 only the sum of the survivors' ring vectors: the quantized, weight-scaled updates plus, in the
-last element, the sum of their weights.
+last element, the sum of their weights. With distributed DP the vectors are the devices'
+noisy, rotated integer updates (every weight 1), and the sum is decoded by the DP controller.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import numpy as np
 
 from edge_client import codec
 from edge_client.errors import ConfigError, SecAggError
+from edge_client.privacy import check_wraparound
 from edge_client.secagg import GraphKind, SecAggConfig, decode_message
+from server.dp_controller import DistributedDP
 
 log = logging.getLogger("fedge.server.secagg")
 
@@ -70,22 +73,32 @@ class SecureRound:
         settings: SecureSettings,
         max_weight: int,
         enrolment_key: Any = None,
+        dp: DistributedDP | None = None,
     ):
         from server.secagg import SecAggServer
 
         self.settings = settings
         self.round_seed = round_seed
         self.shapes = shapes
-        self.max_weight = max_weight
+        self.dp = dp
+        self.max_weight = 1 if dp is not None else max_weight
         self.selected = len(selected)
-        self.ring = codec.RingCodec(codec_spec, shapes, settings.clip, settings.bits, self.selected)
-        length = self.ring.length
+        self.ring: codec.RingCodec | None = None
+        if dp is None:
+            self.ring = codec.RingCodec(
+                codec_spec, shapes, settings.clip, settings.bits, self.selected
+            )
+            length = self.ring.length
+        else:
+            check_wraparound(dp.params, self.selected)
+            length = dp.params.padded_dim
         self.config = SecAggConfig(
             fleet=fleet,
             dimension=length + 1,
             dropout_rate=settings.dropout_rate,
             corrupt_fraction=settings.corrupt_fraction,
-            min_clients=settings.min_clients,
+            # distributed DP: a released sum must carry the noise the accountant assumes
+            min_clients=max(settings.min_clients, dp.min_clients if dp else 0),
             graph=GraphKind.COMPLETE if settings.graph == "complete" else GraphKind.HARARY,
         )
         self.round_id = round_id
@@ -141,13 +154,25 @@ class SecureRound:
             except TimeoutError:
                 return
 
-    def decode(self) -> tuple[list[np.ndarray], float]:
-        """(sum over survivors of weight/max_weight x delta, total weight) from the ring sum."""
+    def decode_mean(self) -> tuple[list[np.ndarray], float]:
+        """(mean delta, total weight) from the ring sum of the survivors.
+
+        Without DP: the example-weighted mean of the decoded sum. With distributed DP: the
+        noisy sum over the expected number of devices (DP-FedAvg's fixed denominator).
+        """
         ring_sum = self.server.result()
         total_weight = float(ring_sum[-1])
+        if total_weight <= 0:
+            return [], total_weight
+        if self.dp is not None:
+            return self.dp.decode_mean(ring_sum[:-1], self.round_seed, self.shapes), total_weight
+        assert self.ring is not None
         count = len(self.server.survivors)
         summed = self.ring.decode_sum(ring_sum[:-1], count, round_seed=self.round_seed)
-        return [np.asarray(s, np.float32) for s in summed], total_weight
+        scale = self.max_weight / total_weight
+        return [
+            (np.asarray(s, np.float32) * scale).astype(np.float32) for s in summed
+        ], total_weight
 
 
 def secure_settings(table: dict[str, Any]) -> SecureSettings | None:

@@ -123,6 +123,7 @@ def select_distributed_params(
     noise: DistributedNoise = DistributedNoise.DGAUSS,
     beta: float = DEFAULT_BETA,
     wrap_probability: float = DEFAULT_WRAP_PROBABILITY,
+    max_clients: int | None = None,
 ) -> DistributedDPParams:
     """Choose the quantization scale and per-device noise for distributed DP.
 
@@ -138,6 +139,11 @@ def select_distributed_params(
     (rotated signal of `clients` aligned updates, the devices' noise, and rounding error),
     and the scale solves ``k^2 V = 2**(2(bits-1))``, capped so that each device's noise
     stays below 2**20 grid steps (sampler accuracy; the grid is then already very fine).
+    With `max_clients` (over-selection: more devices may end up in the sum than the
+    `clients` the noise is split over) the ring must hold the sum of `max_clients`
+    vectors, each carrying 1/clients of the noise variance::
+
+        V = scale^2 * clip^2 * (n^2 / padded_dim + z^2 * n / clients) + n / 4,  n = max_clients
 
     Raises
     ------
@@ -147,16 +153,20 @@ def select_distributed_params(
         or fewer clients).
     """
     _check_inputs(clip, clients, dim, noise_multiplier, bits, beta, wrap_probability)
+    most = clients if max_clients is None else max_clients
+    if isinstance(most, bool) or not isinstance(most, int) or most < clients:
+        raise PrivacyError(f"max_clients must be an integer >= clients={clients}, got {most!r}")
     padded = padded_length(dim)
     sigmas = math.sqrt(2.0 * math.log(2.0 * padded / wrap_probability))
     half_ring = float(1 << (bits - 1))
-    room = (half_ring / sigmas) ** 2 - clients / 4.0
+    room = (half_ring / sigmas) ** 2 - most / 4.0
     if room <= 0:
         raise PrivacyError(
-            f"{bits}-bit ring cannot hold the sum of {clients} devices: rounding alone would "
+            f"{bits}-bit ring cannot hold the sum of {most} devices: rounding alone would "
             f"wrap around (k={sigmas:.2f} sigmas); use more bits or fewer clients"
         )
-    scale = math.sqrt(room / (clip * clip * (clients * clients / padded + noise_multiplier**2)))
+    spread = most * most / padded + noise_multiplier**2 * most / clients
+    scale = math.sqrt(room / (clip * clip * spread))
     if noise_multiplier > 0:
         scale = min(scale, MAX_LOCAL_STDDEV * math.sqrt(clients) / (noise_multiplier * clip))
     params = DistributedDPParams(
@@ -173,6 +183,7 @@ def select_distributed_params(
         wrap_sigmas=sigmas,
     )
     _check_params(params)
+    check_wraparound(params, most)
     return params
 
 
