@@ -1,4 +1,8 @@
-"""msgpack envelopes: versioned, typed, size-limited, with replay protection."""
+"""msgpack envelopes: versioned, typed, size-limited, with replay protection.
+
+Protocol 2 packs the header positionally, ``[version, type code, id, sender, job, round, ts,
+body]``, to keep the fixed cost of a message small (docs/protocol.md explains each choice).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,24 @@ import msgpack
 
 from edge_client.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+MSG_ID_BYTES = 8
+HEADER_FIELDS = ("version", "type", "id", "sender", "job", "round", "ts", "body")
+# Wire codes of the message types; a code is never reused for another type.
+TYPE_CODES: dict[str, int] = {
+    "checkin": 1,
+    "task": 2,
+    "retry": 3,
+    "update": 4,
+    "eval_result": 5,
+    "ack": 6,
+    "error": 7,
+    "secagg": 8,
+    "presence": 9,
+    "job_state": 10,
+    "round_open": 11,
+}
+_TYPE_NAMES = {code: name for name, code in TYPE_CODES.items()}
 
 
 @dataclass(frozen=True)
@@ -32,39 +53,32 @@ DEFAULT_LIMITS = Limits()
 
 @dataclass(frozen=True)
 class Envelope:
-    """One wire message: header fields plus a type-specific body."""
+    """One wire message: header fields plus a type-specific body (a map, or an array)."""
 
     type: str
-    body: dict[str, Any]
+    body: dict[str, Any] | list[Any]
     sender: str
     job_id: str | None = None
     round_id: int | None = None
-    msg_id: bytes = field(default_factory=lambda: os.urandom(12))
+    msg_id: bytes = field(default_factory=lambda: os.urandom(MSG_ID_BYTES))
     ts: float = field(default_factory=time.time)
     version: int = PROTOCOL_VERSION
 
     def pack(self) -> bytes:
-        """Serialise with msgpack (bytes stay bytes)."""
-        return msgpack.packb(
-            {
-                "v": self.version,
-                "t": self.type,
-                "id": self.msg_id,
-                "from": self.sender,
-                "job": self.job_id,
-                "round": self.round_id,
-                "ts": self.ts,
-                "body": self.body,
-            },
-            use_bin_type=True,
-        )
+        """Serialise as a positional msgpack array (bytes stay bytes)."""
+        code = TYPE_CODES.get(self.type)
+        if code is None:
+            raise ProtocolError(f"unknown message type {self.type!r}")
+        header = [self.version, code, self.msg_id, self.sender, self.job_id, self.round_id]
+        return msgpack.packb([*header, self.ts, self.body], use_bin_type=True)
 
 
 def _expect(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
+    expected = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
     if isinstance(value, bool) and kind in (int, float, (int, float)):
-        raise ProtocolError(f"field {name!r} must be {kind}, got bool")
+        raise ProtocolError(f"field {name!r} must be {expected}, got bool")
     if not isinstance(value, kind):
-        raise ProtocolError(f"field {name!r} has type {type(value).__name__}, expected {kind}")
+        raise ProtocolError(f"field {name!r} has type {type(value).__name__}, expected {expected}")
     return value
 
 
@@ -91,33 +105,42 @@ def unpack(
         )
     except Exception as exc:  # msgpack raises several unrelated exception types
         raise ProtocolError(f"not a msgpack message: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ProtocolError("message must be a msgpack map")
-    version = _expect(raw.get("v"), int, "v")
+    if isinstance(raw, dict):  # protocol 1 envelopes were maps
+        raise ProtocolError(
+            f"unsupported protocol version 1 (a map envelope; this side speaks {PROTOCOL_VERSION})"
+        )
+    if not isinstance(raw, list) or not raw:
+        raise ProtocolError("message must be a non-empty msgpack array")
+    version = _expect(raw[0], int, "version")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {version} (this side speaks 1)")
-    msg_type = _expect(raw.get("t"), str, "t")
-    msg_id = _expect(raw.get("id"), bytes, "id")
-    if not 8 <= len(msg_id) <= 32:
-        raise ProtocolError("message id must be 8-32 bytes")
-    sender = _expect(raw.get("from"), str, "from")
+        raise ProtocolError(
+            f"unsupported protocol version {version} (this side speaks {PROTOCOL_VERSION})"
+        )
+    if len(raw) != len(HEADER_FIELDS):
+        raise ProtocolError(f"envelope has {len(raw)} fields, expected {len(HEADER_FIELDS)}")
+    _, code, msg_id, sender, job, rnd, ts, body = raw
+    msg_type = _TYPE_NAMES.get(_expect(code, int, "type"))
+    if msg_type is None:
+        raise ProtocolError(f"unknown message type code {code}")
+    _expect(msg_id, bytes, "id")
+    if len(msg_id) != MSG_ID_BYTES:
+        raise ProtocolError(f"field 'id' must be {MSG_ID_BYTES} bytes, got {len(msg_id)}")
+    _expect(sender, str, "sender")
     if len(sender) > 64:
-        raise ProtocolError("sender too long")
-    job = raw.get("job")
+        raise ProtocolError("field 'sender' is too long")
     if job is not None:
         _expect(job, str, "job")
-    rnd = raw.get("round")
     if rnd is not None:
         _expect(rnd, int, "round")
         if rnd < 0:
-            raise ProtocolError("round must be >= 0")
-    ts = float(_expect(raw.get("ts"), (int, float), "ts"))
+            raise ProtocolError("field 'round' must be >= 0")
+    ts = float(_expect(ts, (int, float), "ts"))
     if not math.isfinite(ts):
         raise ProtocolError("field 'ts' is not a finite number: stale or replayed")
     now = time.time() if now is None else now
     if check_time and abs(ts - now) > limits.max_clock_skew_s:
         raise ProtocolError(f"timestamp {ts:.0f} is {ts - now:+.0f} s from now: stale or replayed")
-    body = _expect(raw.get("body"), dict, "body")
+    _expect(body, (dict, list), "body")
     return Envelope(
         type=msg_type,
         body=body,

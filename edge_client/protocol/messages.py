@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -13,6 +13,7 @@ from edge_client.errors import ProtocolError
 from edge_client.protocol.envelope import DEFAULT_LIMITS, Envelope, Limits
 
 ALLOWED_DTYPES = {"float32", "float16", "int32", "uint32", "int8", "uint8", "int64"}
+SHA256_BYTES = 32
 
 
 def encode_tensor(array: np.ndarray) -> dict[str, Any]:
@@ -103,6 +104,30 @@ class _Field:
             raise ProtocolError(f"field {key!r}={value} outside [{lo}, {hi}]")
         return value
 
+    @staticmethod
+    def known(body: dict[str, Any], cls: type) -> None:
+        """Refuse a map body with a key that is not a field of the dataclass ``cls``."""
+        names = {f.name for f in fields(cls)}
+        for key in body:
+            if key not in names:
+                raise ProtocolError(f"unknown field {key!r:.40}")
+
+    @staticmethod
+    def positional(body: list[Any], names: tuple[str, ...], required: int) -> dict[str, Any]:
+        """Name the elements of an array body; those after the first ``required`` are optional."""
+        if not required <= len(body) <= len(names):
+            raise ProtocolError(
+                f"body has {len(body)} fields, expected {required} to {len(names)}: {names}"
+            )
+        return dict(zip(names, body, strict=False))
+
+    @staticmethod
+    def sha256_hex(key: str, value: str) -> str:
+        """``value`` if it is a sha256 digest in lowercase hex."""
+        if len(value) != 2 * SHA256_BYTES or any(c not in "0123456789abcdef" for c in value):
+            raise ProtocolError(f"field {key!r} must be 64 lowercase hex characters (a sha256)")
+        return value
+
 
 F = _Field
 
@@ -119,6 +144,7 @@ class Eligibility:
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Eligibility:
+        F.known(body, cls)
         return cls(
             charging=F.get(body, "charging", bool),
             unmetered=F.get(body, "unmetered", bool),
@@ -135,12 +161,13 @@ class Message:
     """Base of all message bodies; subclasses set TYPE."""
 
     TYPE: ClassVar[str] = ""
+    WIRE_BODY: ClassVar[type] = dict  # a map keyed by field name, or a positional list
 
-    def to_body(self) -> dict[str, Any]:
+    def to_body(self) -> dict[str, Any] | list[Any]:
         return asdict(self)
 
     @classmethod
-    def from_body(cls, body: dict[str, Any], limits: Limits) -> Message:
+    def from_body(cls, body: Any, limits: Limits) -> Message:
         raise NotImplementedError
 
 
@@ -160,6 +187,7 @@ class CheckIn(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any], limits: Limits) -> CheckIn:
+        F.known(body, cls)
         cached = F.get(body, "cached_artifacts", list, optional=True, default=[])
         if len(cached) > 64 or not all(isinstance(c, str) and len(c) == 64 for c in cached):
             raise ProtocolError("cached_artifacts must be at most 64 sha256 hex digests")
@@ -186,9 +214,8 @@ class BlobRef:
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> BlobRef:
-        sha = F.get(body, "sha256", str)
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise ProtocolError("sha256 must be 64 lowercase hex characters")
+        F.known(body, cls)
+        sha = F.sha256_hex("sha256", F.get(body, "sha256", str))
         url = F.get(body, "url", str)
         if not url.startswith(("http://", "https://")):
             raise ProtocolError(f"blob url must be http(s): {url!r}")
@@ -210,6 +237,7 @@ class TrainingPlan:
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> TrainingPlan:
+        F.known(body, cls)
         max_steps = F.get(body, "max_steps", int, optional=True)
         return cls(
             epochs=int(F.in_range("epochs", F.get(body, "epochs", int), 0, 1000)),
@@ -241,6 +269,7 @@ class Task(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any], limits: Limits) -> Task:
+        F.known(body, cls)
         delta = F.get(body, "weights_delta", dict, optional=True)
         base = F.get(body, "delta_base", str, optional=True)
         if (delta is None) != (base is None):
@@ -274,6 +303,7 @@ class RetryLater(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any], limits: Limits) -> RetryLater:
+        F.known(body, cls)
         return cls(
             reason=F.get(body, "reason", str),
             retry_after_s=F.in_range(
@@ -293,6 +323,7 @@ class TrainMetrics:
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> TrainMetrics:
+        F.known(body, cls)
         return cls(
             loss=F.in_range("loss", F.get(body, "loss", float), 0.0, 1e9),
             accuracy=F.in_range("accuracy", F.get(body, "accuracy", float), 0.0, 1.0),
@@ -301,25 +332,66 @@ class TrainMetrics:
         )
 
 
+UPDATE_FIELDS = ("payload", "codec", "base_weights", "metrics", "examples", "within_clip")
+METRICS_DTYPE = "<f4"  # update metrics on the wire: loss, accuracy, train_time_s
+METRICS_BYTES = 3 * np.dtype(METRICS_DTYPE).itemsize
+
+
 @dataclass(frozen=True)
 class Update(Message):
-    """Device -> server: the encoded model update of a training task."""
+    """Device -> server: the encoded model update of a training task.
+
+    Sent by every device every round, so its body is a positional array (`UPDATE_FIELDS`):
+    ``base_weights`` as the 32 raw digest bytes, ``metrics`` as float32 loss, accuracy and
+    train time, then ``examples``, then ``within_clip`` only when it is set.
+    """
 
     TYPE: ClassVar[str] = "update"
+    WIRE_BODY: ClassVar[type] = list
     payload: bytes
     codec: str
     base_weights: str
     metrics: TrainMetrics
     within_clip: bool | None = None
 
+    def to_body(self) -> list[Any]:
+        """The positional body; ProtocolError if ``base_weights`` is not a sha256 hex digest."""
+        digest = bytes.fromhex(F.sha256_hex("base_weights", self.base_weights))
+        with np.errstate(over="ignore"):  # beyond float32: infinity, which the receiver refuses
+            metrics = np.array(
+                [self.metrics.loss, self.metrics.accuracy, self.metrics.train_time_s],
+                dtype=METRICS_DTYPE,
+            ).tobytes()
+        body = [self.payload, self.codec, digest, metrics, self.metrics.examples]
+        return body if self.within_clip is None else [*body, self.within_clip]
+
     @classmethod
-    def from_body(cls, body: dict[str, Any], limits: Limits) -> Update:
+    def from_body(cls, body: list[Any], limits: Limits) -> Update:
+        named = F.positional(body, UPDATE_FIELDS, required=len(UPDATE_FIELDS) - 1)
+        payload, codec = F.get(named, "payload", bytes), F.get(named, "codec", str)
+        digest = F.get(named, "base_weights", bytes)
+        if len(digest) != SHA256_BYTES:
+            raise ProtocolError(f"field 'base_weights' must be {SHA256_BYTES} bytes (a sha256)")
+        metrics = F.get(named, "metrics", bytes)
+        if len(metrics) != METRICS_BYTES:
+            raise ProtocolError(
+                f"field 'metrics' must be {METRICS_BYTES} bytes: float32 loss, accuracy, "
+                "train_time_s"
+            )
+        loss, accuracy, train_time_s = np.frombuffer(metrics, METRICS_DTYPE).tolist()
         return cls(
-            payload=F.get(body, "payload", bytes),
-            codec=F.get(body, "codec", str),
-            base_weights=F.get(body, "base_weights", str),
-            metrics=TrainMetrics.from_body(F.get(body, "metrics", dict)),
-            within_clip=F.get(body, "within_clip", bool, optional=True),
+            payload=payload,
+            codec=codec,
+            base_weights=digest.hex(),
+            metrics=TrainMetrics.from_body(
+                {
+                    "loss": loss,
+                    "accuracy": accuracy,
+                    "examples": named.get("examples"),
+                    "train_time_s": train_time_s,
+                }
+            ),
+            within_clip=F.get(named, "within_clip", bool, optional=True),
         )
 
 
@@ -334,6 +406,7 @@ class EvalResult(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any], limits: Limits) -> EvalResult:
+        F.known(body, cls)
         return cls(
             loss=F.in_range("loss", F.get(body, "loss", float), 0.0, 1e9),
             accuracy=F.in_range("accuracy", F.get(body, "accuracy", float), 0.0, 1.0),
@@ -351,6 +424,7 @@ class Ack(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any], limits: Limits) -> Ack:
+        F.known(body, cls)
         return cls(accepted=F.get(body, "accepted", bool), reason=F.get(body, "reason", str))
 
 
@@ -364,6 +438,7 @@ class ErrorReport(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any], limits: Limits) -> ErrorReport:
+        F.known(body, cls)
         return cls(code=F.get(body, "code", str), message=F.get(body, "message", str))
 
 
@@ -377,6 +452,7 @@ class SecAggStage(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any], limits: Limits) -> SecAggStage:
+        F.known(body, cls)
         return cls(stage=F.get(body, "stage", str), data=F.get(body, "data", dict))
 
 
@@ -390,6 +466,7 @@ class Presence(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any], limits: Limits) -> Presence:
+        F.known(body, cls)
         return cls(
             online=F.get(body, "online", bool), profile=F.get(body, "profile", str, optional=True)
         )
@@ -404,6 +481,7 @@ class JobState(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any], limits: Limits) -> JobState:
+        F.known(body, cls)
         return cls(state=F.get(body, "state", str))
 
 
@@ -421,6 +499,7 @@ class RoundOpen(Message):
 
     @classmethod
     def from_body(cls, body: dict[str, Any], limits: Limits) -> RoundOpen:
+        F.known(body, cls)
         return cls(
             round=int(F.in_range("round", F.get(body, "round", int), 0, 1 << 40)),
             wake_probability=F.in_range(
@@ -456,6 +535,9 @@ def parse(envelope: Envelope, limits: Limits = DEFAULT_LIMITS) -> Message:
         raise ProtocolError(f"unknown message type {envelope.type!r}")
     token = _ACTIVE_LIMITS.set(limits)
     try:
+        if not isinstance(envelope.body, cls.WIRE_BODY):
+            kind = "an array" if cls.WIRE_BODY is list else "a map"
+            raise ProtocolError(f"field 'body' must be {kind}")
         return cls.from_body(envelope.body, limits)
     except ProtocolError as exc:
         raise ProtocolError(f"{envelope.type}: {exc}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import asdict
 from typing import Any
 
 import msgpack
@@ -20,7 +21,9 @@ from edge_client.protocol import messages as m
 from edge_client.protocol import topics
 from edge_client.protocol.envelope import (
     DEFAULT_LIMITS,
+    HEADER_FIELDS,
     PROTOCOL_VERSION,
+    TYPE_CODES,
     Limits,
     ReplayGuard,
     unpack,
@@ -69,7 +72,7 @@ MESSAGE_STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
         round_seed=st.integers(0, 2**63 - 1), secagg=st.none() | FREE_DICT,
         dp=st.none() | FREE_DICT),
     m.RetryLater: st.builds(m.RetryLater, reason=TEXT, retry_after_s=unit_floats(0.0, 7 * 86400)),
-    m.Update: st.builds(m.Update, payload=st.binary(max_size=512), codec=TEXT, base_weights=TEXT,
+    m.Update: st.builds(m.Update, payload=st.binary(max_size=512), codec=TEXT, base_weights=DIGEST,
                         metrics=METRICS, within_clip=st.none() | st.booleans()),
     m.EvalResult: st.builds(m.EvalResult, loss=unit_floats(0.0, 1e9),
                             accuracy=unit_floats(0.0, 1.0), examples=st.integers(0, 1 << 40)),
@@ -106,33 +109,49 @@ EXAMPLES: dict[str, m.Message] = {
 }
 
 
-def header(msg_type: str, msg_body: Any, **overrides: Any) -> dict[str, Any]:
-    raw = {"v": PROTOCOL_VERSION, "t": msg_type, "id": os.urandom(12), "from": "dev-1",
-           "job": "job", "round": 1, "ts": time.time(), "body": msg_body}
+def header(msg_type: str, msg_body: Any, **overrides: Any) -> list[Any]:
+    """A positional envelope; ``overrides`` are keyed by the names in HEADER_FIELDS."""
+    raw = {"version": PROTOCOL_VERSION, "type": TYPE_CODES[msg_type], "id": os.urandom(8),
+           "sender": "dev-1", "job": "job", "round": 1, "ts": time.time(), "body": msg_body}
     raw.update(overrides)
-    return raw
+    return [raw[name] for name in HEADER_FIELDS]
 
 
 def packed(raw: Any) -> bytes:
     return msgpack.packb(raw, use_bin_type=True)
 
 
-def body_of(msg_type: str) -> dict[str, Any]:
+def body_of(msg_type: str) -> Any:
     return m.make(EXAMPLES[msg_type], sender="dev-1").body
 
 
-def with_path(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    """A deep copy of ``body`` with ``a.b.c`` set to ``value`` (or deleted for DELETE)."""
+def with_path(body: Any, path: str, value: Any) -> Any:
+    """A deep copy of ``body`` with ``a.b.c`` set to ``value`` (or deleted for DELETE);
+    a path segment into an array is the element's index."""
     out = msgpack.unpackb(packed(body), raw=False)
     target = out
     *parents, last = path.split(".")
     for key in parents:
-        target = target[key]
+        target = target[int(key) if isinstance(target, list) else key]
+    index = int(last) if isinstance(target, list) else last
     if value is DELETE:
-        del target[last]
+        del target[index]
     else:
-        target[last] = value
+        target[index] = value
     return out
+
+
+def on_the_wire(message: m.Message) -> m.Message:
+    """``message`` as the receiver sees it: update metrics are float32 on the wire."""
+    if not isinstance(message, m.Update):
+        return message
+    loss, accuracy, train_time = (float(np.float32(x)) for x in (
+        message.metrics.loss, message.metrics.accuracy, message.metrics.train_time_s))
+    metrics = m.TrainMetrics(loss=loss, accuracy=accuracy, examples=message.metrics.examples,
+                             train_time_s=train_time)
+    return m.Update(payload=message.payload, codec=message.codec,
+                    base_weights=message.base_weights, metrics=metrics,
+                    within_clip=message.within_clip)
 
 
 DELETE = object()
@@ -149,6 +168,11 @@ def test_every_message_type_has_a_round_trip_strategy() -> None:
     assert set(EXAMPLES) == set(m.MESSAGE_TYPES)
 
 
+def test_every_message_type_has_a_distinct_wire_code() -> None:
+    assert set(TYPE_CODES) == set(m.MESSAGE_TYPES)
+    assert len(set(TYPE_CODES.values())) == len(TYPE_CODES)
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(message=ANY_MESSAGE, sender=NAME, job_id=st.none() | NAME,
        round_id=st.none() | st.integers(0, 1 << 40))
@@ -157,32 +181,35 @@ def test_round_trip_make_pack_unpack_parse(message: m.Message, sender: str, job_
     envelope = m.make(message, sender=sender, job_id=job_id, round_id=round_id)
     back = unpack(envelope.pack())
     assert back == envelope
-    assert m.parse(back) == message
+    assert m.parse(back) == on_the_wire(message)
 
 
 # --- malformed envelopes ------------------------------------------------------------------
 
 ENVELOPE_CASES = [
-    ("wrong version", {"v": 2}, "unsupported protocol version 2"),
-    ("missing version", {"v": None}, "field 'v'"),
-    ("bool version", {"v": True}, "field 'v' must be .*got bool"),
-    ("type not a string", {"t": 5}, "field 't'"),
-    ("id too short", {"id": b"1234567"}, "8-32 bytes"),
-    ("id too long", {"id": b"x" * 33}, "8-32 bytes"),
-    ("id is text", {"id": "abcdefghijkl"}, "field 'id'"),
-    ("sender too long", {"from": "d" * 65}, "sender too long"),
-    ("sender missing", {"from": None}, "field 'from'"),
+    ("version 1", {"version": 1}, r"unsupported protocol version 1 \(this side speaks 2\)"),
+    ("version 3", {"version": 3}, "unsupported protocol version 3"),
+    ("missing version", {"version": None}, "field 'version' has type NoneType, expected int"),
+    ("bool version", {"version": True}, "field 'version' must be int, got bool"),
+    ("type as a name", {"type": "ack"}, "field 'type' has type str, expected int"),
+    ("unknown type code", {"type": 99}, "unknown message type code 99"),
+    ("bool type code", {"type": True}, "field 'type' must be int, got bool"),
+    ("id too short", {"id": b"1234567"}, "field 'id' must be 8 bytes, got 7"),
+    ("id too long", {"id": b"x" * 12}, "field 'id' must be 8 bytes, got 12"),
+    ("id is text", {"id": "abcdefgh"}, "field 'id' has type str, expected bytes"),
+    ("sender too long", {"sender": "d" * 65}, "field 'sender' is too long"),
+    ("sender missing", {"sender": None}, "field 'sender'"),
     ("job not a string", {"job": 5}, "field 'job'"),
-    ("negative round", {"round": -1}, "round must be >= 0"),
-    ("bool round", {"round": True}, "field 'round' must be .*got bool"),
+    ("negative round", {"round": -1}, "field 'round' must be >= 0"),
+    ("bool round", {"round": True}, "field 'round' must be int, got bool"),
     ("float round", {"round": 1.0}, "field 'round' has type float"),
     ("timestamp too old", {"ts": time.time() - 3600}, "stale or replayed"),
     ("timestamp too new", {"ts": time.time() + 3600}, "stale or replayed"),
     ("timestamp infinite", {"ts": math.inf}, "stale or replayed"),
     ("timestamp NaN", {"ts": math.nan}, "ts"),
     ("timestamp text", {"ts": "now"}, "field 'ts'"),
-    ("timestamp bool", {"ts": True}, "field 'ts' must be .*got bool"),
-    ("body not a map", {"body": [1, 2]}, "field 'body'"),
+    ("timestamp bool", {"ts": True}, "field 'ts' must be int or float, got bool"),
+    ("body a string", {"body": "text"}, "field 'body' has type str, expected dict or list"),
 ]
 
 
@@ -193,9 +220,14 @@ def test_malformed_envelope_is_refused(overrides: dict[str, Any], match: str) ->
         unpack(packed(header("ack", body_of("ack"), **overrides)))
 
 
-def test_envelope_that_is_not_a_map_or_not_msgpack_is_refused() -> None:
-    with pytest.raises(ProtocolError, match="must be a msgpack map"):
-        unpack(packed([1, 2, 3]))
+def test_envelope_that_is_not_an_array_or_not_msgpack_is_refused() -> None:
+    for raw in ([], "text", 5):
+        with pytest.raises(ProtocolError, match="must be a non-empty msgpack array"):
+            unpack(packed(raw))
+    with pytest.raises(ProtocolError, match="envelope has 3 fields, expected 8"):
+        unpack(packed([PROTOCOL_VERSION, 6, os.urandom(8)]))
+    with pytest.raises(ProtocolError, match="envelope has 9 fields, expected 8"):
+        unpack(packed(header("ack", body_of("ack")) + [None]))
     with pytest.raises(ProtocolError, match="not a msgpack message"):
         unpack(b"\xc1")
     with pytest.raises(ProtocolError, match="not a msgpack message"):
@@ -228,10 +260,31 @@ def test_clock_skew_limit_is_configurable() -> None:
 
 def test_unknown_message_type_is_refused() -> None:
     with pytest.raises(ProtocolError, match="unknown message type 'launch'"):
-        parse_bytes(packed(header("launch", {})))
+        m.Envelope(type="launch", body={}, sender="dev-1").pack()
+    with pytest.raises(ProtocolError, match="unknown message type 'launch'"):
+        m.parse(m.Envelope(type="launch", body={}, sender="dev-1"))
+
+
+def test_version_1_envelope_is_refused_with_a_clear_message() -> None:
+    """Protocol 1 sent a map envelope; its devices get a reason, not a field error."""
+    v1 = {"v": 1, "t": "checkin", "id": os.urandom(12), "from": "dev-1", "job": "job",
+          "round": 1, "ts": time.time(), "body": asdict(EXAMPLES["checkin"])}
+    with pytest.raises(ProtocolError,
+                       match=r"unsupported protocol version 1 \(a map envelope; this side speaks 2"):
+        unpack(packed(v1))
+    array_v1 = m.Envelope(type="ack", body={}, sender="dev-1", version=1).pack()
+    with pytest.raises(ProtocolError, match="unsupported protocol version 1"):
+        unpack(array_v1)
 
 
 # --- malformed bodies ---------------------------------------------------------------------
+
+UPD = {name: str(i) for i, name in enumerate(m.UPDATE_FIELDS)}  # paths into the update array
+
+
+def f32(*values: float) -> bytes:
+    return np.array(values, "<f4").tobytes()
+
 
 BODY_CASES: list[tuple[str, str, Any, str]] = [
     ("checkin", "runtime", DELETE, "checkin: missing field 'runtime'"),
@@ -249,8 +302,10 @@ BODY_CASES: list[tuple[str, str, Any, str]] = [
     ("checkin", "cached_artifacts", ["cd" * 32] * 65, "cached_artifacts"),
     ("checkin", "cached_artifacts", ["short"], "cached_artifacts"),
     ("checkin", "identity_key", "text", "field 'identity_key' has type str"),
+    ("checkin", "extra", 1, "checkin: unknown field 'extra'"),
+    ("checkin", "eligibility.extra", 1, "unknown field 'extra'"),
     ("task", "kind", "delete", "task kind must be train or evaluate"),
-    ("task", "model.sha256", "AB" * 32, "sha256 must be 64 lowercase hex"),
+    ("task", "model.sha256", "AB" * 32, "field 'sha256' must be 64 lowercase hex"),
     ("task", "model.url", "ftp://host/blob", "blob url must be http"),
     ("task", "weights.signature", b"s" * 63, "signature must be 64 bytes"),
     ("task", "manifest.size", -1, "size"),
@@ -263,19 +318,34 @@ BODY_CASES: list[tuple[str, str, Any, str]] = [
     ("task", "round_seed", 2**63, "round_seed"),
     ("task", "deadline", math.inf, "field 'deadline' is not finite"),
     ("task", "secagg", [1, 2], "field 'secagg' has type list"),
+    ("task", "plan.extra", 1, "unknown field 'extra'"),
+    ("task", "weights." + "x" * 100, 1, "unknown field 'xxxxx"),
     ("retry", "retry_after_s", -1.0, "retry_after_s"),
     ("retry", "retry_after_s", 8 * 86400.0, "retry_after_s"),
-    ("update", "payload", "text", "field 'payload' has type str"),
-    ("update", "metrics", DELETE, "missing field 'metrics'"),
-    ("update", "metrics.loss", math.nan, "field 'loss' is not finite"),
-    ("update", "metrics.accuracy", 1.5, "field 'accuracy'=1.5 outside"),
-    ("update", "metrics.examples", False, "field 'examples' must not be a bool"),
-    ("update", "metrics.train_time_s", -1.0, "train_time_s"),
+    ("update", UPD["payload"], "text", "field 'payload' has type str"),
+    ("update", UPD["codec"], None, "update: missing field 'codec'"),
+    ("update", UPD["codec"], "c" * 4097, "field 'codec' is too long"),
+    ("update", UPD["base_weights"], "ef" * 32, "field 'base_weights' has type str"),
+    ("update", UPD["base_weights"], b"\xef" * 16, "field 'base_weights' must be 32 bytes"),
+    ("update", UPD["metrics"], None, "missing field 'metrics'"),
+    ("update", UPD["metrics"], {"loss": 0.5}, "field 'metrics' has type dict"),
+    ("update", UPD["metrics"], f32(0.5, 0.8), "field 'metrics' must be 12 bytes"),
+    ("update", UPD["metrics"], f32(math.nan, 0.8, 1.0), "field 'loss' is not finite"),
+    ("update", UPD["metrics"], f32(0.5, math.inf, 1.0), "field 'accuracy' is not finite"),
+    ("update", UPD["metrics"], f32(0.5, 1.5, 1.0), "field 'accuracy'=1.5 outside"),
+    ("update", UPD["metrics"], f32(0.5, 0.8, -1.0), "field 'train_time_s'=-1.0 outside"),
+    ("update", UPD["metrics"], f32(2e9, 0.8, 1.0), "field 'loss'=2000000000.0 outside"),
+    ("update", UPD["examples"], False, "field 'examples' must not be a bool"),
+    ("update", UPD["examples"], 1.5, "field 'examples' has type float"),
+    ("update", UPD["examples"], -1, "field 'examples'=-1 outside"),
+    ("update", UPD["examples"], None, "missing field 'examples'"),
+    ("update", UPD["examples"], DELETE, "body has 4 fields, expected 5 to 6"),
     ("eval_result", "examples", True, "must not be a bool"),
     ("eval_result", "loss", -0.5, "field 'loss'=-0.5 outside"),
     ("ack", "accepted", DELETE, "missing field 'accepted'"),
     ("ack", "accepted", 1, "field 'accepted' has type int"),
     ("ack", "reason", "r" * 4097, "field 'reason' is too long"),
+    ("ack", "extra", 1, "ack: unknown field 'extra'"),
     ("error", "message", b"bytes", "field 'message' has type bytes"),
     ("secagg", "data", "text", "field 'data' has type str"),
     ("presence", "online", None, "missing field 'online'"),
@@ -292,6 +362,24 @@ def test_malformed_body_is_refused_with_a_clear_message(msg_type: str, path: str
     data = packed(header(msg_type, with_path(body_of(msg_type), path, value)))
     with pytest.raises(ProtocolError, match=match):
         parse_bytes(data)
+
+
+def test_update_body_optional_and_extra_elements() -> None:
+    body = body_of("update")
+    assert len(body) == len(m.UPDATE_FIELDS) - 1  # within_clip=None is left out
+    for extra, match in ((["yes"], "field 'within_clip' has type str"),
+                         ([1], "field 'within_clip' has type int"),
+                         ([True, 0], "body has 7 fields, expected 5 to 6")):
+        with pytest.raises(ProtocolError, match=match):
+            parse_bytes(packed(header("update", body + extra)))
+    assert isinstance(parse_bytes(packed(header("update", body + [None]))), m.Update)
+
+
+def test_body_of_the_wrong_kind_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="update: field 'body' must be an array"):
+        parse_bytes(packed(header("update", {"payload": b""})))
+    with pytest.raises(ProtocolError, match="ack: field 'body' must be a map"):
+        parse_bytes(packed(header("ack", [True, ""])))
 
 
 def test_string_limit_of_the_given_limits_applies() -> None:
@@ -372,12 +460,13 @@ def test_random_bodies_raise_only_protocol_error(msg_type: str, body: dict[str, 
     parse_or_protocol_error(packed(header(msg_type, body)))
 
 
-def leaf_paths(body: dict[str, Any], prefix: str = "") -> list[str]:
+def leaf_paths(body: dict[str, Any] | list[Any], prefix: str = "") -> list[str]:
     out = []
-    for key, value in body.items():
-        out.append(prefix + key)
-        if isinstance(value, dict):
-            out.extend(leaf_paths(value, prefix + key + "."))
+    items = body.items() if isinstance(body, dict) else enumerate(body)
+    for key, value in items:
+        out.append(prefix + str(key))
+        if isinstance(value, dict | list):
+            out.extend(leaf_paths(value, prefix + str(key) + "."))
     return out
 
 
@@ -392,7 +481,7 @@ def test_one_mutated_field_raises_only_protocol_error(data: st.DataObject, msg_t
 
 
 @settings(max_examples=300, deadline=None)
-@given(key=st.sampled_from(["v", "t", "id", "from", "job", "round", "ts", "body"]),
+@given(key=st.sampled_from(HEADER_FIELDS),
        value=FREE_VALUE | st.floats())
 def test_random_header_values_raise_only_protocol_error(key: str, value: Any) -> None:
     parse_or_protocol_error(packed(header("ack", body_of("ack"), **{key: value})))

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import msgpack
 import numpy as np
 import paho.mqtt.client as paho
 import pytest
@@ -22,6 +20,7 @@ from edge_client.artifact import load_artifact
 from edge_client.data import save_npz_dataset
 from edge_client.protocol import messages as m
 from edge_client.protocol import topics
+from edge_client.protocol.envelope import Envelope, unpack
 from edge_client.signing import load_or_create_signing_key
 from server.store import Store
 
@@ -240,19 +239,25 @@ class SlowDevice(AgentHooks):
         await asyncio.sleep(6.0)
 
 
-def forged_update(raw: dict, sender: str, payload: bytes) -> bytes:
-    body = raw["body"]
+def forged_update(real: Envelope, sender: str, payload: bytes) -> bytes:
+    update = m.parse(real)
+    assert isinstance(update, m.Update)
     return m.make(
         m.Update(
             payload=payload,
-            codec=body["codec"],
-            base_weights=body["base_weights"],
-            metrics=m.TrainMetrics(**body["metrics"]),
+            codec=update.codec,
+            base_weights=update.base_weights,
+            metrics=update.metrics,
         ),
         sender=sender,
-        job_id=raw["job"],
-        round_id=raw["round"],
+        job_id=real.job_id,
+        round_id=real.round_id,
     ).pack()
+
+
+def is_update_of_round_2(data: bytes) -> bool:
+    envelope = unpack(data, check_time=False)
+    return envelope.type == "update" and envelope.round_id == 2
 
 
 def test_rogue_messages_are_refused_and_logged(tmp_path, mlp_artifact, digits, mosquitto):
@@ -287,20 +292,13 @@ def test_rogue_messages_are_refused_and_logged(tmp_path, mlp_artifact, digits, m
             "round 2 collecting",
         )
         wait_for(
-            lambda: any(
-                msgpack.unpackb(p).get("t") == "update" and msgpack.unpackb(p)["round"] == 2
-                for p in rogue.captured
-            ),
+            lambda: any(is_update_of_round_2(p) for p in rogue.captured),
             60,
             "a real update of round 2 to replay",
         )
-        real = next(
-            p
-            for p in rogue.captured
-            if msgpack.unpackb(p).get("t") == "update" and msgpack.unpackb(p)["round"] == 2
-        )
-        raw = msgpack.unpackb(real)
-        spec = codec.parse_spec(raw["body"]["codec"])
+        real_bytes = next(p for p in rogue.captured if is_update_of_round_2(p))
+        real = unpack(real_bytes, check_time=False)
+        spec = codec.parse_spec(real.body[m.UPDATE_FIELDS.index("codec")])
         wrong_shape = codec.encode_update(
             [np.zeros((3, 3), np.float32)],
             spec,
@@ -316,25 +314,22 @@ def test_rogue_messages_are_refused_and_logged(tmp_path, mlp_artifact, digits, m
             rng=np.random.default_rng(0),
         )
         nan_values = zeros[:-4] + np.array([np.nan], np.float32).tobytes()
-        rogue.publish(raw["from"], b"\xc1garbage")  # malformed
-        rogue.publish(raw["from"], b"\x00" * (16 * 1024 * 1024 + 1))  # oversized
-        rogue.publish(raw["from"], real)  # replayed
-        rogue.publish(victim, forged_update(raw, victim, wrong_shape))  # wrong shape
-        rogue.publish(victim, forged_update(raw, victim, nan_values))  # NaN values
-        nan_metrics = msgpack.packb(
-            {
-                **raw,
-                "from": victim,
-                "id": os.urandom(12),
-                "ts": time.time(),
-                "body": {
-                    **raw["body"],
-                    "metrics": {**raw["body"]["metrics"], "loss": float("nan")},
-                },
-            }
-        )
+        rogue.publish(real.sender, b"\xc1garbage")  # malformed
+        rogue.publish(real.sender, b"\x00" * (16 * 1024 * 1024 + 1))  # oversized
+        rogue.publish(real.sender, real_bytes)  # replayed
+        rogue.publish(victim, forged_update(real, victim, wrong_shape))  # wrong shape
+        rogue.publish(victim, forged_update(real, victim, nan_values))  # NaN values
+        nan_body = list(real.body)
+        nan_body[m.UPDATE_FIELDS.index("metrics")] = np.array([np.nan, 0.5, 1.0], "<f4").tobytes()
+        nan_metrics = Envelope(
+            type="update",
+            body=nan_body,
+            sender=victim,
+            job_id=real.job_id,
+            round_id=real.round_id,
+        ).pack()
         rogue.publish(victim, nan_metrics)  # NaN metrics
-        rogue.publish("dev-000", forged_update(raw, victim, zeros))  # impersonation
+        rogue.publish("dev-000", forged_update(real, victim, zeros))  # impersonation
         wait_for(lambda: job_status(state) == "finished", 180, "the job to finish")
     finally:
         rogue.close()

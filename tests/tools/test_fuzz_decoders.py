@@ -32,7 +32,7 @@ from edge_client.codec.layout import check_shapes, fingerprint
 from edge_client.errors import FedgeError
 from edge_client.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from edge_client.protocol import messages as m
-from edge_client.protocol.envelope import Envelope, unpack
+from edge_client.protocol.envelope import HEADER_FIELDS, Envelope, unpack
 from edge_client.secagg import decode_message
 from edge_client.secagg.keys import KEY_BYTES, SHARE_CIPHERTEXT_BYTES
 from edge_client.secagg.shamir import SHARE_BYTES
@@ -121,7 +121,8 @@ MESSAGES: list[m.Message] = [
            weights_delta=REF, delta_base=DIGEST),
     m.RetryLater(reason="not selected", retry_after_s=5.0),
     m.Update(payload=b"\x93\x01\xc4\x00\x90", codec="none", base_weights=DIGEST,
-             metrics=m.TrainMetrics(loss=0.5, accuracy=0.9, examples=300, train_time_s=1.5)),
+             metrics=m.TrainMetrics(loss=0.5, accuracy=0.9, examples=300, train_time_s=1.5),
+             within_clip=True),
     m.EvalResult(loss=0.4, accuracy=0.8, examples=100),
     m.Ack(accepted=False, reason="late"),
     m.ErrorReport(code="ArtifactError", message="bad signature"),
@@ -131,8 +132,11 @@ MESSAGES: list[m.Message] = [
     m.RoundOpen(round=3, wake_probability=0.25),
 ]
 ENVELOPES = [m.make(msg, sender="dev-0001", job_id="job", round_id=1).pack() for msg in MESSAGES]
-BODIES = [(msg.TYPE, msgpack.unpackb(e, raw=False)["body"])
-          for msg, e in zip(MESSAGES, ENVELOPES, strict=True)]
+RAW_ENVELOPES = [msgpack.unpackb(e, raw=False) for e in ENVELOPES]  # positional arrays
+BODIES = [(msg.TYPE, raw[HEADER_FIELDS.index("body")])
+          for msg, raw in zip(MESSAGES, RAW_ENVELOPES, strict=True)]
+
+
 def _keys_of(value: Any) -> Iterator[str]:
     if isinstance(value, dict):
         for key, inner in value.items():
@@ -162,9 +166,15 @@ def test_envelope_with_mutated_bytes(valid: bytes, ops: list[Mutation]) -> None:
 
 
 @FUZZ
-@given(values(st.sampled_from(["v", "t", "id", "from", "job", "round", "ts", "body"])
-              | st.text(max_size=6)))
+@given(values(st.text(max_size=6)))
 def test_envelope_of_random_structures(raw: Any) -> None:
+    decode_envelope(msgpack.packb(raw, use_bin_type=True))
+
+
+@FUZZ
+@given(st.sampled_from(RAW_ENVELOPES).flatmap(lambda raw: perturbed(raw, FIELD_NAMES,
+                                                                    FIELD_VALUES)))
+def test_envelope_headers_with_fields_of_any_type(raw: Any) -> None:
     decode_envelope(msgpack.packb(raw, use_bin_type=True))
 
 
@@ -173,7 +183,7 @@ def test_envelope_of_random_structures(raw: Any) -> None:
     lambda tb: st.tuples(st.just(tb[0]), perturbed(tb[1], FIELD_NAMES, FIELD_VALUES))))
 def test_message_bodies_with_fields_of_any_type(typed_body: tuple[str, Any]) -> None:
     msg_type, body = typed_body
-    envelope = Envelope(type=msg_type, body=body if isinstance(body, dict) else {"x": body},
+    envelope = Envelope(type=msg_type, body=body if isinstance(body, dict | list) else [body],
                         sender="dev-0001")
     decode_envelope(envelope.pack())
 

@@ -1,0 +1,143 @@
+"""Protocol 2's compact encodings: envelope sizes, raw digests, float32 metrics, message ids."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_client.errors import ProtocolError
+from edge_client.protocol import messages as m
+from edge_client.protocol.envelope import MSG_ID_BYTES, unpack
+
+DIGEST = "0f" * 32
+UPDATE_LIMIT = 104  # bytes of the update below, payload excluded (protocol 1: 274)
+REF = m.BlobRef(sha256=DIGEST, url=f"http://127.0.0.1:8080/v1/blobs/{DIGEST}",
+                signature=bytes(64), size=21032)
+# Representative messages of a round, as agent and server build them.
+ROUND_TRAFFIC: dict[str, m.Message] = {
+    "update": m.Update(payload=b"", codec="topk:0.03+q2", base_weights=DIGEST,
+                       metrics=m.TrainMetrics(loss=0.4321, accuracy=0.8765, examples=480,
+                                              train_time_s=1.234), within_clip=None),
+    "checkin": m.CheckIn(eligibility=m.Eligibility(battery=0.87, free_memory_mb=2048),
+                         runtime="tflite_runtime", runtime_version="2.14.0", examples=480,
+                         cached_artifacts=[DIGEST, DIGEST], profile="pi4",
+                         identity_key=bytes(32), identity_cert=bytes(150)),
+    "task": m.Task(kind="train", model=REF, manifest=REF, weights=REF,
+                   plan=m.TrainingPlan(epochs=1, lr=0.05, max_steps=100), codec="topk:0.03+q2",
+                   deadline=time.time() + 60, round_seed=123456789, dp={"clip": 1.0}),
+    "ack": m.Ack(accepted=True),
+    "retry": m.RetryLater(reason="not selected", retry_after_s=12.5),
+    "presence": m.Presence(online=True, profile="pi4"),
+    "round_open": m.RoundOpen(round=12, wake_probability=0.3),
+    "eval_result": m.EvalResult(loss=0.4, accuracy=0.9, examples=120),
+}
+
+
+def wire(message: m.Message) -> bytes:
+    return m.make(message, sender="dev-00042", job_id="sim", round_id=12).pack()
+
+
+def protocol_1_size(message: m.Message) -> int:
+    """The same message as protocol 1 packed it: a map header, bodies keyed by field name."""
+    return len(msgpack.packb({"v": 1, "t": message.TYPE, "id": os.urandom(12),
+                              "from": "dev-00042", "job": "sim", "round": 12, "ts": time.time(),
+                              "body": asdict(message)}, use_bin_type=True))
+
+
+def test_update_envelope_overhead_is_within_the_limit() -> None:
+    update = ROUND_TRAFFIC["update"]
+    assert isinstance(update, m.Update)
+    assert len(wire(update)) <= UPDATE_LIMIT
+    assert protocol_1_size(update) == 274
+    payload = bytes(range(150))  # a top-k payload: the envelope adds exactly its overhead
+    with_payload = m.Update(payload=payload, codec=update.codec,
+                            base_weights=update.base_weights, metrics=update.metrics)
+    assert len(wire(with_payload)) == len(wire(update)) + len(payload)
+
+
+@pytest.mark.parametrize("msg_type", sorted(ROUND_TRAFFIC))
+def test_no_message_is_larger_than_in_protocol_1(msg_type: str) -> None:
+    message = ROUND_TRAFFIC[msg_type]
+    assert len(wire(message)) < protocol_1_size(message)
+    assert m.parse(unpack(wire(message))) is not None
+
+
+def test_message_id_is_8_random_bytes() -> None:
+    ids = {unpack(wire(m.Ack(accepted=True))).msg_id for _ in range(100)}
+    assert len(ids) == 100 and all(len(i) == MSG_ID_BYTES == 8 for i in ids)
+
+
+def test_base_weights_travel_as_raw_digest_bytes() -> None:
+    body = m.make(ROUND_TRAFFIC["update"], sender="dev-1").body
+    assert isinstance(body, list)
+    assert body[m.UPDATE_FIELDS.index("base_weights")] == bytes.fromhex(DIGEST)
+
+
+@settings(max_examples=100, deadline=None)
+@given(digest=st.binary(min_size=32, max_size=32))
+def test_base_weights_round_trip_as_the_hex_string(digest: bytes) -> None:
+    update = m.Update(payload=b"p", codec="none", base_weights=digest.hex(),
+                      metrics=m.TrainMetrics(loss=0.0, accuracy=0.0, examples=0, train_time_s=0))
+    back = m.parse(unpack(wire(update)))
+    assert isinstance(back, m.Update) and back.base_weights == digest.hex()
+
+
+@pytest.mark.parametrize("base_weights", ["", "ab" * 16, "AB" * 32, "zz" * 32, "ab" * 33])
+def test_update_with_base_weights_that_are_not_a_sha256_cannot_be_made(base_weights: str) -> None:
+    update = m.Update(payload=b"", codec="none", base_weights=base_weights,
+                      metrics=m.TrainMetrics(loss=0.0, accuracy=0.0, examples=0, train_time_s=0))
+    with pytest.raises(ProtocolError, match="field 'base_weights' must be 64 lowercase hex"):
+        m.make(update, sender="dev-1")
+
+
+def finite(lo: float, hi: float) -> st.SearchStrategy[float]:
+    return st.floats(lo, hi, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(loss=finite(0.0, 1e9), accuracy=finite(0.0, 1.0), train_time_s=finite(0.0, 1e7),
+       examples=st.integers(0, 1 << 40), within_clip=st.none() | st.booleans())
+def test_metrics_round_trip_within_float32_precision(loss: float, accuracy: float,
+                                                     train_time_s: float, examples: int,
+                                                     within_clip: bool | None) -> None:
+    sent = m.TrainMetrics(loss=loss, accuracy=accuracy, examples=examples,
+                          train_time_s=train_time_s)
+    update = m.Update(payload=b"", codec="none", base_weights=DIGEST, metrics=sent,
+                      within_clip=within_clip)
+    back = m.parse(unpack(wire(update)))
+    assert isinstance(back, m.Update) and back.within_clip is within_clip
+    assert back.metrics.examples == examples  # an int on the wire: exact
+    for name in ("loss", "accuracy", "train_time_s"):
+        got, want = getattr(back.metrics, name), getattr(sent, name)
+        assert got == float(np.float32(want))
+        assert abs(got - want) <= max(abs(want) * 2.0**-24, 2.0**-149)
+
+
+def test_metrics_too_large_for_float32_are_refused_by_the_receiver() -> None:
+    update = m.Update(payload=b"", codec="none", base_weights=DIGEST,
+                      metrics=m.TrainMetrics(loss=1e40, accuracy=0.5, examples=1,
+                                             train_time_s=1.0))
+    with pytest.raises(ProtocolError, match="update: field 'loss' is not finite"):
+        m.parse(unpack(wire(update)))
+
+
+def test_secagg_metrics_keep_their_map_form() -> None:
+    """The server decodes SecAgg advertise metrics (``vars(metrics)``) with from_body."""
+    metrics = m.TrainMetrics(loss=0.25, accuracy=0.5, examples=3, train_time_s=1.0)
+    assert m.TrainMetrics.from_body(vars(metrics)) == metrics
+    with pytest.raises(ProtocolError, match="unknown field 'extra'"):
+        m.TrainMetrics.from_body({**vars(metrics), "extra": 1})
+
+
+def test_header_is_positional() -> None:
+    raw: list[Any] = msgpack.unpackb(wire(m.Ack(accepted=True)), raw=False)
+    assert raw[0] == 2 and raw[1] == 6 and raw[3:6] == ["dev-00042", "sim", 12]
+    assert raw[7] == {"accepted": True, "reason": ""}
