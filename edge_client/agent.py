@@ -115,11 +115,24 @@ TrainerFactory = Callable[[Artifact], LocalTrainer]
 
 
 class TrainerCache:
-    """One interpreter per artifact digest, shared by every agent of a process; one job at a time."""
+    """One interpreter per artifact digest, shared by every agent of a process; one job at a time.
+
+    Also keeps the validated `Artifact` of each (model, manifest) digest pair, so agents that
+    share a process parse and check a model once, not once per task.
+    """
 
     def __init__(self) -> None:
         self._trainers: dict[str, LocalTrainer] = {}
+        self._artifacts: dict[tuple[str, str], Artifact] = {}
         self.lock = asyncio.Lock()
+
+    def artifact(self, model: bytes, manifest: bytes, digests: tuple[str, str]) -> Artifact:
+        """The artifact of these (digest-verified) bytes, validated on first use only."""
+        artifact = self._artifacts.get(digests)
+        if artifact is None:
+            artifact = Artifact.from_bytes(manifest, model)
+            self._artifacts[digests] = artifact
+        return artifact
 
     def get(self, artifact: Artifact) -> LocalTrainer:
         key = artifact.manifest.sha256
@@ -462,7 +475,8 @@ class DeviceAgent:
         before = self.fetcher.bytes_downloaded
         model = await self.fetcher.fetch(task.model, "model")
         manifest = await self.fetcher.fetch(task.manifest, "manifest")
-        artifact = Artifact.from_bytes(manifest, model)
+        # the fetcher checked both against the signed digests of the task
+        artifact = self.trainers.artifact(model, manifest, (task.model.sha256, task.manifest.sha256))
         shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
         weights = await self._weights_from_delta(task, shapes)
         if weights is None:

@@ -165,16 +165,27 @@ class MqttLink:
         retain: bool = False,
         wait_s: float = 30.0,
     ) -> bool:
-        """Publish once connected (waiting up to ``wait_s``); False if it could not be sent."""
-        try:
-            await asyncio.wait_for(self.connected.wait(), timeout=wait_s)
-        except TimeoutError:
-            return False
+        """Publish once connected (waiting up to ``wait_s``); False if it could not be sent.
+
+        QoS 1 waits for the broker's PUBACK. QoS 0 has no acknowledgement to wait for: it is
+        handed to the MQTT client's send queue directly (aiomqtt would still track it as a
+        pending call, which costs O(pending) per publish under load).
+        """
+        if not self.connected.is_set():
+            try:
+                await asyncio.wait_for(self.connected.wait(), timeout=wait_s)
+            except TimeoutError:
+                return False
         client = self._client
         if client is None:
             return False
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain)
+            if qos == 0:
+                info = client._client.publish(topic, payload, qos=0, retain=retain)  # noqa: SLF001
+                if info.rc != 0:
+                    raise aiomqtt.MqttCodeError(info.rc, "could not publish message")
+            else:
+                await client.publish(topic, payload, qos=qos, retain=retain)
         except aiomqtt.MqttError as exc:
             self._log.info("publish to %s failed: %s", topic, exc)
             return False

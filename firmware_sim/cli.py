@@ -30,6 +30,12 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
         help="devices asked per round = clients per round x this factor",
     )
     p.add_argument(
+        "--wake-all",
+        action="store_true",
+        help="wake every waiting device for every round (selection then depends on the seed "
+        "only: compare settings on the same clients)",
+    )
+    p.add_argument(
         "--dropout",
         type=float,
         default=None,
@@ -86,6 +92,7 @@ def config_from_args(args: argparse.Namespace) -> object:
         profiles=args.profiles,
         clients_per_round=args.clients_per_round,
         over_selection=args.over_selection,
+        wake_all=args.wake_all,
         dropout=args.dropout,
         seed=args.seed,
         broker=args.broker,

@@ -56,6 +56,7 @@ class SimConfig:
     profiles: str = "default"
     clients_per_round: int = 10
     over_selection: float = 1.3
+    wake_all: bool = False
     dropout: float | None = None
     seed: int = 0
     broker: str | None = None
@@ -234,6 +235,7 @@ def prepare(c: SimConfig, broker_url: str) -> SimPlan:
                 selection_timeout_s=c.selection_timeout_s,
                 round_deadline_s=c.round_deadline_s,
                 retry_window_s=2.0,
+                wake_all=c.wake_all,
             ),
             # Secure mode scales each update by weight / max_example_weight into a fixed range, so
             # the cap is the largest shard (the default 10,000 would waste the ring's resolution).
@@ -427,7 +429,7 @@ def run_sim(c: SimConfig) -> dict[str, Any]:
     summary["status_reason"] = job_row.get("reason")
     out = c.out.resolve()
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_rounds_csv(summary, out / "rounds.csv")
-    if summary["rounds"]:
+    if summary["rounds"]:  # a job that committed nothing still leaves its summary.json
+        write_rounds_csv(summary, out / "rounds.csv")
         plot_summary(summary, out)
     return summary

@@ -208,8 +208,8 @@ class FedgeServer:
         )
         self._job_changed.set()
 
-    async def _publish(self, topic: str, data: bytes) -> bool:
-        return await self.link.publish(topic, data) if self.link is not None else False
+    async def _publish(self, topic: str, data: bytes, qos: int = 1) -> bool:
+        return await self.link.publish(topic, data, qos=qos) if self.link is not None else False
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         if self.coordinator is not None:

@@ -9,7 +9,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 import numpy as np
@@ -36,7 +36,10 @@ from server.store import Store
 log = logging.getLogger("fedge.server")
 
 SERVER_ID = "server"
-Publish = Callable[[str, bytes], Awaitable[bool]]
+class Publish(Protocol):
+    """Publish ``data`` on ``topic`` at ``qos``; False when it could not be sent."""
+
+    def __call__(self, topic: str, data: bytes, qos: int = 1) -> Awaitable[bool]: ...
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class Coordinator:
         self.evaluator = LocalTrainer(artifact)
         self.current: RoundRun | None = None
         self.online: set[str] = set()
+        self._outbox: set[asyncio.Task[int]] = set()
         self.weights: list[np.ndarray] = []
         self.weights_sha = ""
         self.downlink_spec = codec.parse_spec(job.downlink) if job.downlink else None
@@ -200,9 +204,7 @@ class Coordinator:
         except (ProtocolError, CodecError) as exc:
             self._reject(device_id, topic, str(exc))
             if device_id is not None and isinstance(exc, ProtocolError | CodecError):
-                await self._send(
-                    device_id, m.ErrorReport(code=type(exc).__name__, message=str(exc))
-                )
+                self._post(device_id, m.ErrorReport(code=type(exc).__name__, message=str(exc)))
 
     def _reject(self, device_id: str | None, topic: str, reason: str) -> None:
         log.warning("refused message from %s on %s: %s", device_id or "?", topic, reason)
@@ -262,7 +264,7 @@ class Coordinator:
         )
         rnd = self.current
         if self.finished.is_set() or not self.paused.is_set():
-            await self._retry(device_id, f"job {self.status}", 60.0)
+            self._retry(device_id, f"job {self.status}", 60.0)
             return
         if (
             rnd is not None
@@ -275,12 +277,12 @@ class Coordinator:
             return
         why = ineligibility(checkin, self.job.selection)
         if why is not None:
-            await self._retry(device_id, f"not eligible: {why}", self.job.selection.retry_window_s)
+            self._retry(device_id, f"not eligible: {why}", self.job.selection.retry_window_s)
             return
         if rnd is not None and rnd.state == RoundState.SELECTING:
             self.pool.add(device_id, checkin)
             return
-        await self._retry(device_id, "round in progress", self._eta())
+        self._retry(device_id, "round in progress", self._eta())
 
     def _eta(self) -> float:
         rnd = self.current
@@ -288,9 +290,9 @@ class Coordinator:
             return 1.0
         return max(rnd.deadline - time.time(), 1.0)
 
-    async def _retry(self, device_id: str, reason: str, eta_s: float) -> None:
+    def _retry(self, device_id: str, reason: str, eta_s: float) -> None:
         window = self.pool.retry_window(self._rng, eta_s, self.job.selection.selected_per_round)
-        await self._send(device_id, m.RetryLater(reason=reason, retry_after_s=window))
+        self._post(device_id, m.RetryLater(reason=reason, retry_after_s=window))
 
     async def _on_update(
         self,
@@ -312,7 +314,7 @@ class Coordinator:
             )
         if refusal is not None or rnd is None:
             self._reject(device_id, "update", refusal or "no round")
-            await self._send(device_id, m.Ack(accepted=False, reason=refusal or "no round"))
+            self._post(device_id, m.Ack(accepted=False, reason=refusal or "no round"))
             return
         delta = codec.decode_update(
             update.payload, self.codec_spec, self.shapes, round_seed=rnd.round_seed
@@ -330,7 +332,7 @@ class Coordinator:
             nbytes,
         )
         self._record_report(rnd, device_id, report)
-        await self._send(device_id, m.Ack(accepted=True))
+        self._post(device_id, m.Ack(accepted=True))
 
     def _record_report(self, rnd: RoundRun, device_id: str, report: ParticipantReport) -> None:
         """Count a device's report in the round and persist it as its participation."""
@@ -368,7 +370,7 @@ class Coordinator:
                 refusal = str(exc)
         if refusal is not None or rnd is None:
             self._reject(device_id, f"secagg/{stage.stage}", refusal or "no round")
-            await self._send(device_id, m.Ack(accepted=False, reason=refusal or "no round"))
+            self._post(device_id, m.Ack(accepted=False, reason=refusal or "no round"))
             return
         rnd.uplink_bytes += nbytes
         metrics = stage.data.get("metrics")
@@ -396,11 +398,11 @@ class Coordinator:
         refusal = self._late_or_foreign(device_id, job_id, round_id, "evaluate")
         if refusal is not None or rnd is None:
             self._reject(device_id, "eval_result", refusal or "no round")
-            await self._send(device_id, m.Ack(accepted=False, reason=refusal or "no round"))
+            self._post(device_id, m.Ack(accepted=False, reason=refusal or "no round"))
             return
         report = ParticipantReport(result.examples, result.loss, result.accuracy, 0.0, nbytes)
         self._record_report(rnd, device_id, report)
-        await self._send(device_id, m.Ack(accepted=True))
+        self._post(device_id, m.Ack(accepted=True))
 
     def _late_or_foreign(
         self, device_id: str, job_id: str | None, round_id: int | None, kind: str
@@ -421,13 +423,35 @@ class Coordinator:
         return None
 
     # outbound ------------------------------------------------------------------------------
-    async def _send(self, device_id: str, message: m.Message) -> int:
+    def _post(self, device_id: str, message: m.Message) -> None:
+        """Send without waiting for the broker's acknowledgement (acks, refusals, retry windows).
+
+        The inbound handler runs one message at a time: awaiting every PUBACK would cap the
+        ingest rate at one broker round trip per message. QoS 0: such a reply is only useful
+        while the device is connected (a device that misses one checks in again), and the
+        client keeps no per-message state for it.
+        """
+        task = asyncio.create_task(self._send(device_id, message, qos=0))
+        self._outbox.add(task)
+        task.add_done_callback(self._posted)
+
+    def _posted(self, task: asyncio.Task[int]) -> None:
+        self._outbox.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("reply to a device was not published: %s", task.exception())
+
+    async def drain_outbox(self, timeout_s: float = 10.0) -> None:
+        """Wait (bounded) for replies still being published, e.g. before the job ends."""
+        if self._outbox:
+            await asyncio.wait(set(self._outbox), timeout=timeout_s)
+
+    async def _send(self, device_id: str, message: m.Message, qos: int = 1) -> int:
         rnd = self.current
         envelope = m.make(
             message, sender=SERVER_ID, job_id=self.job.name, round_id=rnd.number if rnd else None
         )
         data = envelope.pack()
-        await self.publish(topics.device_down(self.job.fleet, device_id), data)
+        await self.publish(topics.device_down(self.job.fleet, device_id), data, qos)
         return len(data)
 
     async def _send_task(self, device_id: str, rnd: RoundRun) -> None:
@@ -458,6 +482,12 @@ class Coordinator:
     # the job -------------------------------------------------------------------------------
     async def run(self) -> None:
         """Run rounds until the job has committed all of them (or failed, or was stopped)."""
+        try:
+            await self._run_rounds()
+        finally:
+            await self.drain_outbox()
+
+    async def _run_rounds(self) -> None:
         committed = self.restore_or_init()
         await self._wait_for_fleet()
         while not self.finished.is_set() and committed < self.job.rounds:
@@ -567,6 +597,7 @@ class Coordinator:
         )
         chosen, rest = self.pool.select(rng, want)
         rnd.selected = set(chosen)
+        rnd.target = min(rnd.target, len(chosen))  # fewer came: do not wait for the deadline
         rnd.deadline = time.time() + sel.round_deadline_s
         if kind == "train" and self.secure is not None:
             rnd.secure = SecureRound(
@@ -585,7 +616,7 @@ class Coordinator:
         self.store.set_participants(rid, chosen)
         self.store.transition(rid, RoundState.CONFIGURING.value, selected=len(chosen))
         for device_id in rest:
-            await self._retry(device_id, "not selected this round", self._eta())
+            self._retry(device_id, "not selected this round", self._eta())
 
         # CONFIGURING: send every selected device its task.
         rnd.advance(RoundState.COLLECTING)

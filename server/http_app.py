@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
 from server.blobs import BlobStore
@@ -36,9 +37,41 @@ def _slice_for_range(header: str, size: int) -> tuple[int, int]:
     return start, end
 
 
+class HotBlobs:
+    """The most recently served blobs in memory (a round's weights go to every selected device).
+
+    Blobs are immutable (content-addressed), so a cached copy never goes stale.
+    """
+
+    def __init__(self, blobs: BlobStore, max_bytes: int = 64 * 1024 * 1024):
+        self.blobs = blobs
+        self.max_bytes = max_bytes
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def read(self, digest: str) -> bytes | None:
+        """The blob's bytes, None if it does not exist; KeyError if `digest` is malformed."""
+        data = self._cache.get(digest)
+        if data is not None:
+            self._cache.move_to_end(digest)
+            return data
+        path = self.blobs.path(digest)
+        if not path.exists():
+            return None
+        data = path.read_bytes()
+        if len(data) <= self.max_bytes // 4:
+            self._cache[digest] = data
+            self._bytes += len(data)
+            while self._bytes > self.max_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._bytes -= len(old)
+        return data
+
+
 def create_app(blobs: BlobStore, counter: TrafficCounter) -> FastAPI:
     """FastAPI app serving blobs; the management API mounts its routers on it."""
     app = FastAPI(title="fedge server", version="1")
+    hot = HotBlobs(blobs)
 
     @app.exception_handler(HTTPException)
     async def _json_errors(request: Request, exc: HTTPException) -> JSONResponse:
@@ -52,18 +85,20 @@ def create_app(blobs: BlobStore, counter: TrafficCounter) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/blobs/{digest}")
-    def get_blob(
-        digest: str,
-        range_header: str | None = Header(default=None, alias="Range"),
-        if_none_match: str | None = Header(default=None),
-    ) -> Response:
-        """A content-addressed blob; its sha256 is its ETag, and Range resumes a download."""
+    async def get_blob(request: Request) -> Response:
+        """A content-addressed blob; its sha256 is its ETag, and Range resumes a download.
+
+        A plain Starlette route: every selected device fetches the round's weights, and
+        FastAPI's parameter machinery would cost more than serving the bytes.
+        """
+        digest = request.path_params["digest"]
+        range_header = request.headers.get("range")
+        if_none_match = request.headers.get("if-none-match")
         try:
-            path = blobs.path(digest)
+            data = hot.read(digest)  # in the event loop: no thread hop per request
         except KeyError as exc:
             raise HTTPException(status_code=400, detail=f"not a sha256 digest: {digest!r}") from exc
-        if not path.exists():
+        if data is None:
             raise HTTPException(status_code=404, detail=f"no blob {digest}")
         etag = f'"{digest}"'
         headers = {
@@ -75,7 +110,6 @@ def create_app(blobs: BlobStore, counter: TrafficCounter) -> FastAPI:
             tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
             if "*" in tags or etag in tags:
                 return Response(status_code=304, headers=headers)
-        data = path.read_bytes()
         counter.requests += 1
         if range_header:
             try:
@@ -92,4 +126,5 @@ def create_app(blobs: BlobStore, counter: TrafficCounter) -> FastAPI:
         counter.bytes_served += len(data)
         return Response(data, headers=headers, media_type="application/octet-stream")
 
+    app.add_route("/v1/blobs/{digest}", get_blob, methods=["GET"], include_in_schema=False)
     return app

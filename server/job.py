@@ -35,6 +35,7 @@ class SelectionConfig:
     min_free_memory_mb: int = 0
     retry_window_s: float = 10.0
     quiet_period_s: float = 0.5
+    wake_all: bool = False  # every round-open wakes every waiting device (not a sample)
 
     @property
     def selected_per_round(self) -> int:

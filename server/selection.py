@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from edge_client.protocol.messages import CheckIn
@@ -58,7 +59,7 @@ class SelectionPool:
         self.rules = rules
         self.waiting: dict[str, WaitingDevice] = {}
         self.last_added = 0.0
-        self._recent_checkins: list[float] = []
+        self._recent_checkins: deque[float] = deque()
 
     def add(self, device_id: str, checkin: CheckIn) -> None:
         self.last_added = time.time()
@@ -80,10 +81,15 @@ class SelectionPool:
             return True
         return waited_s >= self.rules.selection_timeout_s and n >= minimum
 
-    @staticmethod
-    def wake_probability(want: int, online: int) -> float:
-        """Share of waiting devices a round-open broadcast should wake (about 3x the demand)."""
-        return 1.0 if online <= 0 else min(1.0, 3.0 * want / online)
+    def wake_probability(self, want: int, online: int) -> float:
+        """Share of waiting devices a round-open broadcast should wake (about 3x the demand).
+
+        Every device with `wake_all` (then selection only depends on the seed: benchmarks
+        comparing settings on the same clients use it).
+        """
+        if self.rules.wake_all or online <= 0:
+            return 1.0
+        return min(1.0, 3.0 * want / online)
 
     def remove(self, device_id: str) -> None:
         self.waiting.pop(device_id, None)
@@ -93,7 +99,7 @@ class SelectionPool:
         self._recent_checkins.append(now)
         horizon = now - 60.0
         while self._recent_checkins and self._recent_checkins[0] < horizon:
-            self._recent_checkins.pop(0)
+            self._recent_checkins.popleft()
 
     def select(self, rng: random.Random, count: int) -> tuple[list[str], list[str]]:
         """Pick ``count`` waiting devices (seeded); return (selected, not selected)."""

@@ -103,26 +103,31 @@ class Store:
         eligibility: dict[str, Any] | None = None,
         identity_key: bytes | None = None,
     ) -> None:
+        """Create or update a device row in one statement; None leaves a field as it is."""
         now = time.time()
-        with self.transaction() as c:
-            c.execute(
-                "INSERT INTO devices (id, fleet, first_seen, last_seen, online) VALUES (?,?,?,?,?) "
-                "ON CONFLICT(id) DO UPDATE SET last_seen=excluded.last_seen",
-                (device_id, fleet, now, now, int(bool(online))),
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO devices (id, fleet, first_seen, last_seen, online, profile, runtime, "
+                "eligibility, identity_key) VALUES (?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(id) DO UPDATE SET last_seen=excluded.last_seen, "
+                "online=COALESCE(?, devices.online), "
+                "profile=COALESCE(excluded.profile, devices.profile), "
+                "runtime=COALESCE(excluded.runtime, devices.runtime), "
+                "eligibility=COALESCE(excluded.eligibility, devices.eligibility), "
+                "identity_key=COALESCE(excluded.identity_key, devices.identity_key)",
+                (
+                    device_id,
+                    fleet,
+                    now,
+                    now,
+                    int(bool(online)),
+                    profile,
+                    runtime,
+                    None if eligibility is None else json.dumps(eligibility),
+                    identity_key,
+                    None if online is None else int(online),
+                ),
             )
-            if online is not None:
-                c.execute("UPDATE devices SET online=? WHERE id=?", (int(online), device_id))
-            if profile is not None:
-                c.execute("UPDATE devices SET profile=? WHERE id=?", (profile, device_id))
-            if runtime is not None:
-                c.execute("UPDATE devices SET runtime=? WHERE id=?", (runtime, device_id))
-            if eligibility is not None:
-                c.execute(
-                    "UPDATE devices SET eligibility=? WHERE id=?",
-                    (json.dumps(eligibility), device_id),
-                )
-            if identity_key is not None:
-                c.execute("UPDATE devices SET identity_key=? WHERE id=?", (identity_key, device_id))
 
     def device_identity(self, device_id: str) -> bytes | None:
         rows = self.query("SELECT identity_key FROM devices WHERE id=?", (device_id,))

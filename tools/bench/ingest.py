@@ -36,7 +36,7 @@ import signal
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ from edge_client.signing import load_or_create_signing_key
 from firmware_sim.sim import SimConfig, run_sim
 from server.aggregator import StreamingMean
 from server.blobs import BlobStore
-from server.coordinator import Coordinator
+from server.coordinator import Coordinator, Publish
 from server.job import JobConfig, SelectionConfig, validate
 from server.rounds import RoundRun, RoundState
 from server.selection import round_seed
@@ -80,7 +80,6 @@ SPECS = ("none", "q8", "topk:0.01+q8", "randk:0.01+q8")
 JOB = "bench"
 POOL = 16  # distinct encoded payloads per spec (per publisher)
 SIM_BUDGET_S = 180.0  # wall-time bound of one simulated fleet
-Publish = Callable[[str, bytes], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -215,7 +214,7 @@ def decode_path(spec: str, shapes: Sequence[tuple[int, ...]], count: int) -> Ing
 def coordinator_in_process(spec: str, artifact_dir: Path, count: int, state_dir: Path) -> IngestRow:
     """Time a real ``Coordinator.on_message`` on ``count`` pre-built update messages."""
 
-    async def drop(topic: str, data: bytes) -> bool:
+    async def drop(topic: str, data: bytes, qos: int = 1) -> bool:
         return True
 
     async def run() -> IngestRow:
@@ -299,10 +298,10 @@ def through_mosquitto(spec: str, artifact_dir: Path, count: int, publishers: int
             max_inflight=1000))
         spent = {"handler": 0.0, "ack": 0.0}
 
-        async def timed_publish(topic: str, data: bytes) -> bool:
+        async def timed_publish(topic: str, data: bytes, qos: int = 1) -> bool:
             t = time.perf_counter()
             try:
-                return await link.publish(topic, data)
+                return await link.publish(topic, data, qos=qos)
             finally:
                 spent["ack"] += time.perf_counter() - t
 
