@@ -525,8 +525,12 @@ class Coordinator:
         )
         return max(int(rows[0]["n"]), len(self.online))
 
-    async def _wait_for_fleet(self, timeout_s: float = 60.0) -> None:
-        """Before the first round, give an expected fleet (e.g. a simulation) time to come online."""
+    async def _wait_for_fleet(self) -> None:
+        """Before the first round, give an expected fleet (e.g. a simulation) time to come online.
+
+        Up to a minute plus 10 ms per expected device (10,000 sessions take ~30-50 s to open).
+        """
+        timeout_s = 60.0 + 0.01 * self.expect_devices
         t0 = time.time()
         while len(self.online) < self.expect_devices and time.time() - t0 < timeout_s:
             await asyncio.sleep(0.05)

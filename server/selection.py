@@ -67,8 +67,9 @@ class SelectionPool:
         self._note_checkin()
 
     def should_close(self, want: int, minimum: int, reachable: int, waited_s: float) -> bool:
-        """Close selection when enough devices wait and no more are coming, or at the timeout
-        with at least the minimum (below the minimum the round keeps waiting in SELECTING).
+        """Close selection when enough devices wait and no more are coming, twice the demand
+        waits, or at the timeout with at least the minimum (below the minimum the round keeps
+        waiting in SELECTING: a fleet that is offline at night is not an error).
 
         "No more are coming" means every reachable (online) device has checked in, or no
         check-in arrived for the quiet period; this keeps selection deterministic for a
@@ -77,6 +78,8 @@ class SelectionPool:
         n = len(self.waiting)
         if n >= reachable and n >= minimum:
             return True  # every online device is waiting: nobody else can come
+        if n >= 2 * want and not self.rules.wake_all:
+            return True  # ample choice: a large fleet's check-ins never leave a quiet gap
         if n >= want and time.time() - self.last_added >= self.rules.quiet_period_s:
             return True
         return waited_s >= self.rules.selection_timeout_s and n >= minimum

@@ -143,6 +143,11 @@ def test_should_close() -> None:
     assert pool_with(list("abcde"), quiet).should_close(5, 2, reachable=50, waited_s=0.0)
     assert not pool_with(list("abcde"), busy).should_close(5, 2, reachable=50, waited_s=0.0)
     assert not pool_with(list("abcd"), quiet).should_close(5, 2, reachable=50, waited_s=0.0)
+    # twice the demand waits: close even while check-ins keep coming (a large fleet)
+    assert pool_with(list("abcdefghij"), busy).should_close(5, 2, reachable=5000, waited_s=0.0)
+    assert not pool_with(list("abcdefghi"), busy).should_close(5, 2, reachable=5000, waited_s=0.0)
+    everyone = replace(busy, wake_all=True)  # waits for every device (same clients every run)
+    assert not pool_with(list("abcdefghij"), everyone).should_close(5, 2, 5000, waited_s=0.0)
     # the timeout closes with at least the minimum, never below it
     assert pool_with(list("ab"), busy).should_close(5, 2, reachable=50, waited_s=30.0)
     assert not pool_with(list("a"), busy).should_close(5, 2, reachable=50, waited_s=30.0)
