@@ -123,11 +123,22 @@ class ModelSpec:
         Frozen kernels enter the graph as float32 constants of their int8 values times
         their scales; the exporter then stores them as int8 + DEQUANTIZE (see
         :mod:`model_export.int8_weights`), which TFLite computes once per interpreter
-        and XNNPACK treats as static weights.
+        and XNNPACK treats as static weights. A Conv2D (stride 1, odd kernel), ReLU,
+        MeanPool2x2 run is computed as one :func:`L.conv_relu_pool` block.
         """
         x = self._frozen_features(x)
-        for (layer, _), layer_params in zip(self._layer_shapes(), self._split(params), strict=True):
-            x = layer.forward(x, layer_params)
+        layers = [layer for layer, _ in self._layer_shapes()]
+        split = self._split(params)
+        i = 0
+        while i < len(layers):
+            conv = _fusable_conv(layers[i : i + 3])
+            if conv is not None:
+                keep = _rows_read(_fusable_conv(layers[i + 3 : i + 6]), x, conv)
+                x = L.conv_relu_pool(x, split[i][0], split[i][1], conv.padding, keep)
+                i += 3
+            else:
+                x = layers[i].forward(x, split[i])
+                i += 1
         return x
 
     def _frozen_features(self, x: tf.Tensor) -> tf.Tensor:
@@ -152,6 +163,40 @@ class ModelSpec:
         if self.frozen is None:
             return []
         return [p for layer in self.frozen.quantized() for p in layer if isinstance(p, tuple)]
+
+
+def _fusable_conv(layers: Sequence[L.Layer]) -> L.Conv2D | None:
+    """The Conv2D of a Conv2D (stride 1, odd kernel), ReLU, MeanPool2x2 run, else None.
+
+    :meth:`ModelSpec.logits` computes such a run as one :func:`L.conv_relu_pool`
+    (the same function, faster in the device runtime and never computing the conv
+    outputs the pool drops).
+    """
+    if len(layers) != 3:
+        return None
+    conv, act, pool = layers
+    if (
+        isinstance(conv, L.Conv2D)
+        and conv.stride == 1
+        and conv.kernel_size % 2 == 1
+        and isinstance(act, L.ReLU)
+        and isinstance(pool, L.MeanPool2x2)
+    ):
+        return conv
+    return None
+
+
+def _rows_read(nxt: L.Conv2D | None, x: tf.Tensor, conv: L.Conv2D) -> tuple[int, int] | None:
+    """Pooled rows/columns of the block ``conv`` (input ``x``) that the next fused block
+    ``nxt`` reads: a VALID block never reads the rows its own pool would drop."""
+    if nxt is None or nxt.padding != "VALID":
+        return None
+    h, w, _ = conv.output_shape(tuple(int(d) for d in x.shape[1:]))
+    hp, wp = h // 2, w // 2
+    k, kb = nxt.kernel_size, (nxt.kernel_size + 1) // 2
+    if (hp - k + 1) // 2 < 1 or (wp - k + 1) // 2 < 1:
+        return None
+    return 2 * ((hp - k + 1) // 2 + kb - 1), 2 * ((wp - k + 1) // 2 + kb - 1)
 
 
 def _check_params(specs: Sequence[TensorSpec], params: Sequence[np.ndarray]) -> None:

@@ -55,6 +55,37 @@ def _conv_case(padding: str, stride: int, hw: tuple[int, int], cin: int = 2) -> 
     )
 
 
+def _block_case(
+    padding: str, hw: tuple[int, int], cin: int = 2, k: int = 3, batch: int = 3
+) -> dict:
+    """Conv2D (stride 1) + ReLU + MeanPool2x2 as one fused block."""
+    return _case(
+        f"block{cin}_k{k}_{padding}_{hw[0]}x{hw[1]}",
+        lambda x, p: L.conv_relu_pool(x, p[0], p[1], padding),
+        lambda x, p: tf.nn.avg_pool2d(
+            tf.nn.relu(tf.nn.conv2d(x, p[0], 1, padding) + p[1]), 2, 2, "VALID"
+        ),
+        (batch, *hw, cin),
+        [(k, k, cin, 4), (4,)],
+    )
+
+
+BLOCK_CASES = [
+    *[_block_case(padding, hw, cin) for padding, s, hw in CONV_CASES if s == 1 for cin in (1, 2)],
+    _block_case("VALID", (9, 8), cin=3, k=5),
+    _block_case("SAME", (6, 7), cin=2, k=1),
+    _block_case("VALID", (28, 28), cin=1, batch=2),
+    _case(
+        "block2_keep_3x2",
+        lambda x, p: L.conv_relu_pool(x, p[0], p[1], "VALID", keep=(3, 2)),
+        lambda x, p: tf.nn.avg_pool2d(
+            tf.nn.relu(tf.nn.conv2d(x, p[0], 1, "VALID") + p[1]), 2, 2, "VALID"
+        )[:, :3, :2],
+        (2, 13, 11, 2),
+        [(3, 3, 2, 4), (4,)],
+    ),
+]
+
 CASES = [
     _case("relu", lambda x, p: L.relu(x), lambda x, p: tf.nn.relu(x), (4, 5, 6, 3), []),
     _case(
@@ -80,6 +111,7 @@ CASES = [
     ),
     *[_conv_case(*c) for c in CONV_CASES],
     *[_conv_case(*c, cin=1) for c in CONV_CASES],
+    *BLOCK_CASES,
 ]
 
 
@@ -176,6 +208,22 @@ def test_per_channel_int8_quantization_round_trips_within_half_a_step() -> None:
     assert q.dtype == np.int8 and scale.shape == (5,) and np.all(scale > 0)
     assert np.abs(L.dequantize(q, scale) - w).max() <= scale.max() / 2 + 1e-7
     assert np.all(L.dequantize(q, scale)[..., 2] == 0.0)
+
+
+def test_fused_block_refuses_even_kernels_and_inputs_too_small_to_pool() -> None:
+    x = tf.zeros([1, 8, 8, 1])
+    with pytest.raises(ArtifactError, match="odd square kernel"):
+        L.conv_relu_pool(x, tf.zeros([2, 2, 1, 3]), tf.zeros([3]), "VALID")
+    with pytest.raises(ArtifactError, match="cannot keep"):
+        L.conv_relu_pool(x, tf.zeros([3, 3, 1, 3]), tf.zeros([3]), "VALID", keep=(4, 3))
+    with pytest.raises(ArtifactError, match="nothing to pool"):
+        L.conv_relu_pool(x[:, :3, :3], tf.zeros([3, 3, 1, 3]), tf.zeros([3]), "VALID")
+
+
+def test_s2d_tap_matrix_places_every_tap_once_per_phase() -> None:
+    for k in (1, 3, 5):
+        e = L._s2d_tap_matrix(k).reshape(-1, 4, k * k)  # [window, phase, tap]
+        assert np.array_equal(e.sum(axis=0), np.ones((4, k * k), np.float32))
 
 
 @pytest.mark.parametrize(
