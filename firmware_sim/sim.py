@@ -128,11 +128,20 @@ def _load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     return load_digits_arrays() if name == "digits" else load_fashion_mnist()
 
 
+# Bump when the exporter's graphs change, so cached artifacts of older graphs are not reused.
+ARTIFACT_GRAPH_GENERATION = 2
+
+
+def cached_artifact_dir(model: str, batch_size: int, seed: int) -> Path:
+    """Where the simulator keeps its export of a zoo model between runs."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fedge" / "artifacts"
+    return cache / f"{model}-b{batch_size}-s{seed}-g{ARTIFACT_GRAPH_GENERATION}"
+
+
 def _artifact_dir(c: SimConfig, model: str) -> Path:
     if c.artifact is not None:
         return c.artifact
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fedge" / "artifacts"
-    target = cache / f"{model}-b{c.batch_size}-s{c.seed}"
+    target = cached_artifact_dir(model, c.batch_size, c.seed)
     if not (target / "manifest.json").exists():
         from model_export import export_model
 

@@ -44,9 +44,8 @@ import numpy as np
 from edge_client.codec import UpdateEncoder, dense_float32_bytes, parse_spec
 from edge_client.errors import ConfigError
 from firmware_sim.plots import plot_accuracy_vs_bytes
-from firmware_sim.sim import SimConfig, run_sim
+from firmware_sim.sim import SimConfig, cached_artifact_dir, run_sim
 from tools.bench._common import (
-    artifact_cache,
     command_line,
     machine_load,
     markdown_table,
@@ -276,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         summaries[spec] = run_spec(s, spec, runs_dir, args.reuse)
         acc = summaries[spec]["final_accuracy"]
         print(f"[compression] {spec}: final accuracy {acc}", flush=True)
-    artifact = artifact_cache() / f"cnn-fmnist-b32-s{s.seed}"  # where run_sim exported it
+    artifact = cached_artifact_dir("cnn-fmnist", 32, s.seed)  # where run_sim exported it
     delta = sample_delta(artifact, runs_dir / slug("none") / "devices" / "dev-00000", s)
     shapes = [d.shape for d in delta]
     dense = dense_float32_bytes(shapes)
