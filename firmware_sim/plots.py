@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from edge_client.errors import DataError
 
@@ -238,9 +239,15 @@ def plot_accuracy_vs_epsilon(rows: Sequence[Mapping[str, Any]], path: str | Path
             any_finite = True
             ax.plot([p[0] for p in finite], [p[1] for p in finite], marker="o", label=label)
         for _, acc in (p for p in points if not math.isfinite(p[0])):
-            ax.axhline(acc, linestyle="--", color="gray", label=f"{label}: no DP")
+            reference = label if label.lower() == "no dp" else f"{label}: no DP"
+            ax.axhline(acc, linestyle="--", color="gray", label=reference)
     if any_finite:
         ax.set_xscale("log")
+        ticks = sorted(
+            {float(f"{p[0]:.2g}") for pts in groups.values() for p in pts if math.isfinite(p[0])}
+        )
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("epsilon")
     ax.set_ylabel("accuracy")
     ax.set_title("accuracy vs privacy budget")
