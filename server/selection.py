@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from edge_client.protocol.messages import CheckIn
 from server.job import SelectionConfig
 
+WAKE_FACTOR = 2.0  # devices woken per device wanted; selection closes at this many waiting
+
 
 def round_rng(
     seed: int, job_id: str, round_number: int, attempt: int, purpose: str
@@ -78,21 +80,22 @@ class SelectionPool:
         n = len(self.waiting)
         if n >= reachable and n >= minimum:
             return True  # every online device is waiting: nobody else can come
-        if n >= 2 * want and not self.rules.wake_all:
+        if n >= WAKE_FACTOR * want and not self.rules.wake_all:
             return True  # ample choice: a large fleet's check-ins never leave a quiet gap
         if n >= want and time.time() - self.last_added >= self.rules.quiet_period_s:
             return True
         return waited_s >= self.rules.selection_timeout_s and n >= minimum
 
     def wake_probability(self, want: int, online: int) -> float:
-        """Share of waiting devices a round-open broadcast should wake (about 3x the demand).
+        """Share of waiting devices a round-open broadcast should wake (twice the demand:
+        selection closes once that many wait, and every extra check-in costs a reply).
 
         Every device with `wake_all` (then selection only depends on the seed: benchmarks
         comparing settings on the same clients use it).
         """
         if self.rules.wake_all or online <= 0:
             return 1.0
-        return min(1.0, 3.0 * want / online)
+        return min(1.0, WAKE_FACTOR * want / online)
 
     def remove(self, device_id: str) -> None:
         self.waiting.pop(device_id, None)

@@ -126,8 +126,8 @@ def test_small_fleet_comes_back_right_after_the_round() -> None:
     assert all(20.0 <= w <= 25.0 for w in windows)
 
 
-@pytest.mark.parametrize("want, online, expected", [(10, 0, 1.0), (10, 20, 1.0), (10, 100, 0.3),
-                                                    (1, 3000, 0.001)])
+@pytest.mark.parametrize("want, online, expected", [(10, 0, 1.0), (10, 20, 1.0), (10, 100, 0.2),
+                                                    (1, 3000, 2 / 3000)])
 def test_wake_probability(want: int, online: int, expected: float) -> None:
     assert SelectionPool(SelectionConfig()).wake_probability(want, online) == pytest.approx(expected)
     assert SelectionPool(SelectionConfig(wake_all=True)).wake_probability(want, online) == 1.0
