@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from server.blobs import BlobStore
 
+log = logging.getLogger("fedge.server.http")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -40,7 +43,8 @@ def _slice_for_range(header: str, size: int) -> tuple[int, int]:
 class HotBlobs:
     """The most recently served blobs in memory (a round's weights go to every selected device).
 
-    Blobs are immutable (content-addressed), so a cached copy never goes stale.
+    Blobs are immutable (content-addressed), so a cached copy never goes stale; a file is
+    cached only after its bytes were checked against its digest.
     """
 
     def __init__(self, blobs: BlobStore, max_bytes: int = 64 * 1024 * 1024):
@@ -59,6 +63,11 @@ class HotBlobs:
         if not path.exists():
             return None
         data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            # served anyway (devices check the signed digest and refuse it), never cached, so
+            # the genuine file is picked up once it is restored
+            log.error("blob %s on disk does not match its digest", digest)
+            return data
         if len(data) <= self.max_bytes // 4:
             self._cache[digest] = data
             self._bytes += len(data)

@@ -109,6 +109,13 @@ def live(
             return bool(job_state and job_state["rounds_committed"] >= ROUNDS_BEFORE_PAUSE)
 
         wait_for(f"{ROUNDS_BEFORE_PAUSE} committed rounds", committed, 180)
+
+        def all_online() -> bool:
+            """Every agent registered and online (one may still be reconnecting on a loaded CI)."""
+            profiles = http.get("/v1/fleet").json()["by_profile"].values()
+            return sum(p["online"] for p in profiles) == len(PROFILES)
+
+        wait_for(f"all {len(PROFILES)} devices online", all_online, 120)
         assert http.post("/v1/jobs/dash/pause", headers=ADMIN).json()["status"] == "paused"
 
         def parked() -> bool:

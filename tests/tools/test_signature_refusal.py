@@ -109,7 +109,8 @@ def test_artifact_signed_by_another_key_is_refused(
 
 def test_blob_whose_bytes_do_not_match_the_signed_digest_is_refused(
         fleet: ProvisionResult, server: BlobServer, mlp_artifact: Path, tmp_path: Path) -> None:
-    data = (mlp_artifact / MODEL_FILE).read_bytes()
+    # bytes no earlier test fetched: the server keeps recently served blobs in memory
+    data = (mlp_artifact / MODEL_FILE).read_bytes() + b"tamper-test"
     model = server.ref(data, "model")
     stored = server.blobs.path(model.sha256)
     tampered = bytearray(data)
