@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_client.artifact import load_artifact
 from edge_client.data import save_npz_dataset
-from edge_client.errors import ConfigError
+from edge_client.errors import ConfigError, PrivacyError
 from edge_client.identity import issue_identity_certificate, load_or_create_identity
+from edge_client.privacy import parse_dp_spec
 from edge_client.signing import load_or_create_signing_key
 from firmware_sim.availability import load_trace
 from firmware_sim.fleet import DeviceSpec, Fleet, WorkerArgs
@@ -92,7 +93,7 @@ class SimConfig:
     @property
     def secure(self) -> bool:
         """Secure aggregation on: asked for, or implied by distributed DP (which needs it)."""
-        return self.secagg or (self.dp or "").strip().lower().startswith("distributed")
+        return self.secagg or (self.dp is not None and parse_dp_spec(self.dp).requires_secagg)
 
 
 @dataclass
@@ -120,6 +121,11 @@ def validate_sim_config(c: SimConfig) -> None:
         raise ConfigError("--dropout must be in [0, 1)")
     if c.speedup <= 0:
         raise ConfigError("--speedup must be > 0")
+    if c.dp is not None:
+        try:
+            parse_dp_spec(c.dp)
+        except PrivacyError as exc:
+            raise ConfigError(f"--dp: {exc}") from exc
 
 
 def _load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +24,7 @@ from edge_client.trainer import LocalTrainer
 from edge_client.weights import pack_weights, unpack_weights
 from server.aggregator import StreamingMean
 from server.blobs import BlobStore
-from server.dp_controller import CentralDP, DistributedDP, job_privacy_for
+from server.dp_controller import CentralDP, DistributedDP, privacy_for_job
 from server.job import JobConfig
 from server.optimizers import ServerOptimizer
 from server.rounds import ParticipantReport, RoundRun, RoundState
@@ -86,15 +85,7 @@ class Coordinator:
         self.replay = ReplayGuard(limits.max_clock_skew_s)
         self.optimizer = ServerOptimizer(job.optimizer)
         self.secure = secure_settings(job.secagg)
-        self.dp = job_privacy_for(
-            job.dp,
-            expected_clients=job.selection.target_reports,
-            max_clients=job.selection.selected_per_round,
-            min_clients=max(
-                job.selection.min_reports, self.secure.min_clients if self.secure else 1
-            ),
-            dim=sum(math.prod(shape) for shape in self.shapes),
-        )
+        self.dp = privacy_for_job(job, artifact.manifest.param_count)
         self.enrolment_key = enrolment_key
         self.evaluator = LocalTrainer(artifact)
         self.current: RoundRun | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ from edge_client.privacy import (
     parse_dp_spec,
     select_distributed_params,
 )
+from server.job import JobConfig
 from server.privacy import (
     AdaptiveClipper,
     RoundAccountant,
@@ -25,19 +27,21 @@ from server.privacy import (
     decode_noisy_sum,
     update_noise_multiplier,
 )
+from server.secure_round import secure_settings
 
 log = logging.getLogger("fedge.server.dp")
 
 
-class JobPrivacy:
+class JobPrivacy(ABC):
     """What every DP mode shares: the job's spec, its accountant and the budget stop."""
 
     spec: DPSpec
     expected_clients: int
     accountant: RoundAccountant | None
 
+    @abstractmethod
     def _new_accountant(self, population: int) -> RoundAccountant:
-        raise NotImplementedError
+        """The accountant of this mode for a population of `population` devices."""
 
     def ensure_accountant(self, population: int, rounds_done: int) -> RoundAccountant:
         """Create the accountant once the population is known (replaying committed rounds)."""
@@ -190,6 +194,24 @@ class DistributedDP(JobPrivacy):
             distributed_params=self.params,
             min_clients=self.min_clients,
         )
+
+
+def privacy_for_job(job: JobConfig, dim: int) -> CentralDP | DistributedDP | None:
+    """The DP controller of `job` for an update of `dim` values (None without DP).
+
+    Distributed DP splits the noise over the round's target reports, sizes the ring for the
+    devices a round selects, and accounts with the fewest devices a released sum may hold:
+    the round's minimum reports, or secure aggregation's own minimum if that is larger.
+    """
+    secure = secure_settings(job.secagg)
+    sel = job.selection
+    return job_privacy_for(
+        job.dp,
+        expected_clients=sel.target_reports,
+        max_clients=sel.selected_per_round,
+        min_clients=max(sel.min_reports, secure.min_clients if secure else 1),
+        dim=dim,
+    )
 
 
 def job_privacy_for(

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,7 +22,9 @@ from edge_client import codec
 from edge_client.errors import ConfigError, SecAggError
 from edge_client.privacy import check_wraparound
 from edge_client.secagg import GraphKind, SecAggConfig, decode_message
-from server.dp_controller import DistributedDP
+
+if TYPE_CHECKING:
+    from server.dp_controller import DistributedDP
 
 log = logging.getLogger("fedge.server.secagg")
 

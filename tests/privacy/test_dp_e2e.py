@@ -2,80 +2,50 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 
 from edge_client.errors import ConfigError
-from firmware_sim.sim import SimConfig, run_sim
-from server.dp_controller import CentralDP, DistributedDP, job_privacy_for
-from server.job import JobConfig, SelectionConfig, validate
+from firmware_sim.sim import SimConfig, prepare, run_sim
+from server.dp_controller import job_privacy_for, privacy_for_job
+from server.job import JobConfig, validate
 
 DEVICES = 20
 CLIENTS = 8
-OVER_SELECTION = 1.25
-MIN_REPORT_FRACTION = 0.6
-MLP_DIGITS_PARAMS = 2410
-SECAGG_MIN_CLIENTS = 3
 
 
-def privacy_for(spec: str) -> CentralDP | DistributedDP:
-    """The controller the coordinator builds for the simulated job below."""
-    selection = SelectionConfig(
-        target_reports=CLIENTS,
-        over_selection=OVER_SELECTION,
-        min_reports=math.ceil(CLIENTS * MIN_REPORT_FRACTION),
+def dp_config(out: Path, artifact: Path, dp: str, rounds: int) -> SimConfig:
+    return SimConfig(
+        out=out,
+        devices=DEVICES,
+        rounds=rounds,
+        clients_per_round=CLIENTS,
+        over_selection=1.25,
+        min_report_fraction=0.6,
+        partition="iid",
+        profiles="android-high",
+        availability="always",
+        dropout=0.0,
+        local_epochs=5,
+        lr=0.2,
+        seed=3,
+        artifact=artifact,
+        progress=False,
+        workers=2,
+        round_deadline_s=20.0,
+        secagg_stage_timeout_s=6.0,
+        dp=dp,
     )
-    secure = spec.startswith("distributed")
-    dp = job_privacy_for(
-        spec,
-        expected_clients=CLIENTS,
-        max_clients=selection.selected_per_round,
-        min_clients=max(selection.min_reports, SECAGG_MIN_CLIENTS if secure else 1),
-        dim=MLP_DIGITS_PARAMS,
-    )
+
+
+def expected_epsilons(tmp_path: Path, artifact: Path, spec: str, rounds: int) -> list[float]:
+    """Epsilon after each round from the controller the coordinator builds for the sim's job."""
+    plan = prepare(dp_config(tmp_path / "plan", artifact, spec, rounds), "mqtt://127.0.0.1:1")
+    dp = privacy_for_job(plan.job, plan.params)
     assert dp is not None
-    dp.ensure_accountant(DEVICES, rounds_done=0)
-    return dp
-
-
-def expected_epsilons(spec: str, rounds: int) -> list[float]:
-    dp = privacy_for(spec)
-    assert dp.accountant is not None
-    return [dp.accountant.epsilon_after(t) for t in range(1, rounds + 1)]
-
-
-def budget_between(spec: str, rounds: int) -> float:
-    """A target epsilon that `rounds` rounds fit under and `rounds + 1` do not."""
-    eps = expected_epsilons(spec, rounds + 1)
-    return (eps[rounds - 1] + eps[rounds]) / 2
-
-
-def dp_run(out: Path, artifact: Path, dp: str, rounds: int) -> dict:
-    return run_sim(
-        SimConfig(
-            out=out,
-            devices=DEVICES,
-            rounds=rounds,
-            clients_per_round=CLIENTS,
-            over_selection=OVER_SELECTION,
-            min_report_fraction=MIN_REPORT_FRACTION,
-            partition="iid",
-            profiles="android-high",
-            availability="always",
-            dropout=0.0,
-            local_epochs=5,
-            lr=0.2,
-            seed=3,
-            artifact=artifact,
-            progress=False,
-            workers=2,
-            round_deadline_s=20.0,
-            secagg_stage_timeout_s=6.0,
-            dp=dp,
-        )
-    )
+    accountant = dp.ensure_accountant(DEVICES, rounds_done=0)
+    return [accountant.epsilon_after(t) for t in range(1, rounds + 1)]
 
 
 @pytest.mark.parametrize(
@@ -86,21 +56,24 @@ def dp_run(out: Path, artifact: Path, dp: str, rounds: int) -> dict:
 def test_job_learns_reports_epsilon_and_stops_at_the_budget(
     tmp_path: Path, mlp_artifact: Path, spec: str
 ) -> None:
-    budget = budget_between(spec, 3)
-    summary = dp_run(tmp_path / "run", mlp_artifact, f"{spec},target_eps={budget!r}", rounds=10)
+    eps = expected_epsilons(tmp_path, mlp_artifact, spec, 4)
+    budget = (eps[2] + eps[3]) / 2  # three rounds fit, the fourth does not
+    summary = run_sim(
+        dp_config(tmp_path / "run", mlp_artifact, f"{spec},target_eps={budget!r}", rounds=10)
+    )
 
     assert summary["status"] == "finished"
     assert "privacy budget reached" in summary["status_reason"]
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3]  # the fourth round would exceed the budget
     epsilons = [r["epsilon"] for r in rounds]
-    assert epsilons == pytest.approx(expected_epsilons(spec, 3), rel=1e-9)
+    assert epsilons == pytest.approx(eps[:3], rel=1e-9)
     assert epsilons[-1] <= budget
     assert summary["final_accuracy"] >= 0.35  # noisy, but far above chance (0.1)
 
 
 def test_distributed_run_is_secure_and_uniformly_weighted(tmp_path: Path, mlp_artifact: Path) -> None:
-    summary = dp_run(tmp_path / "run", mlp_artifact, "distributed:0.3:2.0", rounds=2)
+    summary = run_sim(dp_config(tmp_path / "run", mlp_artifact, "distributed:0.3:2.0", rounds=2))
     assert summary["status"] == "finished"
     assert summary["config"]["dp"] == "distributed:0.3:2.0"
     for r in summary["rounds"]:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from rich.console import Console
@@ -25,9 +25,43 @@ from rich.table import Table
 
 from edge_client.errors import ConfigError
 
+if TYPE_CHECKING:
+    from firmware_sim.sim import SimConfig
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 Section = tuple[str, Sequence[str], Sequence[Sequence[object]], str]  # title, columns, rows, note
 BENCH_FLEET = "bench"
+
+
+@dataclass(frozen=True)
+class FleetSetting:
+    """The federated setting every row of an accuracy benchmark shares (simulated fleet)."""
+
+    devices: int = 100
+    rounds: int = 20
+    clients_per_round: int = 20
+    local_epochs: int = 2
+    lr: float = 0.1
+    seed: int = 0
+    partition: str = "dirichlet:0.5"
+    round_deadline_s: float = 300.0
+
+
+QUICK_FLEET: dict[str, Any] = {"devices": 10, "rounds": 2, "clients_per_round": 5,
+                               "local_epochs": 1}  # the --quick smoke runs
+
+
+def run_or_reuse(cfg: SimConfig, reuse: bool) -> dict[str, Any]:
+    """Simulate ``cfg``, or with ``reuse`` return a finished run with the identical config."""
+    from firmware_sim.sim import run_sim
+
+    done = cfg.out / "summary.json"
+    if reuse and done.exists():
+        old = json.loads(done.read_text())
+        if old.get("config") == cfg.to_dict() and old.get("status") == "finished":
+            logging.getLogger("fedge.bench").warning("reusing %s", done)
+            return dict(old)
+    return run_sim(cfg)
 
 
 def command_line(module: str) -> str:

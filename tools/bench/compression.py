@@ -44,13 +44,16 @@ import numpy as np
 from edge_client.codec import UpdateEncoder, dense_float32_bytes, parse_spec
 from edge_client.errors import ConfigError
 from firmware_sim.plots import plot_accuracy_vs_bytes
-from firmware_sim.sim import SimConfig, cached_artifact_dir, run_sim
+from firmware_sim.sim import SimConfig, cached_artifact_dir
 from tools.bench._common import (
+    QUICK_FLEET,
+    FleetSetting,
     command_line,
     machine_load,
     markdown_table,
     print_table,
     quiet_logs,
+    run_or_reuse,
     write_json,
 )
 
@@ -63,22 +66,9 @@ COLUMNS = ("row", "final acc", "last-3 acc", "wire B/dev", "wire ratio", "payloa
            "payload ratio", "cum. uplink MB", "client overlap", "wall s")
 
 
-@dataclass(frozen=True)
-class Setting:
-    """The federated setting shared by every row."""
-
-    devices: int = 100
-    rounds: int = 20
-    clients_per_round: int = 20
-    local_epochs: int = 2
-    lr: float = 0.1
-    seed: int = 0
-    partition: str = "dirichlet:0.5"
-    round_deadline_s: float = 300.0
-
-
+Setting = FleetSetting
 FULL = Setting()
-QUICK = Setting(devices=10, rounds=2, clients_per_round=5, local_epochs=1)
+QUICK = Setting(**QUICK_FLEET)
 
 
 @dataclass(frozen=True)
@@ -127,14 +117,7 @@ def sim_config(s: Setting, spec: str, out: Path) -> SimConfig:
 
 def run_spec(s: Setting, spec: str, runs_dir: Path, reuse: bool) -> dict[str, Any]:
     """Simulate one spec (or reuse a finished run with the identical configuration)."""
-    cfg = sim_config(s, spec, runs_dir / slug(spec))
-    done = cfg.out / "summary.json"
-    if reuse and done.exists():
-        old = json.loads(done.read_text())
-        if old.get("config") == cfg.to_dict() and old.get("status") == "finished":
-            logging.getLogger("fedge.bench").warning("reusing %s", done)
-            return dict(old)
-    return run_sim(cfg)
+    return run_or_reuse(sim_config(s, spec, runs_dir / slug(spec)), reuse)
 
 
 def schedule(run_dir: Path) -> list[list[int]]:

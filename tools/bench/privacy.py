@@ -19,8 +19,6 @@ hold (the round's minimum reports); the benchmark sets that minimum to every sel
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -32,47 +30,43 @@ import numpy as np
 
 from edge_client.errors import ConfigError
 from firmware_sim.plots import plot_accuracy_vs_epsilon
-from firmware_sim.sim import SimConfig, run_sim
+from firmware_sim.sim import SimConfig
 from server.dp_controller import job_privacy_for
 from tools.bench._common import (
+    QUICK_FLEET,
+    FleetSetting,
     command_line,
     machine_load,
     markdown_table,
     print_table,
     quiet_logs,
+    run_or_reuse,
     write_json,
 )
 
 TARGETS = (1.0, 4.0, 8.0)
 MODES = ("central", "distributed")
-CNN_FMNIST_PARAMS = 5258
 DOC_PLOT = Path("docs/img/privacy_accuracy_vs_epsilon.png")
 COLUMNS = ("mode", "target eps", "z", "eps reached", "rounds", "final acc", "last-3 acc",
            "wall s")
 
 
 @dataclass(frozen=True)
-class Setting:
-    """The federated setting shared by every row."""
+class Setting(FleetSetting):
+    """The federated setting shared by every row: IID shards, one clip norm and delta."""
 
-    devices: int = 100
-    rounds: int = 20
-    clients_per_round: int = 20
-    local_epochs: int = 2
-    lr: float = 0.1
-    seed: int = 0
     partition: str = "iid"
     clip: float = 1.0
     delta: float = 1e-5
-    round_deadline_s: float = 300.0
 
 
 FULL = Setting()
-QUICK = Setting(devices=10, rounds=2, clients_per_round=5, local_epochs=1)
+QUICK = Setting(**QUICK_FLEET)
 
 
-def epsilon_function(s: Setting, mode: str) -> Callable[[float], float]:
-    """epsilon after `s.rounds` rounds as a function of z, from the controller the job builds."""
+def epsilon_function(s: Setting, mode: str, dim: int) -> Callable[[float], float]:
+    """epsilon after `s.rounds` rounds as a function of z, for an update of `dim` values,
+    from the controller the job builds."""
 
     def epsilon(z: float) -> float:
         dp = job_privacy_for(
@@ -80,7 +74,7 @@ def epsilon_function(s: Setting, mode: str) -> Callable[[float], float]:
             expected_clients=s.clients_per_round,
             max_clients=s.clients_per_round,
             min_clients=s.clients_per_round,
-            dim=CNN_FMNIST_PARAMS,
+            dim=dim,
         )
         assert dp is not None
         return dp.ensure_accountant(s.devices, rounds_done=0).epsilon_after(s.rounds)
@@ -115,17 +109,6 @@ def sim_config(s: Setting, dp: str | None, out: Path) -> SimConfig:
                      profiles="android-high", seed=s.seed, dp=dp, local_epochs=s.local_epochs,
                      lr=s.lr, progress=False, round_deadline_s=s.round_deadline_s,
                      secagg_stage_timeout_s=30.0)
-
-
-def run_row(cfg: SimConfig, reuse: bool) -> dict[str, Any]:
-    """Simulate one row (or reuse a finished run with the identical configuration)."""
-    done = cfg.out / "summary.json"
-    if reuse and done.exists():
-        old = json.loads(done.read_text())
-        if old.get("config") == cfg.to_dict() and old.get("status") == "finished":
-            logging.getLogger("fedge.bench").warning("reusing %s", done)
-            return dict(old)
-    return run_sim(cfg)
 
 
 @dataclass(frozen=True)
@@ -193,15 +176,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_before = machine_load()
     t0 = time.time()
     print(f"[privacy] no DP: {s.rounds} rounds ...", flush=True)
-    rows = [make_row("no DP", None, None, run_row(sim_config(s, None, runs_dir / "none"),
-                                                  args.reuse))]
+    reference = run_or_reuse(sim_config(s, None, runs_dir / "none"), args.reuse)
+    params = int(reference["params"])  # trainable parameters of cnn-fmnist
+    rows = [make_row("no DP", None, None, reference)]
     for mode in modes:
-        epsilon = epsilon_function(s, mode)
+        epsilon = epsilon_function(s, mode, params)
         for target in targets:
             z = calibrate_z(epsilon, target)
             spec = f"{mode}:z={z!r},clip={s.clip!r},delta={s.delta!r},target_eps={target!r}"
             print(f"[privacy] {mode} eps={target:g}: z={z:.4f}, {s.rounds} rounds ...", flush=True)
-            summary = run_row(sim_config(s, spec, runs_dir / f"{mode}-eps{target:g}"), args.reuse)
+            summary = run_or_reuse(sim_config(s, spec, runs_dir / f"{mode}-eps{target:g}"), args.reuse)
             rows.append(make_row(mode, target, z, summary))
             print(f"[privacy] {mode} eps={target:g}: final accuracy {rows[-1].final_accuracy:.4f}",
                   flush=True)
@@ -212,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     plot_accuracy_vs_epsilon(points, plot)
     table = [r.cells() for r in rows]
     command = command_line("tools.bench.privacy")
-    note = (f"cnn-fmnist ({CNN_FMNIST_PARAMS:,} params) on Fashion-MNIST, {s.devices} devices, "
+    note = (f"cnn-fmnist ({params:,} params) on Fashion-MNIST, {s.devices} devices, "
             f"{s.partition}, {s.clients_per_round} per round (q = "
             f"{s.clients_per_round / s.devices:g}), {s.rounds} rounds, {s.local_epochs} local "
             f"epoch(s), lr {s.lr}, clip {s.clip}, delta {s.delta:g}, seed {s.seed}; accuracies "
