@@ -59,7 +59,8 @@ def run_job(
     from edge_client.signing import load_or_create_signing_key
 
     load_or_create_signing_key(key_file)
-    settings = ServerSettings(state_dir=state, broker_url=broker_url, http_port=0)
+    # round 1 starts once the whole fleet is online (the tests count on every device being there)
+    settings = ServerSettings(state_dir=state, broker_url=broker_url, http_port=0, expect_devices=n)
     srv = start_server(job, settings)
     configs = device_configs(
         tmp_path / "devices", n, broker_url, key_file.with_suffix(".pub"), iid_shards(x_tr, y_tr, n)
