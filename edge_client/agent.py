@@ -561,8 +561,7 @@ class DeviceAgent:
         )
         return m.Update(
             payload=encoded.payload,
-            codec=str(spec),
-            base_weights=task.weights.sha256,
+            base_weights=m.base_digest(task.weights.sha256),
             metrics=metrics,
             within_clip=within_clip,
         )

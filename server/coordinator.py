@@ -295,14 +295,10 @@ class Coordinator:
     ) -> None:
         rnd = self.current
         refusal = self._late_or_foreign(device_id, job_id, round_id, "train")
-        if refusal is None and update.base_weights != self.weights_sha:
+        if refusal is None and update.base_weights != m.base_digest(self.weights_sha):
             refusal = "update was trained on other weights than this round's"
         if refusal is None and rnd is not None and rnd.secure is not None:
             refusal = "this round uses secure aggregation: plain updates are refused"
-        if refusal is None and update.codec != str(self.codec_spec):
-            refusal = (
-                f"update codec {update.codec!r} differs from the round's {str(self.codec_spec)!r}"
-            )
         if refusal is not None or rnd is None:
             self._reject(device_id, "update", refusal or "no round")
             self._post(device_id, m.Ack(accepted=False, reason=refusal or "no round"))

@@ -1,7 +1,8 @@
 """msgpack envelopes: versioned, typed, size-limited, with replay protection.
 
-Protocol 2 packs the header positionally, ``[version, type code, id, sender, job, round, ts,
-body]``, to keep the fixed cost of a message small (docs/protocol.md explains each choice).
+Since protocol 2 the header is packed positionally, ``[version, type code, id, sender, job,
+round, ts, body]``, to keep the fixed cost of a message small (docs/protocol.md explains each
+choice); protocol 3 slimmed the update body.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import msgpack
 
 from edge_client.errors import ProtocolError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MSG_ID_BYTES = 8
 HEADER_FIELDS = ("version", "type", "id", "sender", "job", "round", "ts", "body")
 # Wire codes of the message types; a code is never reused for another type.

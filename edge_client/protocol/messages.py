@@ -332,9 +332,15 @@ class TrainMetrics:
         )
 
 
-UPDATE_FIELDS = ("payload", "codec", "base_weights", "metrics", "examples", "within_clip")
+UPDATE_FIELDS = ("payload", "base_weights", "metrics", "examples", "within_clip")
+BASE_DIGEST_BYTES = 16  # an update names its base weights by this prefix of their sha256
 METRICS_DTYPE = "<f4"  # update metrics on the wire: loss, accuracy, train_time_s
 METRICS_BYTES = 3 * np.dtype(METRICS_DTYPE).itemsize
+
+
+def base_digest(sha256_hex: str) -> str:
+    """The hex prefix of a weights digest that an `Update` carries as ``base_weights``."""
+    return F.sha256_hex("base_weights", sha256_hex)[: 2 * BASE_DIGEST_BYTES]
 
 
 @dataclass(frozen=True)
@@ -342,36 +348,39 @@ class Update(Message):
     """Device -> server: the encoded model update of a training task.
 
     Sent by every device every round, so its body is a positional array (`UPDATE_FIELDS`):
-    ``base_weights`` as the 32 raw digest bytes, ``metrics`` as float32 loss, accuracy and
-    train time, then ``examples``, then ``within_clip`` only when it is set.
+    ``base_weights`` as the first 16 raw bytes of the sha256 of the weights trained on (hex in
+    the attribute, see `base_digest`), ``metrics`` as float32 loss, accuracy and train time,
+    then ``examples``, then ``within_clip`` only when it is set. The codec spec does not
+    travel: the job fixes it and the payload's fingerprint binds it.
     """
 
     TYPE: ClassVar[str] = "update"
     WIRE_BODY: ClassVar[type] = list
     payload: bytes
-    codec: str
     base_weights: str
     metrics: TrainMetrics
     within_clip: bool | None = None
 
     def to_body(self) -> list[Any]:
-        """The positional body; ProtocolError if ``base_weights`` is not a sha256 hex digest."""
-        digest = bytes.fromhex(F.sha256_hex("base_weights", self.base_weights))
+        """The positional body; ProtocolError if ``base_weights`` is not a `base_digest`."""
+        digest = _hex_bytes("base_weights", self.base_weights, BASE_DIGEST_BYTES)
         with np.errstate(over="ignore"):  # beyond float32: infinity, which the receiver refuses
             metrics = np.array(
                 [self.metrics.loss, self.metrics.accuracy, self.metrics.train_time_s],
                 dtype=METRICS_DTYPE,
             ).tobytes()
-        body = [self.payload, self.codec, digest, metrics, self.metrics.examples]
+        body = [self.payload, digest, metrics, self.metrics.examples]
         return body if self.within_clip is None else [*body, self.within_clip]
 
     @classmethod
     def from_body(cls, body: list[Any], limits: Limits) -> Update:
         named = F.positional(body, UPDATE_FIELDS, required=len(UPDATE_FIELDS) - 1)
-        payload, codec = F.get(named, "payload", bytes), F.get(named, "codec", str)
+        payload = F.get(named, "payload", bytes)
         digest = F.get(named, "base_weights", bytes)
-        if len(digest) != SHA256_BYTES:
-            raise ProtocolError(f"field 'base_weights' must be {SHA256_BYTES} bytes (a sha256)")
+        if len(digest) != BASE_DIGEST_BYTES:
+            raise ProtocolError(
+                f"field 'base_weights' must be {BASE_DIGEST_BYTES} bytes (a sha256 prefix)"
+            )
         metrics = F.get(named, "metrics", bytes)
         if len(metrics) != METRICS_BYTES:
             raise ProtocolError(
@@ -381,7 +390,6 @@ class Update(Message):
         loss, accuracy, train_time_s = np.frombuffer(metrics, METRICS_DTYPE).tolist()
         return cls(
             payload=payload,
-            codec=codec,
             base_weights=digest.hex(),
             metrics=TrainMetrics.from_body(
                 {
@@ -393,6 +401,12 @@ class Update(Message):
             ),
             within_clip=F.get(named, "within_clip", bool, optional=True),
         )
+
+
+def _hex_bytes(key: str, value: str, size: int) -> bytes:
+    if len(value) != 2 * size or any(c not in "0123456789abcdef" for c in value):
+        raise ProtocolError(f"field {key!r} must be {2 * size} lowercase hex characters")
+    return bytes.fromhex(value)
 
 
 @dataclass(frozen=True)

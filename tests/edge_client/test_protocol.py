@@ -35,6 +35,7 @@ from edge_client.weights import pack_weights, unpack_weights
 NAME = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", fullmatch=True)
 TEXT = st.text(max_size=40)
 DIGEST = st.binary(min_size=32, max_size=32).map(bytes.hex)
+UPDATE_DIGEST = st.binary(min_size=16, max_size=16).map(bytes.hex)  # an update's base_digest
 
 
 def unit_floats(lo: float, hi: float) -> st.SearchStrategy[float]:
@@ -72,7 +73,7 @@ MESSAGE_STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
         round_seed=st.integers(0, 2**63 - 1), secagg=st.none() | FREE_DICT,
         dp=st.none() | FREE_DICT),
     m.RetryLater: st.builds(m.RetryLater, reason=TEXT, retry_after_s=unit_floats(0.0, 7 * 86400)),
-    m.Update: st.builds(m.Update, payload=st.binary(max_size=512), codec=TEXT, base_weights=DIGEST,
+    m.Update: st.builds(m.Update, payload=st.binary(max_size=512), base_weights=UPDATE_DIGEST,
                         metrics=METRICS, within_clip=st.none() | st.booleans()),
     m.EvalResult: st.builds(m.EvalResult, loss=unit_floats(0.0, 1e9),
                             accuracy=unit_floats(0.0, 1.0), examples=st.integers(0, 1 << 40)),
@@ -96,7 +97,7 @@ EXAMPLES: dict[str, m.Message] = {
                    plan=m.TrainingPlan(epochs=1, lr=0.1, max_steps=10), codec="none",
                    deadline=time.time() + 60, round_seed=7, secagg={"threshold": 3}),
     "retry": m.RetryLater(reason="busy", retry_after_s=5.0),
-    "update": m.Update(payload=b"\x01\x02", codec="none", base_weights="ef" * 32,
+    "update": m.Update(payload=b"\x01\x02", base_weights="ef" * 16,
                        metrics=m.TrainMetrics(loss=0.5, accuracy=0.8, examples=10,
                                               train_time_s=1.0)),
     "eval_result": m.EvalResult(loss=0.4, accuracy=0.9, examples=50),
@@ -149,7 +150,7 @@ def on_the_wire(message: m.Message) -> m.Message:
         message.metrics.loss, message.metrics.accuracy, message.metrics.train_time_s))
     metrics = m.TrainMetrics(loss=loss, accuracy=accuracy, examples=message.metrics.examples,
                              train_time_s=train_time)
-    return m.Update(payload=message.payload, codec=message.codec,
+    return m.Update(payload=message.payload,
                     base_weights=message.base_weights, metrics=metrics,
                     within_clip=message.within_clip)
 
@@ -187,8 +188,9 @@ def test_round_trip_make_pack_unpack_parse(message: m.Message, sender: str, job_
 # --- malformed envelopes ------------------------------------------------------------------
 
 ENVELOPE_CASES = [
-    ("version 1", {"version": 1}, r"unsupported protocol version 1 \(this side speaks 2\)"),
-    ("version 3", {"version": 3}, "unsupported protocol version 3"),
+    ("version 1", {"version": 1}, r"unsupported protocol version 1 \(this side speaks 3\)"),
+    ("version 2", {"version": 2}, r"unsupported protocol version 2 \(this side speaks 3\)"),
+    ("version 4", {"version": 4}, "unsupported protocol version 4"),
     ("missing version", {"version": None}, "field 'version' has type NoneType, expected int"),
     ("bool version", {"version": True}, "field 'version' must be int, got bool"),
     ("type as a name", {"type": "ack"}, "field 'type' has type str, expected int"),
@@ -270,7 +272,7 @@ def test_version_1_envelope_is_refused_with_a_clear_message() -> None:
     v1 = {"v": 1, "t": "checkin", "id": os.urandom(12), "from": "dev-1", "job": "job",
           "round": 1, "ts": time.time(), "body": asdict(EXAMPLES["checkin"])}
     with pytest.raises(ProtocolError,
-                       match=r"unsupported protocol version 1 \(a map envelope; this side speaks 2"):
+                       match=r"unsupported protocol version 1 \(a map envelope; this side speaks 3"):
         unpack(packed(v1))
     array_v1 = m.Envelope(type="ack", body={}, sender="dev-1", version=1).pack()
     with pytest.raises(ProtocolError, match="unsupported protocol version 1"):
@@ -323,10 +325,8 @@ BODY_CASES: list[tuple[str, str, Any, str]] = [
     ("retry", "retry_after_s", -1.0, "retry_after_s"),
     ("retry", "retry_after_s", 8 * 86400.0, "retry_after_s"),
     ("update", UPD["payload"], "text", "field 'payload' has type str"),
-    ("update", UPD["codec"], None, "update: missing field 'codec'"),
-    ("update", UPD["codec"], "c" * 4097, "field 'codec' is too long"),
-    ("update", UPD["base_weights"], "ef" * 32, "field 'base_weights' has type str"),
-    ("update", UPD["base_weights"], b"\xef" * 16, "field 'base_weights' must be 32 bytes"),
+    ("update", UPD["base_weights"], "ef" * 16, "field 'base_weights' has type str"),
+    ("update", UPD["base_weights"], b"\xef" * 32, "field 'base_weights' must be 16 bytes"),
     ("update", UPD["metrics"], None, "missing field 'metrics'"),
     ("update", UPD["metrics"], {"loss": 0.5}, "field 'metrics' has type dict"),
     ("update", UPD["metrics"], f32(0.5, 0.8), "field 'metrics' must be 12 bytes"),
@@ -339,7 +339,7 @@ BODY_CASES: list[tuple[str, str, Any, str]] = [
     ("update", UPD["examples"], 1.5, "field 'examples' has type float"),
     ("update", UPD["examples"], -1, "field 'examples'=-1 outside"),
     ("update", UPD["examples"], None, "missing field 'examples'"),
-    ("update", UPD["examples"], DELETE, "body has 4 fields, expected 5 to 6"),
+    ("update", UPD["examples"], DELETE, "body has 3 fields, expected 4 to 5"),
     ("eval_result", "examples", True, "must not be a bool"),
     ("eval_result", "loss", -0.5, "field 'loss'=-0.5 outside"),
     ("ack", "accepted", DELETE, "missing field 'accepted'"),
@@ -369,7 +369,7 @@ def test_update_body_optional_and_extra_elements() -> None:
     assert len(body) == len(m.UPDATE_FIELDS) - 1  # within_clip=None is left out
     for extra, match in ((["yes"], "field 'within_clip' has type str"),
                          ([1], "field 'within_clip' has type int"),
-                         ([True, 0], "body has 7 fields, expected 5 to 6")):
+                         ([True, 0], "body has 6 fields, expected 4 to 5")):
         with pytest.raises(ProtocolError, match=match):
             parse_bytes(packed(header("update", body + extra)))
     assert isinstance(parse_bytes(packed(header("update", body + [None]))), m.Update)

@@ -1,4 +1,4 @@
-"""Protocol 2's compact encodings: envelope sizes, raw digests, float32 metrics, message ids."""
+"""The compact encodings (protocols 2, 3): envelope sizes, raw digests, float32 metrics, ids."""
 
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ from hypothesis import strategies as st
 
 from edge_client.errors import ProtocolError
 from edge_client.protocol import messages as m
-from edge_client.protocol.envelope import MSG_ID_BYTES, unpack
+from edge_client.protocol.envelope import MSG_ID_BYTES, PROTOCOL_VERSION, unpack
 
 DIGEST = "0f" * 32
-UPDATE_LIMIT = 104  # bytes of the update below, payload excluded (protocol 1: 274)
+UPDATE_LIMIT = 75  # bytes of the update below, payload excluded (1: 274, 2: 104)
 REF = m.BlobRef(sha256=DIGEST, url=f"http://127.0.0.1:8080/v1/blobs/{DIGEST}",
                 signature=bytes(64), size=21032)
 # Representative messages of a round, as agent and server build them.
 ROUND_TRAFFIC: dict[str, m.Message] = {
-    "update": m.Update(payload=b"", codec="topk:0.03+q2", base_weights=DIGEST,
+    "update": m.Update(payload=b"", base_weights=m.base_digest(DIGEST),
                        metrics=m.TrainMetrics(loss=0.4321, accuracy=0.8765, examples=480,
                                               train_time_s=1.234), within_clip=None),
     "checkin": m.CheckIn(eligibility=m.Eligibility(battery=0.87, free_memory_mb=2048),
@@ -56,9 +56,8 @@ def test_update_envelope_overhead_is_within_the_limit() -> None:
     update = ROUND_TRAFFIC["update"]
     assert isinstance(update, m.Update)
     assert len(wire(update)) <= UPDATE_LIMIT
-    assert protocol_1_size(update) == 274
     payload = bytes(range(150))  # a top-k payload: the envelope adds exactly its overhead
-    with_payload = m.Update(payload=payload, codec=update.codec,
+    with_payload = m.Update(payload=payload,
                             base_weights=update.base_weights, metrics=update.metrics)
     assert len(wire(with_payload)) == len(wire(update)) + len(payload)
 
@@ -75,26 +74,38 @@ def test_message_id_is_8_random_bytes() -> None:
     assert len(ids) == 100 and all(len(i) == MSG_ID_BYTES == 8 for i in ids)
 
 
-def test_base_weights_travel_as_raw_digest_bytes() -> None:
+def test_base_weights_travel_as_the_first_16_raw_digest_bytes() -> None:
     body = m.make(ROUND_TRAFFIC["update"], sender="dev-1").body
     assert isinstance(body, list)
-    assert body[m.UPDATE_FIELDS.index("base_weights")] == bytes.fromhex(DIGEST)
+    assert body[m.UPDATE_FIELDS.index("base_weights")] == bytes.fromhex(DIGEST)[:16]
+
+
+def test_the_codec_spec_does_not_travel_in_an_update() -> None:
+    body = m.make(ROUND_TRAFFIC["update"], sender="dev-1").body
+    assert isinstance(body, list) and not any(isinstance(x, str) for x in body)
 
 
 @settings(max_examples=100, deadline=None)
 @given(digest=st.binary(min_size=32, max_size=32))
-def test_base_weights_round_trip_as_the_hex_string(digest: bytes) -> None:
-    update = m.Update(payload=b"p", codec="none", base_weights=digest.hex(),
+def test_base_weights_round_trip_as_the_hex_prefix(digest: bytes) -> None:
+    update = m.Update(payload=b"p", base_weights=m.base_digest(digest.hex()),
                       metrics=m.TrainMetrics(loss=0.0, accuracy=0.0, examples=0, train_time_s=0))
     back = m.parse(unpack(wire(update)))
-    assert isinstance(back, m.Update) and back.base_weights == digest.hex()
+    assert isinstance(back, m.Update) and back.base_weights == digest.hex()[:32]
 
 
-@pytest.mark.parametrize("base_weights", ["", "ab" * 16, "AB" * 32, "zz" * 32, "ab" * 33])
-def test_update_with_base_weights_that_are_not_a_sha256_cannot_be_made(base_weights: str) -> None:
-    update = m.Update(payload=b"", codec="none", base_weights=base_weights,
-                      metrics=m.TrainMetrics(loss=0.0, accuracy=0.0, examples=0, train_time_s=0))
+@pytest.mark.parametrize("digest", ["", "ab" * 16, "AB" * 32, "zz" * 32, "ab" * 33])
+def test_base_digest_of_something_that_is_not_a_sha256_is_refused(digest: str) -> None:
     with pytest.raises(ProtocolError, match="field 'base_weights' must be 64 lowercase hex"):
+        m.base_digest(digest)
+
+
+@pytest.mark.parametrize("base_weights", ["", "ab" * 8, "AB" * 16, "zz" * 16, "ab" * 32])
+def test_update_with_base_weights_that_are_not_a_digest_prefix_cannot_be_made(
+        base_weights: str) -> None:
+    update = m.Update(payload=b"", base_weights=base_weights,
+                      metrics=m.TrainMetrics(loss=0.0, accuracy=0.0, examples=0, train_time_s=0))
+    with pytest.raises(ProtocolError, match="field 'base_weights' must be 32 lowercase hex"):
         m.make(update, sender="dev-1")
 
 
@@ -110,7 +121,7 @@ def test_metrics_round_trip_within_float32_precision(loss: float, accuracy: floa
                                                      within_clip: bool | None) -> None:
     sent = m.TrainMetrics(loss=loss, accuracy=accuracy, examples=examples,
                           train_time_s=train_time_s)
-    update = m.Update(payload=b"", codec="none", base_weights=DIGEST, metrics=sent,
+    update = m.Update(payload=b"", base_weights=m.base_digest(DIGEST), metrics=sent,
                       within_clip=within_clip)
     back = m.parse(unpack(wire(update)))
     assert isinstance(back, m.Update) and back.within_clip is within_clip
@@ -122,7 +133,7 @@ def test_metrics_round_trip_within_float32_precision(loss: float, accuracy: floa
 
 
 def test_metrics_too_large_for_float32_are_refused_by_the_receiver() -> None:
-    update = m.Update(payload=b"", codec="none", base_weights=DIGEST,
+    update = m.Update(payload=b"", base_weights=m.base_digest(DIGEST),
                       metrics=m.TrainMetrics(loss=1e40, accuracy=0.5, examples=1,
                                              train_time_s=1.0))
     with pytest.raises(ProtocolError, match="update: field 'loss' is not finite"):
@@ -139,5 +150,5 @@ def test_secagg_metrics_keep_their_map_form() -> None:
 
 def test_header_is_positional() -> None:
     raw: list[Any] = msgpack.unpackb(wire(m.Ack(accepted=True)), raw=False)
-    assert raw[0] == 2 and raw[1] == 6 and raw[3:6] == ["dev-00042", "sim", 12]
+    assert raw[0] == PROTOCOL_VERSION == 3 and raw[1] == 6 and raw[3:6] == ["dev-00042", "sim", 12]
     assert raw[7] == {"accepted": True, "reason": ""}

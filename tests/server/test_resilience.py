@@ -245,7 +245,6 @@ def forged_update(real: Envelope, sender: str, payload: bytes) -> bytes:
     return m.make(
         m.Update(
             payload=payload,
-            codec=update.codec,
             base_weights=update.base_weights,
             metrics=update.metrics,
         ),
@@ -298,7 +297,7 @@ def test_rogue_messages_are_refused_and_logged(tmp_path, mlp_artifact, digits, m
         )
         real_bytes = next(p for p in rogue.captured if is_update_of_round_2(p))
         real = unpack(real_bytes, check_time=False)
-        spec = codec.parse_spec(real.body[m.UPDATE_FIELDS.index("codec")])
+        spec = codec.parse_spec("none")  # the job's codec (write_job sets none)
         wrong_shape = codec.encode_update(
             [np.zeros((3, 3), np.float32)],
             spec,

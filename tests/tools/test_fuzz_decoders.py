@@ -120,7 +120,7 @@ MESSAGES: list[m.Message] = [
            deadline=time.time() + 60, round_seed=SEED, secagg={"k": 4}, dp={"clip": 1.0},
            weights_delta=REF, delta_base=DIGEST),
     m.RetryLater(reason="not selected", retry_after_s=5.0),
-    m.Update(payload=b"\x93\x01\xc4\x00\x90", codec="none", base_weights=DIGEST,
+    m.Update(payload=b"\x93\x01\xc4\x00\x90", base_weights=m.base_digest(DIGEST),
              metrics=m.TrainMetrics(loss=0.5, accuracy=0.9, examples=300, train_time_s=1.5),
              within_clip=True),
     m.EvalResult(loss=0.4, accuracy=0.8, examples=100),

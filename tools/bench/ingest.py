@@ -123,14 +123,13 @@ def encode_pool(spec: str, shapes: Sequence[tuple[int, ...]], seed_of_round: int
             for _ in range(count)]
 
 
-def update_messages(spec: str, payloads: Sequence[bytes], device_ids: Sequence[str],
+def update_messages(payloads: Sequence[bytes], device_ids: Sequence[str],
                     base_weights: str, round_id: int) -> list[tuple[str, bytes]]:
     """One packed Update envelope per device, on that device's up topic."""
-    canonical = str(codec.parse_spec(spec))
     out = []
     for i, device_id in enumerate(device_ids):
-        update = m.Update(payload=payloads[i % len(payloads)], codec=canonical,
-                          base_weights=base_weights,
+        update = m.Update(payload=payloads[i % len(payloads)],
+                          base_weights=m.base_digest(base_weights),
                           metrics=m.TrainMetrics(loss=0.5, accuracy=0.5, examples=32,
                                                  train_time_s=0.01))
         envelope = m.make(update, sender=device_id, job_id=JOB, round_id=round_id)
@@ -191,7 +190,7 @@ def check_round(rnd: RoundRun, expected: int, what: str) -> None:
 def decode_path(spec: str, shapes: Sequence[tuple[int, ...]], count: int) -> IngestRow:
     """Time the server's per-update steps on ``count`` pre-built messages."""
     seed_of_round = 12345
-    messages = update_messages(spec, encode_pool(spec, shapes, seed_of_round, POOL, 1),
+    messages = update_messages(encode_pool(spec, shapes, seed_of_round, POOL, 1),
                                device_ids(count), "0" * 64, 1)
     parsed = codec.parse_spec(spec)
     aggregator = StreamingMean(shapes, 10_000)
@@ -222,7 +221,7 @@ def coordinator_in_process(spec: str, artifact_dir: Path, count: int, state_dir:
         ids = device_ids(count)
         rnd = open_round(coordinator, ids)
         messages = update_messages(
-            spec, encode_pool(spec, coordinator.shapes, rnd.round_seed, POOL, 2), ids,
+            encode_pool(spec, coordinator.shapes, rnd.round_seed, POOL, 2), ids,
             coordinator.weights_sha, rnd.number)
         t0, c0 = time.perf_counter(), time.process_time()
         for topic, data in messages:
@@ -258,7 +257,7 @@ class PublisherArgs:
 def publisher_main(args: PublisherArgs, ready: Any, go: Any, results: Any) -> None:
     """Process entry: build the messages, wait for ``go``, publish them all at QoS 1."""
     payloads = encode_pool(args.spec, args.shapes, args.round_seed, POOL, 100 + args.index)
-    messages = update_messages(args.spec, payloads, args.devices, args.base_weights, 1)
+    messages = update_messages(payloads, args.devices, args.base_weights, 1)
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{args.index}",
                          protocol=paho.MQTTv311)
     client.max_inflight_messages_set(1000)
