@@ -90,6 +90,7 @@ class Coordinator:
         self.evaluator = LocalTrainer(artifact)
         self.current: RoundRun | None = None
         self.online: set[str] = set()
+        self._fleet_wait_until = 0.0  # before the first round: when waiting for the fleet ends
         self._outbox: set[asyncio.Task[int]] = set()
         self.weights: list[np.ndarray] = []
         self.weights_sha = ""
@@ -276,13 +277,23 @@ class Coordinator:
         self._retry(device_id, "round in progress", self._eta())
 
     def _eta(self) -> float:
+        """Seconds until the next selection is likely to want devices.
+
+        Before the first round that is the end of the wait for the fleet (the round-open
+        broadcast wakes devices earlier if the fleet is complete sooner): a device told to come
+        back in a second would keep the whole connecting fleet checking in every second.
+        """
         rnd = self.current
-        if rnd is None or rnd.state == RoundState.SELECTING:
+        if rnd is None:
+            return max(self._fleet_wait_until - time.time(), 1.0)
+        if rnd.state == RoundState.SELECTING:
             return 1.0
         return max(rnd.deadline - time.time(), 1.0)
 
     def _retry(self, device_id: str, reason: str, eta_s: float) -> None:
-        window = self.pool.retry_window(self._rng, eta_s, self.job.selection.selected_per_round)
+        window = self.pool.retry_window(
+            self._rng, eta_s, self.job.selection.selected_per_round, online=len(self.online)
+        )
         self._post(device_id, m.RetryLater(reason=reason, retry_after_s=window))
 
     async def _on_update(
@@ -517,10 +528,10 @@ class Coordinator:
 
         Up to a minute plus 10 ms per expected device (10,000 sessions take ~30-50 s to open).
         """
-        timeout_s = 60.0 + 0.01 * self.expect_devices
-        t0 = time.time()
-        while len(self.online) < self.expect_devices and time.time() - t0 < timeout_s:
+        self._fleet_wait_until = time.time() + 60.0 + 0.01 * self.expect_devices
+        while len(self.online) < self.expect_devices and time.time() < self._fleet_wait_until:
             await asyncio.sleep(0.05)
+        self._fleet_wait_until = 0.0
 
     def _finish(self, status: str, reason: str | None) -> None:
         self.status = status

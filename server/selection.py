@@ -116,15 +116,20 @@ class SelectionPool:
         self.waiting.clear()
         return chosen, rest
 
-    def retry_window(self, rng: random.Random, eta_s: float, demand: int) -> float:
+    def retry_window(
+        self, rng: random.Random, eta_s: float, demand: int, online: int = 0
+    ) -> float:
         """Pace steering: spread the next check-ins so about ``demand`` arrive near the next round.
 
         With a large fleet each device is told to come back later than the next round (a
         longer window), so that the broker and server see a steady check-in rate instead of
-        the whole fleet at every round.
+        the whole fleet at every round. The devices expected back are the larger of the recent
+        check-in rate over ``eta_s`` and the ``online`` fleet (every online device that is not
+        training comes back after its window; the rate alone undercounts them when ``eta_s``
+        is short, and a short window then keeps the whole fleet checking in).
         """
         rate = len(self._recent_checkins) / 60.0  # check-ins per second over the last minute
-        expected = rate * max(eta_s, 1.0)
+        expected = max(rate * max(eta_s, 1.0), float(online))
         surplus = max(expected / max(demand, 1) - 2.0, 0.0)
         spread = min(surplus, 10.0) * max(eta_s, self.rules.retry_window_s)
         base = max(eta_s, 0.5)

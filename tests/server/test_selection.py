@@ -126,6 +126,18 @@ def test_small_fleet_comes_back_right_after_the_round() -> None:
     assert all(20.0 <= w <= 25.0 for w in windows)
 
 
+def test_an_online_fleet_far_above_demand_gets_long_windows_even_at_a_low_rate() -> None:
+    # a connecting fleet: few recent check-ins, a short eta, but 10,000 devices online that
+    # would all come back after a short window
+    pool = pool_with(["a"], SelectionConfig(retry_window_s=2.0))
+    rng = random.Random(3)
+    windows = [pool.retry_window(rng, 1.0, demand=1000, online=10_000) for _ in range(200)]
+    assert all(1.0 <= w <= 1.0 + 8 * 2.0 for w in windows)
+    assert sum(windows) / len(windows) > 5.0
+    small = [pool.retry_window(rng, 1.0, demand=1000, online=1500) for _ in range(200)]
+    assert all(1.0 <= w <= 1.25 for w in small)
+
+
 @pytest.mark.parametrize("want, online, expected", [(10, 0, 1.0), (10, 20, 1.0), (10, 100, 0.2),
                                                     (1, 3000, 2 / 3000)])
 def test_wake_probability(want: int, online: int, expected: float) -> None:
