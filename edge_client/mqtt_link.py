@@ -6,13 +6,63 @@ import asyncio
 import logging
 import random
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiomqtt
+import paho.mqtt.client as paho
 
 Handler = Callable[[str, bytes], Awaitable[None]]
+HOUSEKEEPING_PERIOD_S = 1.0  # how often paho's keepalive and timeout checks run (as aiomqtt)
+
+
+class _Housekeeping:
+    """One timer per event loop running paho's housekeeping for every session of that loop.
+
+    aiomqtt gives each client its own task waking once a second to call ``loop_misc`` (send
+    keepalive pings, notice a dead broker); a process holding thousands of sessions (a
+    simulator worker) would wake thousands of times a second. Here one task does the same
+    checks for all of them, at the same period.
+    """
+
+    def __init__(self) -> None:
+        self.clients: set[paho.Client] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, client: paho.Client) -> None:
+        self.clients.add(client)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def discard(self, client: paho.Client) -> None:
+        self.clients.discard(client)
+
+    async def _run(self) -> None:
+        while self.clients:
+            await asyncio.sleep(HOUSEKEEPING_PERIOD_S)
+            for client in list(self.clients):
+                if client.loop_misc() != paho.MQTT_ERR_SUCCESS:
+                    self.clients.discard(client)  # no socket any more: aiomqtt reconnects
+
+
+_housekeeping: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Housekeeping] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, with its per-client housekeeping task moved onto the loop's shared timer."""
+
+    async def _misc_loop(self) -> None:
+        """Registered with the shared timer until aiomqtt cancels this when the socket closes."""
+        shared = _housekeeping.setdefault(asyncio.get_running_loop(), _Housekeeping())
+        shared.add(self._client)
+        try:
+            await asyncio.get_running_loop().create_future()  # never set: cancelled on close
+        finally:
+            shared.discard(self._client)
 
 
 @dataclass(frozen=True)
@@ -78,12 +128,12 @@ class MqttLink:
             ctx.load_cert_chain(str(s.cert_file), str(s.key_file))
         return ctx
 
-    def _client_for(self) -> aiomqtt.Client:
+    def _client_for(self) -> _Client:
         s = self.settings
         will = None
         if s.will_topic is not None:
             will = aiomqtt.Will(s.will_topic, s.will_payload, qos=1, retain=True)
-        return aiomqtt.Client(
+        return _Client(
             s.host,
             s.port,
             identifier=s.client_id,
