@@ -341,8 +341,14 @@ class DeviceAgent:
 
     # main loop -----------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set; reconnects and resumes by itself."""
-        self._stop = stop
+        """Run until ``stop`` is set; reconnects and resumes by itself.
+
+        The agent waits on its own copy of ``stop``: a simulator shares one ``stop`` among
+        thousands of agents, and every wait on an event costs O(its waiters) to clean up.
+        """
+        self._stop = asyncio.Event()
+        relay = asyncio.create_task(self._relay_stop(stop))
+        stop = self._stop
         link_task = asyncio.create_task(self.link.run(self._on_mqtt, stop))
         try:
             while not stop.is_set():
@@ -363,7 +369,12 @@ class DeviceAgent:
                 except (ConnectionError, TimeoutError) as exc:
                     log.info("device %s: connection trouble: %s", self.config.device_id, exc)
         finally:
-            await link_task
+            await link_task  # ends once ``stop`` is set (relayed)
+            relay.cancel()
+
+    async def _relay_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._stop.set()
 
     async def _session(self, stop: asyncio.Event) -> None:
         while not stop.is_set() and self.link.connected.is_set():
