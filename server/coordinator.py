@@ -573,6 +573,8 @@ class Coordinator:
         log.info("round %d (%s, attempt %d): selecting %d devices", number, kind, attempt, want)
 
         # SELECTING: wake a sample of waiting devices, then wait for enough eligible check-ins.
+        # QoS 0: the broadcast goes to the whole fleet, and a PUBACK from every device would
+        # cost more than the message; a device that misses it checks in after its retry window.
         t0 = time.time()
         wake = self.pool.wake_probability(want, len(self.online))
         await self.publish(
@@ -583,6 +585,7 @@ class Coordinator:
                 job_id=self.job.name,
                 round_id=number,
             ).pack(),
+            0,
         )
         while not self.finished.is_set() and not self.pool.should_close(
             want, minimum, len(self.online), time.time() - t0
