@@ -15,7 +15,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 
 Handler = Callable[[str, bytes], Awaitable[None]]
-HOUSEKEEPING_PERIOD_S = 1.0  # how often paho's keepalive and timeout checks run (as aiomqtt)
+HOUSEKEEPING_MIN_PERIOD_S = 1.0  # aiomqtt's own period for paho's keepalive and timeout checks
 
 
 class _Housekeeping:
@@ -23,28 +23,31 @@ class _Housekeeping:
 
     aiomqtt gives each client its own task waking once a second to call ``loop_misc`` (send
     keepalive pings, notice a dead broker); a process holding thousands of sessions (a
-    simulator worker) would wake thousands of times a second. Here one task does the same
-    checks for all of them, at the same period.
+    simulator worker) would wake thousands of times a second. Here one task checks all of
+    them every quarter of the shortest keepalive (at least every second): a ping then leaves
+    at most a quarter keepalive late, well within the broker's 1.5 keepalives (a session
+    with a shorter keepalive than the others is first checked after the current period).
     """
 
     def __init__(self) -> None:
-        self.clients: set[paho.Client] = set()
+        self.clients: dict[paho.Client, float] = {}  # client -> its keepalive in seconds
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, client: paho.Client) -> None:
-        self.clients.add(client)
+    def add(self, client: paho.Client, keepalive_s: float) -> None:
+        self.clients[client] = keepalive_s
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def discard(self, client: paho.Client) -> None:
-        self.clients.discard(client)
+        self.clients.pop(client, None)
 
     async def _run(self) -> None:
         while self.clients:
-            await asyncio.sleep(HOUSEKEEPING_PERIOD_S)
+            period = max(HOUSEKEEPING_MIN_PERIOD_S, min(self.clients.values()) / 4)
+            await asyncio.sleep(period)
             for client in list(self.clients):
                 if client.loop_misc() != paho.MQTT_ERR_SUCCESS:
-                    self.clients.discard(client)  # no socket any more: aiomqtt reconnects
+                    self.discard(client)  # no socket any more: aiomqtt reconnects
 
 
 _housekeeping: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Housekeeping] = (
@@ -58,7 +61,7 @@ class _Client(aiomqtt.Client):
     async def _misc_loop(self) -> None:
         """Registered with the shared timer until aiomqtt cancels this when the socket closes."""
         shared = _housekeeping.setdefault(asyncio.get_running_loop(), _Housekeeping())
-        shared.add(self._client)
+        shared.add(self._client, self._keepalive)
         try:
             await asyncio.get_running_loop().create_future()  # never set: cancelled on close
         finally:
