@@ -17,7 +17,8 @@ clients in the same rounds (the "client overlap" column checks it). Columns:
   after one local round from the initial weights; its size depends only on spec and shapes);
 * the ratios of both to dense float32 (``dense_float32_bytes``, 4 bytes per parameter).
 
-Rows: the required specs, then candidates for the best setting; "best" is the candidate
+Rows: the required specs, candidates for the best setting, and two ceiling rows (top-k with
+float values at 10 % and 30 % density, i.e. sparsification alone); "best" is the candidate
 with the highest final accuracy whose wire bytes (what went over MQTT, envelope included) are
 at least 100x fewer than dense float32.
 Two TFF anchor rows run ``build_weighted_fed_avg`` on the same partition and the clients the
@@ -58,7 +59,10 @@ from tools.bench._common import (
 )
 
 REQUIRED = ("none", "q8", "q4+rot", "topk:0.01+q8", "randk:0.01+q8")
-CANDIDATES = ("topk:0.01+q4", "topk:0.01+q2", "topk:0.03+q2")
+CANDIDATES = ("topk:0.01+q4", "topk:0.015+q2", "topk:0.03+q2")
+# Top-k with float32 values at 10 % and 30 % density: what sparsification alone costs this
+# model, far below 100x, i.e. the ceiling of any top-k setting that is meant to reach 100x.
+CEILING = ("topk:0.1", "topk:0.3")
 GOAL_RATIO = 100.0
 GOAL_POINTS = 1.0
 DOC_PLOT = Path("docs/img/compression_accuracy_vs_uplink.png")
@@ -221,6 +225,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, help="override the client learning rate")
     p.add_argument("--specs", help="comma-separated required specs (default: the issue's five)")
     p.add_argument("--candidates", help="comma-separated candidates for the best setting")
+    p.add_argument("--ceiling", help="comma-separated ceiling rows (default: "
+                                     f"{','.join(CEILING)}; none with --quick)")
     p.add_argument("--no-tff", action="store_true", help="skip the TFF anchor rows")
     p.add_argument("--reuse", action="store_true",
                    help="reuse finished runs in OUT/compression-runs with the identical config")
@@ -246,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 local_epochs=args.epochs or base.local_epochs, lr=args.lr or base.lr)
     required = _specs(args.specs, REQUIRED)
     candidates = _specs(args.candidates, CANDIDATES[:1] if args.quick else CANDIDATES)
+    ceiling = _specs(args.ceiling, () if args.quick else CEILING)
     if required[0] != "none":
         raise ConfigError("the first required spec must be 'none' (the reference row)")
     name = "compression-quick" if args.quick else "compression"
@@ -253,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     load_before = machine_load()
     t0 = time.time()
     summaries: dict[str, dict[str, Any]] = {}
-    for spec in dict.fromkeys(required + candidates):
+    for spec in dict.fromkeys(required + candidates + ceiling):
         print(f"[compression] {spec}: {s.rounds} rounds ...", flush=True)
         summaries[spec] = run_spec(s, spec, runs_dir, args.reuse)
         acc = summaries[spec]["final_accuracy"]
