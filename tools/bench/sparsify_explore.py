@@ -1,0 +1,328 @@
+"""Sparsification schemes side by side, in one process: what top-k can and cannot buy cnn-fmnist.
+
+Run ``python -m tools.bench.sparsify_explore [--rounds 20] [--schemes a,b,...]``.
+
+The compression benchmark runs every row through the real fleet (broker, agents, TFLite,
+codec, server): minutes per row. This script replays the same federated setting in one
+process with Keras (the same architecture as ``cnn-fmnist``, the simulator's partition of
+Fashion-MNIST, 100 devices, Dirichlet 0.5, 20 clients a round drawn by a seeded generator,
+2 local epochs of SGD at lr 0.1, batch 32), about a minute per row on 2 cores, so that
+schemes the codec does not ship can be compared before anyone builds them. The dense and
+``topk:0.01+q4`` rows land within a point of the simulator's (docs/compression.md).
+
+Schemes (``frac`` = share of the 5,258 coordinates a client sends, ``bits`` = stochastic
+quantization width, 0 = float values):
+
+* ``dense``: FedAvg, nothing compressed.
+* ``topk``: each client sends the top ``frac`` of its delta plus its error-feedback residual
+  (residual scaled by ``gamma`` each time it is used: 1 = classic error feedback, 0 = none).
+* ``block``: the same with whole blocks of ``block`` consecutive coordinates (a dense-layer
+  row), so that one index covers ``block`` values.
+* ``shared``: every client sends the same ``frac`` coordinates, chosen by the server (half
+  the largest of its update momentum, half at random), so no index travels.
+* ``submodel``: every client trains only a random shared ``frac`` of the coordinates and
+  sends all of them (federated sub-model training).
+* ``refit``: a client trains, picks its top ``frac`` coordinates, retrains from the global
+  weights with only those free, and sends them (twice the compute).
+* ``predictive``: a client codes its delta minus ``beta`` times the last global update (which
+  it would receive on the downlink); the server adds it back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_client.codec.quantize import dequantize, stochastic_round
+from firmware_sim.partition import parse_partition_spec, partition, split_local
+from model_export.datasets import load_fashion_mnist
+from tools.bench._common import command_line, machine_load, markdown_table, print_table
+
+MODULE = "tools.bench.sparsify_explore"
+DEVICES, PER_ROUND, EPOCHS, LR, BATCH, SEED = 100, 20, 2, 0.1, 32, 0
+PARTITION = "dirichlet:0.5"
+DOC_PLOT = Path("docs/img/sparsify_explore.png")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One row: a kind (see the module docstring) and its parameters."""
+
+    kind: str
+    frac: float = 1.0
+    bits: int = 0
+    gamma: float = 1.0
+    block: int = 1
+    beta: float = 0.0
+
+    @property
+    def label(self) -> str:
+        extra = {"gamma": self.gamma != 1.0, "block": self.block != 1, "beta": self.beta != 0.0}
+        parts = [self.kind] if self.kind == "dense" else [self.kind, f"{self.frac:g}",
+                                                          f"q{self.bits}" if self.bits else "f32"]
+        parts += [f"{k}={getattr(self, k):g}" for k, on in extra.items() if on]
+        return " ".join(parts)
+
+
+DEFAULT_SCHEMES = (
+    Scheme("dense"),
+    Scheme("topk", 0.01, 4), Scheme("topk", 0.01, 4, gamma=0.5), Scheme("topk", 0.01, 4, gamma=0.0),
+    Scheme("topk", 0.01), Scheme("topk", 0.03), Scheme("topk", 0.1), Scheme("topk", 0.3),
+    Scheme("block", 0.07, 2, block=10),
+    Scheme("shared", 0.1, 2), Scheme("submodel", 0.1, 2), Scheme("refit", 0.01, 4),
+    Scheme("predictive", 0.01, 4, beta=1.0),
+)
+
+
+def parse_scheme(text: str) -> Scheme:
+    """``kind[:frac[:bits[:key=value...]]]``, e.g. ``topk:0.01:4:gamma=0.5``."""
+    kind, *rest = text.split(":")
+    values: dict[str, Any] = {}
+    for i, item in enumerate(rest):
+        key, eq, value = item.partition("=")
+        name = key if eq else ("frac", "bits")[i]
+        values[name] = float(value if eq else key)
+    for name in ("bits", "block"):
+        if name in values:
+            values[name] = int(values[name])
+    return Scheme(kind, **values)
+
+
+@dataclass
+class Federation:
+    """Data, model and the local trainer shared by every scheme (one Keras model, reused)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    shards: list[np.ndarray]
+    model: Any
+    init: np.ndarray
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls) -> Federation:
+        import tensorflow as tf
+
+        xtr, ytr, xte, yte = load_fashion_mnist()
+        parts = partition(ytr, DEVICES, parse_partition_spec(PARTITION), SEED, min_size=2)
+        shards = [split_local(p, 0.2, (SEED, i))[0] for i, p in enumerate(parts)]
+        tf.random.set_seed(SEED)
+        model = tf.keras.Sequential([
+            tf.keras.Input((28, 28, 1)),
+            tf.keras.layers.Conv2D(8, 3, activation="relu"), tf.keras.layers.AveragePooling2D(),
+            tf.keras.layers.Conv2D(16, 3, activation="relu"), tf.keras.layers.AveragePooling2D(),
+            tf.keras.layers.Flatten(), tf.keras.layers.Dense(10)])
+        weights = model.get_weights()
+        fed = cls(xtr.reshape(-1, 28, 28, 1).astype(np.float32), ytr,
+                  xte.reshape(-1, 28, 28, 1).astype(np.float32), yte, shards, model,
+                  np.concatenate([w.ravel() for w in weights]).astype(np.float64),
+                  [w.shape for w in weights])
+        fed._compile()
+        return fed
+
+    def _compile(self) -> None:
+        import tensorflow as tf
+
+        model, opt = self.model, tf.keras.optimizers.SGD(LR)
+        loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self._free = [tf.Variable(tf.ones(v.shape), trainable=False)
+                      for v in model.trainable_variables]
+
+        @tf.function
+        def step(x: Any, y: Any) -> None:
+            with tf.GradientTape() as tape:
+                value = loss(y, model(x, training=True))
+            grads = tape.gradient(value, model.trainable_variables)
+            opt.apply_gradients(zip([g * f for g, f in zip(grads, self._free, strict=True)],
+                                    model.trainable_variables, strict=True))
+
+        self._step = step
+
+    def unflatten(self, flat: np.ndarray) -> list[np.ndarray]:
+        out, start = [], 0
+        for shape in self.shapes:
+            size = int(np.prod(shape))
+            out.append(flat[start:start + size].reshape(shape).astype(np.float32))
+            start += size
+        return out
+
+    def train(self, weights: np.ndarray, device: int, seed: int,
+              free: np.ndarray | None = None) -> np.ndarray:
+        """Local SGD from ``weights``; only coordinates where ``free`` is 1 move. Returns delta."""
+        for var, part in zip(self._free, self.unflatten(np.ones_like(weights) if free is None
+                                                        else free), strict=True):
+            var.assign(part)
+        self.model.set_weights(self.unflatten(weights))
+        rng = np.random.default_rng(seed)
+        for _ in range(EPOCHS):
+            order = rng.permutation(self.shards[device])
+            for lo in range(0, len(order), BATCH):
+                batch = order[lo:lo + BATCH]
+                self._step(self.x_train[batch], self.y_train[batch])
+        new = np.concatenate([w.ravel() for w in self.model.get_weights()])
+        return new.astype(np.float64) - weights
+
+    def accuracy(self, weights: np.ndarray) -> float:
+        self.model.set_weights(self.unflatten(weights))
+        logits = self.model.predict(self.x_test, batch_size=2000, verbose=0)
+        return float(np.mean(np.argmax(logits, axis=1) == self.y_test))
+
+
+def quantize(values: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
+    """The codec's stochastic quantizer with one scale (float values when ``bits`` is 0)."""
+    if not bits or values.size == 0:
+        return values
+    scale = float(np.max(np.abs(values)))
+    return dequantize(stochastic_round(values, scale, bits, rng), scale, bits)
+
+
+def top_coordinates(vec: np.ndarray, frac: float, block: int = 1) -> np.ndarray:
+    """Indices of the largest ``frac`` of ``vec`` (by block L2 norm when ``block`` > 1)."""
+    nb = -(-vec.size // block)
+    padded = np.zeros(nb * block)
+    padded[:vec.size] = vec
+    norms = np.linalg.norm(padded.reshape(nb, block), axis=1)
+    keep = max(1, round(frac * vec.size / block))
+    blocks = np.argpartition(-norms, keep - 1)[:keep]
+    idx = (blocks[:, None] * block + np.arange(block)).ravel()
+    return idx[idx < vec.size]
+
+
+@dataclass
+class RoundContext:
+    """What the server fixes for a round: shared coordinates and the last global update."""
+
+    shared: np.ndarray | None
+    previous_update: np.ndarray
+
+
+def shared_coordinates(scheme: Scheme, momentum: np.ndarray, rnd: int) -> np.ndarray | None:
+    """The round's common coordinates for ``shared`` and ``submodel``, else None."""
+    if scheme.kind not in ("shared", "submodel"):
+        return None
+    size = momentum.size
+    count = int(scheme.frac * size)
+    rng = np.random.default_rng(1000 + rnd)
+    top = np.argsort(-np.abs(momentum))[:count // 2] if scheme.kind == "shared" and rnd else []
+    top = np.asarray(top, dtype=np.int64)
+    rest = np.setdiff1d(np.arange(size), top)
+    return np.sort(np.concatenate([top, rng.choice(rest, count - len(top), replace=False)]))
+
+
+def client_message(fed: Federation, scheme: Scheme, ctx: RoundContext, weights: np.ndarray,
+                   device: int, residual: np.ndarray, seed: int) -> np.ndarray:
+    """What the server decodes from one client (dense vector); updates ``residual`` in place."""
+    rng = np.random.default_rng(seed)
+    if scheme.kind == "submodel":
+        assert ctx.shared is not None
+        free = np.zeros_like(weights)
+        free[ctx.shared] = 1.0
+        delta = fed.train(weights, device, seed, free)
+    else:
+        delta = fed.train(weights, device, seed)
+    if scheme.kind == "dense":
+        return delta
+    target = delta - scheme.beta * ctx.previous_update + scheme.gamma * residual
+    if ctx.shared is not None:
+        idx = ctx.shared
+    elif scheme.kind == "refit":
+        idx = top_coordinates(target, scheme.frac)
+        free = np.zeros_like(weights)
+        free[idx] = 1.0
+        target = fed.train(weights, device, seed + 7, free) + scheme.gamma * residual
+    else:
+        idx = top_coordinates(target, scheme.frac, scheme.block)
+    sent = np.zeros_like(target)
+    sent[idx] = quantize(target[idx], scheme.bits, rng)
+    residual[:] = target - sent
+    return sent
+
+
+def run_scheme(fed: Federation, scheme: Scheme, rounds: int) -> list[float]:
+    """Accuracy after each round of FedAvg (server lr 1) with ``scheme`` on the clients."""
+    draw = np.random.default_rng(SEED)
+    weights = fed.init.copy()
+    residuals = np.zeros((DEVICES, weights.size))
+    momentum, previous = np.zeros_like(weights), np.zeros_like(weights)
+    accuracy = []
+    for rnd in range(rounds):
+        ctx = RoundContext(shared_coordinates(scheme, momentum, rnd), previous)
+        chosen = draw.choice(DEVICES, PER_ROUND, replace=False)
+        total, weight = np.zeros_like(weights), 0
+        for device in chosen:
+            n = len(fed.shards[device])
+            total += n * client_message(fed, scheme, ctx, weights, int(device),
+                                        residuals[device], seed=rnd * 1000 + int(device))
+            weight += n
+        update = total / weight + scheme.beta * previous
+        momentum = 0.9 * momentum + update
+        weights, previous = weights + update, update
+        accuracy.append(fed.accuracy(weights))
+    return accuracy
+
+
+def plot(curves: dict[str, list[float]], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5))
+    ax = fig.add_subplot()
+    for label, acc in curves.items():
+        ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], label=label,
+                linewidth=2.5 if label == "dense" else 1.2)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy %")
+    ax.set_title("sparsification schemes on cnn-fmnist (in-process replay)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run every scheme; print the table; write JSON, Markdown and the plot."""
+    p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--schemes", help="comma-separated kind[:frac[:bits[:key=value]]] (default: "
+                                     "the documented set)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"))
+    p.add_argument("--plot", type=Path, default=DOC_PLOT)
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    schemes = ([parse_scheme(t) for t in args.schemes.split(",")] if args.schemes
+               else list(DEFAULT_SCHEMES))
+    fed = Federation.build()
+    curves, rows = {}, []
+    for scheme in schemes:
+        t0 = time.time()
+        acc = run_scheme(fed, scheme, args.rounds)
+        curves[scheme.label] = acc
+        rows.append([scheme.label, round(100 * acc[-1], 1), round(100 * float(np.mean(acc[-3:])), 1),
+                     round(time.time() - t0)])
+        print(f"[explore] {rows[-1]}", flush=True)
+    columns = ("scheme", "final acc", "last-3 acc", "wall s")
+    command = command_line(MODULE)
+    note = (f"{DEVICES} devices, {PARTITION}, {PER_ROUND} per round, {args.rounds} rounds, "
+            f"{EPOCHS} local epochs, lr {LR}; load {machine_load()['loadavg']}")
+    print_table("sparsification schemes (in-process replay)", columns, rows, command, note)
+    plot(curves, args.plot)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sparsify_explore.json").write_text(json.dumps(
+        {"command": command, "schemes": [asdict(s) for s in schemes], "curves": curves},
+        indent=1))
+    (args.out / "sparsify_explore.md").write_text(
+        markdown_table(columns, rows) + f"\n\n{note}\n\n`{command}`\n")
+    print(f"wrote {args.out / 'sparsify_explore.md'} and {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
