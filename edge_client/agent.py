@@ -343,12 +343,12 @@ class DeviceAgent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; reconnects and resumes by itself.
 
-        The agent waits on its own copy of ``stop``: a simulator shares one ``stop`` among
-        thousands of agents, and every wait on an event costs O(its waiters) to clean up.
+        The frequent waits (for a message, a pause) use the agent's own copy of ``stop``: a
+        simulator shares one ``stop`` among thousands of agents, and every wait on an event
+        costs O(its waiters) to clean up. The session and its link watch ``stop`` itself.
         """
         self._stop = asyncio.Event()
         relay = asyncio.create_task(self._relay_stop(stop))
-        stop = self._stop
         link_task = asyncio.create_task(self.link.run(self._on_mqtt, stop))
         try:
             while not stop.is_set():
