@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
@@ -186,20 +187,22 @@ def plot_accuracy_vs_bytes(runs: Mapping[str, Mapping[str, Any]], path: str | Pa
     """
     if not runs:
         raise DataError("plot_accuracy_vs_bytes needs at least one run")
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(9, 4.5))
     ax: Axes = fig.add_subplot()
     all_positive = True
-    for label, summary in runs.items():
+    colors = colormaps["tab20" if len(runs) > 10 else "tab10"].colors
+    for i, (label, summary) in enumerate(runs.items()):
         rounds = _rounds(summary)
         cumulative = np.cumsum(_series(rounds, "uplink_bytes")) / _MB
         all_positive = all_positive and bool(np.all(cumulative > 0))
-        ax.plot(cumulative, _series(rounds, "accuracy"), marker="o", markersize=3, label=label)
+        ax.plot(cumulative, _series(rounds, "accuracy"), marker="o", markersize=3, label=label,
+                color=colors[i % len(colors)])
     if all_positive:
         ax.set_xscale("log")
     ax.set_xlabel("cumulative uplink MB")
     ax.set_ylabel("accuracy")
     ax.set_title("accuracy vs uplink bytes")
-    ax.legend()
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)  # beside the curves
     ax.grid(alpha=0.3, which="both")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

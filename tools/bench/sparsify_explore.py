@@ -50,6 +50,8 @@ MODULE = "tools.bench.sparsify_explore"
 DEVICES, PER_ROUND, EPOCHS, LR, BATCH, SEED = 100, 20, 2, 0.1, 32, 0
 PARTITION = "dirichlet:0.5"
 DOC_PLOT = Path("docs/img/sparsify_explore.png")
+# Keras copies of zoo models: conv filters, then dense hidden units (0: no hidden layer).
+MODELS = {"cnn-fmnist": (8, 16, 0), "cnn-fmnist-wide": (16, 32, 64)}
 
 
 @dataclass(frozen=True)
@@ -110,18 +112,21 @@ class Federation:
     shapes: list[tuple[int, ...]] = field(default_factory=list)
 
     @classmethod
-    def build(cls) -> Federation:
+    def build(cls, model_name: str) -> Federation:
         import tensorflow as tf
 
         xtr, ytr, xte, yte = load_fashion_mnist()
         parts = partition(ytr, DEVICES, parse_partition_spec(PARTITION), SEED, min_size=2)
         shards = [split_local(p, 0.2, (SEED, i))[0] for i, p in enumerate(parts)]
         tf.random.set_seed(SEED)
+        first, second, hidden = MODELS[model_name]
+        layers = tf.keras.layers
         model = tf.keras.Sequential([
             tf.keras.Input((28, 28, 1)),
-            tf.keras.layers.Conv2D(8, 3, activation="relu"), tf.keras.layers.AveragePooling2D(),
-            tf.keras.layers.Conv2D(16, 3, activation="relu"), tf.keras.layers.AveragePooling2D(),
-            tf.keras.layers.Flatten(), tf.keras.layers.Dense(10)])
+            layers.Conv2D(first, 3, activation="relu"), layers.AveragePooling2D(),
+            layers.Conv2D(second, 3, activation="relu"), layers.AveragePooling2D(),
+            layers.Flatten(), *([layers.Dense(hidden, activation="relu")] if hidden else []),
+            layers.Dense(10)])
         weights = model.get_weights()
         fed = cls(xtr.reshape(-1, 28, 28, 1).astype(np.float32), ytr,
                   xte.reshape(-1, 28, 28, 1).astype(np.float32), yte, shards, model,
@@ -271,7 +276,7 @@ def run_scheme(fed: Federation, scheme: Scheme, rounds: int) -> list[float]:
     return accuracy
 
 
-def plot(curves: dict[str, list[float]], path: Path) -> None:
+def plot(curves: dict[str, list[float]], path: Path, model: str) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 5))
@@ -281,7 +286,7 @@ def plot(curves: dict[str, list[float]], path: Path) -> None:
                 linewidth=2.5 if label == "dense" else 1.2)
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy %")
-    ax.set_title("sparsification schemes on cnn-fmnist (in-process replay)")
+    ax.set_title(f"sparsification schemes on {model} (in-process replay)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -292,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run every scheme; print the table; write JSON, Markdown and the plot."""
     p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--model", choices=sorted(MODELS), default="cnn-fmnist")
     p.add_argument("--schemes", help="comma-separated kind[:frac[:bits[:key=value]]] (default: "
                                      "the documented set)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
@@ -300,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     schemes = ([parse_scheme(t) for t in args.schemes.split(",")] if args.schemes
                else list(DEFAULT_SCHEMES))
-    fed = Federation.build()
+    fed = Federation.build(args.model)
     curves, rows = {}, []
     for scheme in schemes:
         t0 = time.time()
@@ -311,10 +317,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"[explore] {rows[-1]}", flush=True)
     columns = ("scheme", "final acc", "last-3 acc", "wall s")
     command = command_line(MODULE)
-    note = (f"{DEVICES} devices, {PARTITION}, {PER_ROUND} per round, {args.rounds} rounds, "
+    note = (f"{args.model} ({fed.init.size:,} params), {DEVICES} devices, {PARTITION}, {PER_ROUND} per round, {args.rounds} rounds, "
             f"{EPOCHS} local epochs, lr {LR}; load {machine_load()['loadavg']}")
     print_table("sparsification schemes (in-process replay)", columns, rows, command, note)
-    plot(curves, args.plot)
+    plot(curves, args.plot, args.model)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sparsify_explore.json").write_text(json.dumps(
         {"command": command, "schemes": [asdict(s) for s in schemes], "curves": curves},
