@@ -195,7 +195,12 @@ class DeviceAgent:
         self._stop = asyncio.Event()
         self._identity_key: Any = None
         dev = config.device_id
-        self._own_topics = {topics.device_down(config.fleet, dev), topics.broadcast(config.fleet)}
+        subscriptions = (
+            topics.device_down(config.fleet, dev),
+            topics.broadcast(config.fleet),
+            topics.wake(config.fleet, topics.wake_group(dev)),
+        )
+        self._own_topics = set(subscriptions)
         presence_off = m.make(m.Presence(online=False, profile=config.profile), sender=dev).pack()
         b = config.broker
         self.link = MqttLink(
@@ -211,10 +216,7 @@ class DeviceAgent:
                 tls=b.tls,
                 keepalive_s=b.keepalive_s,
                 clean_session=False,
-                subscriptions=(
-                    topics.device_down(config.fleet, dev),
-                    topics.broadcast(config.fleet),
-                ),
+                subscriptions=subscriptions,
                 will_topic=topics.device_presence(config.fleet, dev),
                 will_payload=presence_off,
             ),

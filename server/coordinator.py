@@ -573,20 +573,18 @@ class Coordinator:
         log.info("round %d (%s, attempt %d): selecting %d devices", number, kind, attempt, want)
 
         # SELECTING: wake a sample of waiting devices, then wait for enough eligible check-ins.
-        # QoS 0: the broadcast goes to the whole fleet, and a PUBACK from every device would
-        # cost more than the message; a device that misses it checks in after its retry window.
+        # QoS 0: the round-open goes to many devices, and a PUBACK from every one would cost
+        # more than the message; a device that misses it checks in after its retry window.
         t0 = time.time()
-        wake = self.pool.wake_probability(want, len(self.online))
-        await self.publish(
-            topics.broadcast(self.job.fleet),
-            m.make(
-                m.RoundOpen(round=number, wake_probability=wake),
-                sender=SERVER_ID,
-                job_id=self.job.name,
-                round_id=number,
-            ).pack(),
-            0,
-        )
+        wake = self.pool.wake_plan(self._rng, want, len(self.online), grouped=self.dp is None)
+        round_open = m.make(
+            m.RoundOpen(round=number, wake_probability=wake.probability),
+            sender=SERVER_ID,
+            job_id=self.job.name,
+            round_id=number,
+        ).pack()
+        for topic in wake.topics(self.job.fleet):
+            await self.publish(topic, round_open, 0)
         while not self.finished.is_set() and not self.pool.should_close(
             want, minimum, len(self.online), time.time() - t0
         ):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import time
 from collections import deque
 from dataclasses import dataclass
 
+from edge_client.protocol import topics
 from edge_client.protocol.messages import CheckIn
 from server.job import SelectionConfig
 
@@ -43,6 +45,21 @@ def ineligibility(checkin: CheckIn, rules: SelectionConfig) -> str | None:
     if checkin.examples <= 0:
         return "no local training examples"
     return None
+
+
+@dataclass(frozen=True)
+class WakePlan:
+    """Where a round-open goes: the whole fleet (``groups`` None) or some wake groups, and the
+    probability with which a waiting device that receives it checks in early."""
+
+    groups: tuple[int, ...] | None
+    probability: float
+
+    def topics(self, fleet: str) -> list[str]:
+        """The topics to publish the round-open on."""
+        if self.groups is None:
+            return [topics.broadcast(fleet)]
+        return [topics.wake(fleet, g) for g in self.groups]
 
 
 @dataclass
@@ -96,6 +113,22 @@ class SelectionPool:
         if self.rules.wake_all or online <= 0:
             return 1.0
         return min(1.0, WAKE_FACTOR * want / online)
+
+    def wake_plan(self, rng: random.Random, want: int, online: int, grouped: bool) -> WakePlan:
+        """Wake about `wake_probability` of the fleet, through as few wake groups as needed.
+
+        With ``grouped``, the round-open goes to ``ceil(share x WAKE_GROUPS)`` wake groups
+        drawn with ``rng``, with the probability raised so that the expected number of woken
+        devices is the same: the broker then delivers it to that share of the fleet instead of
+        every device. Without it (DP jobs: waking by group would correlate which devices can
+        be sampled) the whole fleet gets it, each device deciding on its own.
+        """
+        share = self.wake_probability(want, online)
+        if not grouped or share >= 1.0:
+            return WakePlan(None, share)
+        count = min(topics.WAKE_GROUPS, max(1, math.ceil(share * topics.WAKE_GROUPS)))
+        groups = tuple(sorted(rng.sample(range(topics.WAKE_GROUPS), count)))
+        return WakePlan(groups, min(1.0, share * topics.WAKE_GROUPS / count))
 
     def remove(self, device_id: str) -> None:
         self.waiting.pop(device_id, None)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+import zlib
 
 from edge_client.errors import ProtocolError
 
 PREFIX = "fedge/v1"
+# The fleet is split into this many wake groups by a hash of the device id, so that a round
+# can wake a share of the fleet without the broker delivering its round-open to every device.
+WAKE_GROUPS = 64
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -39,6 +43,18 @@ def device_presence(fleet: str, device_id: str) -> str:
 def broadcast(fleet: str) -> str:
     """Server to every device of the fleet."""
     return f"{PREFIX}/{check_name('fleet', fleet)}/broadcast"
+
+
+def wake_group(device_id: str) -> int:
+    """A device's wake group: a stable hash of its id in ``[0, WAKE_GROUPS)``."""
+    return zlib.crc32(check_name("device id", device_id).encode()) % WAKE_GROUPS
+
+
+def wake(fleet: str, group: int) -> str:
+    """Server to the devices of one wake group (round-open messages)."""
+    if isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < WAKE_GROUPS:
+        raise ProtocolError(f"wake group must be an int in [0, {WAKE_GROUPS}), got {group!r}")
+    return f"{PREFIX}/{check_name('fleet', fleet)}/wake/{group}"
 
 
 def server_up_filter(fleet: str) -> str:

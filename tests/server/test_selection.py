@@ -1,8 +1,10 @@
-"""Selection: eligibility rules, seeded selection, pace-steering windows, closing selection."""
+"""Selection: eligibility rules, seeded selection, pace-steering windows, wake groups, closing."""
 
 from __future__ import annotations
 
+import math
 import random
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -10,9 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge_client.errors import ProtocolError
 from edge_client.protocol.messages import CheckIn, Eligibility
+from edge_client.protocol.topics import WAKE_GROUPS, wake, wake_group
 from server.job import SelectionConfig
-from server.selection import SelectionPool, ineligibility, round_rng, round_seed
+from server.selection import SelectionPool, WakePlan, ineligibility, round_rng, round_seed
 
 
 def checkin(examples: int = 100, **eligibility: Any) -> CheckIn:
@@ -164,3 +168,37 @@ def test_should_close() -> None:
     assert pool_with(list("ab"), busy).should_close(5, 2, reachable=50, waited_s=30.0)
     assert not pool_with(list("a"), busy).should_close(5, 2, reachable=50, waited_s=30.0)
     assert not pool_with(list("ab"), busy).should_close(5, 2, reachable=50, waited_s=29.9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(want=st.integers(1, 2000), online=st.integers(1, 50_000), seed=st.integers(0, 1000))
+def test_wake_plan_wakes_the_same_expected_share_through_few_groups(want: int, online: int,
+                                                                    seed: int) -> None:
+    pool = SelectionPool(SelectionConfig())
+    share = pool.wake_probability(want, online)
+    plan = pool.wake_plan(random.Random(seed), want, online, grouped=True)
+    if share >= 1.0:
+        assert plan == WakePlan(None, 1.0)
+        return
+    assert plan.groups is not None and len(set(plan.groups)) == len(plan.groups)
+    assert all(0 <= g < WAKE_GROUPS for g in plan.groups)
+    # expected woken devices: the groups' share of the fleet times the raised probability
+    assert len(plan.groups) / WAKE_GROUPS * plan.probability == pytest.approx(share)
+    assert len(plan.groups) == max(1, math.ceil(share * WAKE_GROUPS))
+    assert plan.topics("farm") == [f"fedge/v1/farm/wake/{g}" for g in plan.groups]
+
+
+def test_wake_plan_without_groups_goes_to_the_whole_fleet() -> None:
+    plan = SelectionPool(SelectionConfig()).wake_plan(random.Random(0), 10, 1000, grouped=False)
+    assert plan == WakePlan(None, pytest.approx(0.02))
+    assert plan.topics("farm") == ["fedge/v1/farm/broadcast"]
+
+
+def test_wake_groups_split_a_fleet_evenly_and_stay_put() -> None:
+    ids = [f"dev-{i:05d}" for i in range(10_000)]
+    counts = Counter(wake_group(d) for d in ids)
+    assert set(counts) == set(range(WAKE_GROUPS))
+    assert max(counts.values()) < 1.4 * 10_000 / WAKE_GROUPS  # 156 expected per group
+    assert [wake_group(d) for d in ids[:50]] == [wake_group(d) for d in ids[:50]]
+    with pytest.raises(ProtocolError, match="wake group"):
+        wake("farm", WAKE_GROUPS)

@@ -257,13 +257,16 @@ def test_device_uses_its_own_topics(cert_broker: Broker, probes: list[Probe]) ->
     server = connected(probes, port, "server", server_account_of(res))
     dev_a = connected(probes, port, A, device_account(res, A))
     server.subscribe(topics.server_up_filter(FLEET), topics.server_presence_filter(FLEET))
-    codes = dev_a.subscribe(topics.device_down(FLEET, A), topics.broadcast(FLEET))
-    assert [c.value for c in codes] == [1, 1]
+    wake_a = topics.wake(FLEET, topics.wake_group(A))
+    codes = dev_a.subscribe(topics.device_down(FLEET, A), topics.broadcast(FLEET), wake_a)
+    assert [c.value for c in codes] == [1, 1, 1]
 
     server.publish(topics.device_down(FLEET, A), b"task")
+    server.publish(wake_a, b"round-open")
     server.publish(topics.broadcast(FLEET), b"model")
     got_a = dev_a.receive_until(b"model")
     assert (topics.device_down(FLEET, A), b"task") in got_a
+    assert (wake_a, b"round-open") in got_a
 
     dev_a.publish(topics.device_presence(FLEET, A), b"online", retain=True)
     dev_a.publish(topics.device_up(FLEET, A), b"update")

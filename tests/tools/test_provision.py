@@ -193,6 +193,7 @@ def test_broker_config_and_acl(fleet: ProvisionResult) -> None:
         f"pattern write {base}/dev/%u/presence",
         f"pattern read {base}/dev/%u/down",
         f"pattern read {base}/broadcast",
+        f"pattern read {base}/wake/+",
         f"user {server_account(FLEET)}",
         f"topic readwrite {base}/#",
     ]

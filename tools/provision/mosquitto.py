@@ -101,12 +101,14 @@ def render_acl(fleet: str, server_user: str) -> str:
 #   certificate's CN in cert mode (use_identity_as_username) and the MQTT user name in password
 #   mode. A device id can never contain '/', '+', '#' or '@', so %u cannot escape its level.
 
-# Every device: publish on its own up and presence topics, read its own down topic and the
-# fleet broadcast. Nothing else, so no device can read or forge another device's traffic.
+# Every device: publish on its own up and presence topics, read its own down topic, the
+# fleet broadcast and the wake groups (round-open messages, the same for every reader).
+# Nothing else, so no device can read or forge another device's traffic.
 pattern write {base}/dev/%u/up
 pattern write {base}/dev/%u/presence
 pattern read {base}/dev/%u/down
 pattern read {base}/broadcast
+pattern read {base}/wake/+
 
 # The server account: everything in its own fleet, nothing outside it.
 user {server_user}
