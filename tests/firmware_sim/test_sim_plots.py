@@ -74,7 +74,7 @@ def test_rounds_csv_has_one_row_per_round(tmp_path: Path) -> None:
 
 def test_accuracy_vs_bytes_and_epsilon(tmp_path: Path) -> None:
     runs = {"float32": _summary(5, 8.0), "int8 top-10%": _summary(5, 0.25)}
-    assert _png_size(plot_accuracy_vs_bytes(runs, tmp_path / "bytes.png")) == (700, 450)
+    assert _png_size(plot_accuracy_vs_bytes(runs, tmp_path / "bytes.png")) == (900, 450)
     rows = [
         {"epsilon": 0.5, "accuracy": 0.6, "series": "z=1.1"},
         {"epsilon": 2.0, "accuracy": 0.75, "series": "z=1.1"},
