@@ -190,7 +190,8 @@ def plot_accuracy_vs_bytes(runs: Mapping[str, Mapping[str, Any]], path: str | Pa
     fig = Figure(figsize=(9, 4.5))
     ax: Axes = fig.add_subplot()
     all_positive = True
-    colors = colormaps["tab20" if len(runs) > 10 else "tab10"].colors
+    palette = colormaps["tab20" if len(runs) > 10 else "tab10"]
+    colors = [palette(i) for i in range(palette.N)]
     for i, (label, summary) in enumerate(runs.items()):
         rounds = _rounds(summary)
         cumulative = np.cumsum(_series(rounds, "uplink_bytes")) / _MB

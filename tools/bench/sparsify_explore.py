@@ -187,7 +187,7 @@ def quantize(values: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndar
     """The codec's stochastic quantizer with one scale (float values when ``bits`` is 0)."""
     if not bits or values.size == 0:
         return values
-    scale = float(np.max(np.abs(values)))
+    scale = np.array(np.max(np.abs(values)))
     return dequantize(stochastic_round(values, scale, bits, rng), scale, bits)
 
 
@@ -218,8 +218,9 @@ def shared_coordinates(scheme: Scheme, momentum: np.ndarray, rnd: int) -> np.nda
     size = momentum.size
     count = int(scheme.frac * size)
     rng = np.random.default_rng(1000 + rnd)
-    top = np.argsort(-np.abs(momentum))[:count // 2] if scheme.kind == "shared" and rnd else []
-    top = np.asarray(top, dtype=np.int64)
+    top = np.zeros(0, dtype=np.int64)
+    if scheme.kind == "shared" and rnd:
+        top = np.argsort(-np.abs(momentum))[: count // 2]
     rest = np.setdiff1d(np.arange(size), top)
     return np.sort(np.concatenate([top, rng.choice(rest, count - len(top), replace=False)]))
 
