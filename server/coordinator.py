@@ -279,8 +279,8 @@ class Coordinator:
     def _eta(self) -> float:
         """Seconds until the next selection is likely to want devices.
 
-        Before the first round that is the end of the wait for the fleet (the round-open
-        broadcast wakes devices earlier if the fleet is complete sooner): a device told to come
+        Before the first round that is the end of the wait for the fleet (the round-open wakes
+        devices earlier if the fleet is complete sooner): a device told to come
         back in a second would keep the whole connecting fleet checking in every second.
         """
         rnd = self.current

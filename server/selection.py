@@ -126,9 +126,9 @@ class SelectionPool:
         share = self.wake_probability(want, online)
         if not grouped or share >= 1.0:
             return WakePlan(None, share)
-        count = min(topics.WAKE_GROUPS, max(1, math.ceil(share * topics.WAKE_GROUPS)))
+        count = math.ceil(share * topics.WAKE_GROUPS)  # 0 < share < 1: 1 to WAKE_GROUPS
         groups = tuple(sorted(rng.sample(range(topics.WAKE_GROUPS), count)))
-        return WakePlan(groups, min(1.0, share * topics.WAKE_GROUPS / count))
+        return WakePlan(groups, share * topics.WAKE_GROUPS / count)  # <= 1 as count >= it
 
     def remove(self, device_id: str) -> None:
         self.waiting.pop(device_id, None)

@@ -122,10 +122,11 @@ class _Field:
         return dict(zip(names, body, strict=False))
 
     @staticmethod
-    def sha256_hex(key: str, value: str) -> str:
-        """``value`` if it is a sha256 digest in lowercase hex."""
-        if len(value) != 2 * SHA256_BYTES or any(c not in "0123456789abcdef" for c in value):
-            raise ProtocolError(f"field {key!r} must be 64 lowercase hex characters (a sha256)")
+    def hex_digest(key: str, value: str, size: int = SHA256_BYTES) -> str:
+        """``value`` if it is ``size`` bytes in lowercase hex (by default a whole sha256)."""
+        if len(value) != 2 * size or any(c not in "0123456789abcdef" for c in value):
+            what = " (a sha256)" if size == SHA256_BYTES else ""
+            raise ProtocolError(f"field {key!r} must be {2 * size} lowercase hex characters{what}")
         return value
 
 
@@ -215,7 +216,7 @@ class BlobRef:
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> BlobRef:
         F.known(body, cls)
-        sha = F.sha256_hex("sha256", F.get(body, "sha256", str))
+        sha = F.hex_digest("sha256", F.get(body, "sha256", str))
         url = F.get(body, "url", str)
         if not url.startswith(("http://", "https://")):
             raise ProtocolError(f"blob url must be http(s): {url!r}")
@@ -340,7 +341,7 @@ METRICS_BYTES = 3 * np.dtype(METRICS_DTYPE).itemsize
 
 def base_digest(sha256_hex: str) -> str:
     """The hex prefix of a weights digest that an `Update` carries as ``base_weights``."""
-    return F.sha256_hex("base_weights", sha256_hex)[: 2 * BASE_DIGEST_BYTES]
+    return F.hex_digest("base_weights", sha256_hex)[: 2 * BASE_DIGEST_BYTES]
 
 
 @dataclass(frozen=True)
@@ -363,7 +364,7 @@ class Update(Message):
 
     def to_body(self) -> list[Any]:
         """The positional body; ProtocolError if ``base_weights`` is not a `base_digest`."""
-        digest = _hex_bytes("base_weights", self.base_weights, BASE_DIGEST_BYTES)
+        digest = bytes.fromhex(F.hex_digest("base_weights", self.base_weights, BASE_DIGEST_BYTES))
         with np.errstate(over="ignore"):  # beyond float32: infinity, which the receiver refuses
             metrics = np.array(
                 [self.metrics.loss, self.metrics.accuracy, self.metrics.train_time_s],
@@ -401,12 +402,6 @@ class Update(Message):
             ),
             within_clip=F.get(named, "within_clip", bool, optional=True),
         )
-
-
-def _hex_bytes(key: str, value: str, size: int) -> bytes:
-    if len(value) != 2 * size or any(c not in "0123456789abcdef" for c in value):
-        raise ProtocolError(f"field {key!r} must be {2 * size} lowercase hex characters")
-    return bytes.fromhex(value)
 
 
 @dataclass(frozen=True)

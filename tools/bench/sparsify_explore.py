@@ -35,12 +35,13 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge_client.codec.pipeline import unflatten
 from edge_client.codec.quantize import dequantize, stochastic_round
 from firmware_sim.partition import parse_partition_spec, partition, split_local
 from model_export.datasets import load_fashion_mnist
@@ -109,7 +110,7 @@ class Federation:
     shards: list[np.ndarray]
     model: Any
     init: np.ndarray
-    shapes: list[tuple[int, ...]] = field(default_factory=list)
+    shapes: tuple[tuple[int, ...], ...] = ()
 
     @classmethod
     def build(cls, model_name: str) -> Federation:
@@ -131,7 +132,7 @@ class Federation:
         fed = cls(xtr.reshape(-1, 28, 28, 1).astype(np.float32), ytr,
                   xte.reshape(-1, 28, 28, 1).astype(np.float32), yte, shards, model,
                   np.concatenate([w.ravel() for w in weights]).astype(np.float64),
-                  [w.shape for w in weights])
+                  tuple(w.shape for w in weights))
         fed._compile()
         return fed
 
@@ -142,6 +143,7 @@ class Federation:
         loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self._free = [tf.Variable(tf.ones(v.shape), trainable=False)
                       for v in model.trainable_variables]
+        self._all_free = True  # what ``self._free`` holds now: every coordinate free
 
         @tf.function
         def step(x: Any, y: Any) -> None:
@@ -153,21 +155,20 @@ class Federation:
 
         self._step = step
 
-    def unflatten(self, flat: np.ndarray) -> list[np.ndarray]:
-        out, start = [], 0
-        for shape in self.shapes:
-            size = int(np.prod(shape))
-            out.append(flat[start:start + size].reshape(shape).astype(np.float32))
-            start += size
-        return out
+    def _set_free(self, free: np.ndarray | None) -> None:
+        """Mask the gradients to ``free`` (None: all free; not reassigned while it stays so)."""
+        if free is None and self._all_free:
+            return
+        mask = np.ones(self.init.size) if free is None else free
+        for var, part in zip(self._free, unflatten(mask, self.shapes), strict=True):
+            var.assign(part)
+        self._all_free = free is None
 
     def train(self, weights: np.ndarray, device: int, seed: int,
               free: np.ndarray | None = None) -> np.ndarray:
         """Local SGD from ``weights``; only coordinates where ``free`` is 1 move. Returns delta."""
-        for var, part in zip(self._free, self.unflatten(np.ones_like(weights) if free is None
-                                                        else free), strict=True):
-            var.assign(part)
-        self.model.set_weights(self.unflatten(weights))
+        self._set_free(free)
+        self.model.set_weights(unflatten(weights, self.shapes))
         rng = np.random.default_rng(seed)
         for _ in range(EPOCHS):
             order = rng.permutation(self.shards[device])
@@ -178,7 +179,7 @@ class Federation:
         return new.astype(np.float64) - weights
 
     def accuracy(self, weights: np.ndarray) -> float:
-        self.model.set_weights(self.unflatten(weights))
+        self.model.set_weights(unflatten(weights, self.shapes))
         logits = self.model.predict(self.x_test, batch_size=2000, verbose=0)
         return float(np.mean(np.argmax(logits, axis=1) == self.y_test))
 
