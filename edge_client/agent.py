@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import random
@@ -13,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
@@ -49,6 +48,7 @@ from edge_client.trainer import EvalResult, LocalTrainer, TrainResult
 from edge_client.weights import pack_weights, unpack_weights
 
 log = logging.getLogger("fedge.device")
+T = TypeVar("T")
 
 
 class AgentState(StrEnum):
@@ -100,6 +100,11 @@ class AgentHooks:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
+    async def compute(self, work: Callable[[], T]) -> T:
+        """Run blocking work (training, evaluation) off the event loop, which keeps serving
+        the MQTT session meanwhile."""
+        return await asyncio.to_thread(work)
+
 
 @dataclass
 class LocalData:
@@ -112,6 +117,17 @@ class LocalData:
 
 
 TrainerFactory = Callable[[Artifact], LocalTrainer]
+PENDING_TASK = "pending_task.msg"  # the envelope of the task in progress, as the server sent it
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A message from the server as the agent's inbox holds it."""
+
+    message: m.Message
+    job_id: str | None
+    round_id: int | None
+    raw: bytes  # the packed envelope as it arrived
 
 
 class TrainerCache:
@@ -133,6 +149,10 @@ class TrainerCache:
             artifact = Artifact.from_bytes(manifest, model)
             self._artifacts[digests] = artifact
         return artifact
+
+    def known(self, digests: tuple[str, str]) -> Artifact | None:
+        """The artifact already built from the verified (model, manifest) of these digests."""
+        return self._artifacts.get(digests)
 
     def get(self, artifact: Artifact) -> LocalTrainer:
         key = artifact.manifest.sha256
@@ -187,11 +207,12 @@ class DeviceAgent:
         if config.broker.ca_file is not None:
             ssl_context = ssl.create_default_context(cafile=str(config.broker.ca_file))
         self.fetcher = BlobFetcher(self.state_dir / "cache", server_key, ssl_context=ssl_context)
-        self.inbox: asyncio.Queue[tuple[m.Message, str | None, int | None]] = asyncio.Queue()
+        self.inbox: asyncio.Queue[Inbound] = asyncio.Queue()
         self.replay = ReplayGuard()
         self.rounds_reported = 0
         self.uplink_bytes = 0
         self.job_state: str | None = None
+        self._next_checkin_s: float | None = None  # the window of the last task's final ack
         self._stop = asyncio.Event()
         self._identity_key: Any = None
         dev = config.device_id
@@ -267,7 +288,7 @@ class DeviceAgent:
             return
         if isinstance(message, m.JobState):
             self.job_state = message.state
-        await self.inbox.put((message, envelope.job_id, envelope.round_id))
+        await self.inbox.put(Inbound(message, envelope.job_id, envelope.round_id, payload))
 
     async def _send(
         self, message: m.Message, job_id: str | None = None, round_id: int | None = None
@@ -284,7 +305,7 @@ class DeviceAgent:
 
     async def _receive(
         self, kinds: tuple[type[m.Message], ...], timeout_s: float
-    ) -> tuple[m.Message, str | None, int | None] | None:
+    ) -> Inbound | None:
         deadline = time.monotonic() + timeout_s
         while not self._stop.is_set():
             left = deadline - time.monotonic()
@@ -300,26 +321,25 @@ class DeviceAgent:
                 getter.cancel()
                 return None
             item = getter.result()
-            if isinstance(item[0], kinds):
+            if isinstance(item.message, kinds):
                 return item
-            if isinstance(item[0], m.ErrorReport):
+            if isinstance(item.message, m.ErrorReport):
                 log.warning(
                     "device %s: server says %s: %s",
                     self.config.device_id,
-                    item[0].code,
-                    item[0].message,
+                    item.message.code,
+                    item.message.message,
                 )
         return None
 
     # persistence ---------------------------------------------------------------------------
     def _pending_path(self) -> Path:
-        return self.state_dir / "pending_task.json"
+        return self.state_dir / PENDING_TASK
 
-    def _save_pending(self, task: m.Task, job_id: str | None, round_id: int | None) -> None:
-        body = m.make(task, sender="server", job_id=job_id, round_id=round_id)
-        data = {"job": job_id, "round": round_id, "envelope": body.pack().hex()}
+    def _save_pending(self, envelope: bytes) -> None:
+        """Keep the task's envelope as the server sent it, to resume the task after a restart."""
         tmp = self._pending_path().with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
+        tmp.write_bytes(envelope)
         os.replace(tmp, self._pending_path())
 
     def _load_pending(self) -> tuple[m.Task, str | None, int | None] | None:
@@ -327,10 +347,9 @@ class DeviceAgent:
         if not path.exists():
             return None
         try:
-            data = json.loads(path.read_text())
-            envelope = unpack(bytes.fromhex(data["envelope"]), check_time=False)
+            envelope = unpack(path.read_bytes(), check_time=False)
             task = m.parse(envelope)
-        except (ValueError, KeyError, ProtocolError) as exc:
+        except ProtocolError as exc:
             log.warning(
                 "device %s: dropping unreadable pending task: %s", self.config.device_id, exc
             )
@@ -339,7 +358,7 @@ class DeviceAgent:
         if not isinstance(task, m.Task) or task.deadline < time.time():
             path.unlink(missing_ok=True)
             return None
-        return task, data.get("job"), data.get("round")
+        return task, envelope.job_id, envelope.round_id
 
     # main loop -----------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -406,10 +425,13 @@ class DeviceAgent:
             if reply is None:
                 self._set(AgentState.WAITING)
                 continue
-            message, job_id, round_id = reply
+            message, job_id, round_id = reply.message, reply.job_id, reply.round_id
             if isinstance(message, m.Task):
-                self._save_pending(message, job_id, round_id)
+                self._save_pending(reply.raw)
+                self._next_checkin_s = None
                 await self._do_task(message, job_id, round_id)
+                if self._next_checkin_s is not None:  # the server said when to come back
+                    await self._wait_for_retry(self._next_checkin_s * self.rng.uniform(1.0, 1.1))
             else:
                 assert isinstance(message, m.RetryLater)
                 self._set(AgentState.WAITING)
@@ -429,7 +451,7 @@ class DeviceAgent:
             item = await self._receive((m.RoundOpen, m.JobState), left)
             if item is None:
                 return
-            message = item[0]
+            message = item.message
             if isinstance(message, m.RoundOpen) and self.rng.random() < message.wake_probability:
                 await self.hooks.sleep(self.rng.uniform(0.0, 0.05))
                 return
@@ -459,12 +481,12 @@ class DeviceAgent:
             await self.hooks.after_transfer(nbytes, "up")
             self.uplink_bytes += nbytes
             over = True  # sent: a resume would only send a duplicate
-            ack = await self._receive((m.Ack,), 30.0)
-            if ack is not None and isinstance(ack[0], m.Ack):
-                if ack[0].accepted:
+            ack = await self._final_ack()
+            if ack is not None:
+                if ack.accepted:
                     self.rounds_reported += 1
                 else:
-                    log.info("device %s: update refused: %s", self.config.device_id, ack[0].reason)
+                    log.info("device %s: update refused: %s", self.config.device_id, ack.reason)
         except (ArtifactError, CodecError, DataError, PrivacyError, SecAggError) as exc:
             over = True
             log.warning("device %s: task failed: %s", self.config.device_id, exc)
@@ -478,6 +500,14 @@ class DeviceAgent:
             if self.state not in (AgentState.WAITING, AgentState.OFFLINE):
                 self._set(AgentState.WAITING)
 
+    async def _final_ack(self) -> m.Ack | None:
+        """Wait for the ack that ends a task; keep the check-in window it carries."""
+        item = await self._receive((m.Ack,), 30.0)
+        if item is None or not isinstance(item.message, m.Ack):
+            return None
+        self._next_checkin_s = item.message.retry_after_s
+        return item.message
+
     def _deliberately_skipped(self, task: m.Task) -> bool:
         """True when the task will never be resumed: its deadline passed or the device dropped it."""
         return time.time() > task.deadline or (
@@ -486,17 +516,32 @@ class DeviceAgent:
 
     async def _fetch(self, task: m.Task) -> tuple[Artifact, list[np.ndarray]]:
         before = self.fetcher.bytes_downloaded
-        model = await self.fetcher.fetch(task.model, "model")
-        manifest = await self.fetcher.fetch(task.manifest, "manifest")
-        # the fetcher checked both against the signed digests of the task
-        artifact = self.trainers.artifact(model, manifest, (task.model.sha256, task.manifest.sha256))
-        shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
-        weights = await self._weights_from_delta(task, shapes)
-        if weights is None:
-            weights_blob = await self.fetcher.fetch(task.weights, "weights")
-            weights = unpack_weights(weights_blob, shapes)
+        try:
+            artifact = await self._artifact(task)
+            shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
+            weights = await self._weights_from_delta(task, shapes)
+            if weights is None:
+                weights_blob = await self.fetcher.fetch(task.weights, "weights")
+                weights = unpack_weights(weights_blob, shapes)
+        finally:
+            self.fetcher.release()  # the task's downloads are done
         await self.hooks.after_transfer(self.fetcher.bytes_downloaded - before, "down")
         return artifact, weights
+
+    async def _artifact(self, task: m.Task) -> Artifact:
+        """The task's model: the one in memory if this device holds its verified files, else
+        fetched (from the cache or the server) and checked against the signed digests."""
+        digests = (task.model.sha256, task.manifest.sha256)
+        known = self.trainers.known(digests)
+        if (
+            known is not None
+            and self.fetcher.holds(task.model)
+            and self.fetcher.holds(task.manifest)
+        ):
+            return known
+        model = await self.fetcher.fetch(task.model, "model")
+        manifest = await self.fetcher.fetch(task.manifest, "manifest")
+        return self.trainers.artifact(model, manifest, digests)
 
     async def _weights_from_delta(
         self, task: m.Task, shapes: list[tuple[int, ...]]
@@ -548,7 +593,7 @@ class DeviceAgent:
                 )
                 return trainer.get_weights(), result
 
-            new_weights, result = await asyncio.to_thread(work)
+            new_weights, result = await self.hooks.compute(work)
         await self.hooks.after_compute(result.wall_time_s)
         return [nw - w for nw, w in zip(new_weights, weights, strict=True)], result, seed
 
@@ -636,16 +681,16 @@ class DeviceAgent:
             item = await self._receive((m.SecAggStage, m.Ack), wait_s)
             if item is None:
                 return True  # the server moved on without us (or aborted the round)
-            if isinstance(item[0], m.Ack):
-                if not item[0].accepted:
+            if isinstance(item.message, m.Ack):
+                if not item.message.accepted:
                     log.info(
                         "device %s: secure aggregation message refused: %s",
                         self.config.device_id,
-                        item[0].reason,
+                        item.message.reason,
                     )
                     return True
                 continue
-            request = item[0]
+            request = item.message
             assert isinstance(request, m.SecAggStage)
             if request.stage not in steps:
                 raise SecAggError(f"unexpected secure-aggregation stage {request.stage!r}")
@@ -738,7 +783,7 @@ class DeviceAgent:
                 trainer.set_weights(weights)
                 return trainer.evaluate(x, y)
 
-            result = await asyncio.to_thread(work)
+            result = await self.hooks.compute(work)
         self._set(AgentState.REPORTING)
         await self._send(
             m.EvalResult(
@@ -749,4 +794,4 @@ class DeviceAgent:
             job_id,
             round_id,
         )
-        await self._receive((m.Ack,), 30.0)
+        await self._final_ack()

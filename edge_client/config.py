@@ -11,6 +11,11 @@ from urllib.parse import urlparse
 from edge_client.errors import ConfigError, ProtocolError
 from edge_client.protocol.topics import check_name
 
+# MQTT keepalive of a device: an idle session pings once a minute (paho's default, and short of
+# the 2-5 minute idle timeouts of carrier NATs). Dropouts are noticed by round deadlines, so a
+# shorter keepalive would only cost fleet-wide pings and battery.
+DEFAULT_KEEPALIVE_S = 60
+
 
 @dataclass(frozen=True)
 class BrokerConfig:
@@ -22,7 +27,7 @@ class BrokerConfig:
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    keepalive_s: int = 30
+    keepalive_s: int = DEFAULT_KEEPALIVE_S
 
     @property
     def host(self) -> str:
@@ -127,7 +132,7 @@ def parse_device_config(raw: dict[str, Any], base_dir: Path) -> DeviceConfig:
         raise ConfigError(f"broker.url has an invalid port: {exc}") from exc
     if port == 0:
         raise ConfigError("broker.url port must be 1-65535")
-    keepalive = broker.get("keepalive_s", 30)
+    keepalive = broker.get("keepalive_s", DEFAULT_KEEPALIVE_S)
     if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not 5 <= keepalive <= 3600:
         raise ConfigError("broker.keepalive_s must be an integer between 5 and 3600")
     identity = raw.get("identity", {})

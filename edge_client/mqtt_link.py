@@ -56,7 +56,31 @@ _housekeeping: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Housekeepin
 
 
 class _Client(aiomqtt.Client):
-    """aiomqtt's client, with its per-client housekeeping task moved onto the loop's shared timer."""
+    """aiomqtt's client, with its per-client housekeeping task moved onto the loop's shared timer
+    and a lighter acknowledged publish."""
+
+    async def publish_lean(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Publish; at QoS 1 or 2 wait (``self.timeout``) for the broker's acknowledgement.
+
+        aiomqtt's ``publish`` does the same, but wraps the wait in ``asyncio.wait_for`` (a
+        task per message) and counts all pending calls on every publish, QoS 0 included
+        (O(pending)); a server sending a round's tasks, or a process of many devices, feels
+        both. The confirmation is registered where aiomqtt's ``on_publish`` callback sets it.
+        """
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "could not publish message")
+        if qos == 0 or info.is_published():
+            return
+        confirmation = asyncio.Event()
+        self._pending_publishes[info.mid] = confirmation
+        try:
+            async with asyncio.timeout(self.timeout):
+                await confirmation.wait()
+        except TimeoutError:
+            raise aiomqtt.MqttError("publish was not acknowledged in time") from None
+        finally:
+            self._pending_publishes.pop(info.mid, None)
 
     async def _misc_loop(self) -> None:
         """Registered with the shared timer until aiomqtt cancels this when the socket closes."""
@@ -117,7 +141,7 @@ class MqttLink:
         self.settings = settings
         self.stats = LinkStats()
         self.connected = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self._client: _Client | None = None
         self._log = logger or logging.getLogger("fedge.mqtt")
         self._on_connect = on_connect
         self._rng = rng or random.Random()
@@ -220,9 +244,7 @@ class MqttLink:
     ) -> bool:
         """Publish once connected (waiting up to ``wait_s``); False if it could not be sent.
 
-        QoS 1 waits for the broker's PUBACK. QoS 0 has no acknowledgement to wait for: it is
-        handed to the MQTT client's send queue directly (aiomqtt would still track it as a
-        pending call, which costs O(pending) per publish under load).
+        QoS 1 waits for the broker's PUBACK; QoS 0 has no acknowledgement to wait for.
         """
         if not self.connected.is_set():
             try:
@@ -233,12 +255,7 @@ class MqttLink:
         if client is None:
             return False
         try:
-            if qos == 0:
-                info = client._client.publish(topic, payload, qos=0, retain=retain)  # noqa: SLF001
-                if info.rc != 0:
-                    raise aiomqtt.MqttCodeError(info.rc, "could not publish message")
-            else:
-                await client.publish(topic, payload, qos=qos, retain=retain)
+            await client.publish_lean(topic, payload, qos, retain)
         except aiomqtt.MqttError as exc:
             self._log.info("publish to %s failed: %s", topic, exc)
             return False

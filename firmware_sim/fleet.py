@@ -15,6 +15,7 @@ from typing import Any
 import aiomqtt
 import numpy as np
 
+from edge_client import event_loop
 from edge_client.agent import TrainerCache
 from edge_client.config import load_device_config
 from edge_client.device_main import build_agent
@@ -129,7 +130,7 @@ def worker_main(args: WorkerArgs, stop_flag: Any, results: Any) -> None:
     )
     for noisy in ("amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    stats = asyncio.run(_run_devices(args, stop_flag))
+    stats = event_loop.run(_run_devices(args, stop_flag))
     results.put(json.dumps(stats))
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
@@ -13,6 +15,7 @@ from firmware_sim.clock import Clock
 from firmware_sim.network import download_time, upload_time
 from firmware_sim.profiles import Charging, DeviceProfile
 
+T = TypeVar("T")
 SECURE_STAGES = ("secagg-advertise", "secagg-share", "secagg-masked", "secagg-unmask")
 
 
@@ -41,6 +44,13 @@ class SimHooks(AgentHooks):
         self.away_after_dropout_s = away_after_dropout_s
         self._back_at = -1.0
         self._drop_at: str | None = None
+
+    async def compute(self, work: Callable[[], T]) -> T:
+        """Train in the event loop: a worker's agents train one at a time anyway (one
+        interpreter per model), the simulated models train in milliseconds, and a thread hop
+        per task cost more than that (GIL hand-offs with the loop serving thousands of
+        sessions). The simulated time comes from `after_compute`."""
+        return work()
 
     def _wall(self, sim_seconds: float) -> float:
         to_wall = getattr(self.clock, "to_wall", None)

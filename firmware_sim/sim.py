@@ -17,6 +17,7 @@ import msgpack
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_client import event_loop
 from edge_client.artifact import load_artifact
 from edge_client.data import save_npz_dataset
 from edge_client.errors import ConfigError, PrivacyError
@@ -428,7 +429,7 @@ def run_sim(c: SimConfig) -> dict[str, Any]:
             return status
 
         try:
-            status = asyncio.run(main())
+            status = event_loop.run(main())
         finally:
             device_stats = fleet.stop()
         from server.store import Store

@@ -237,7 +237,7 @@ class FedgeServer:
         app = create_app(self._blobs, self.traffic)
         from server.api import mount_api  # the management API and dashboard
 
-        mount_api(app, self._store, self, s.api_tokens)
+        mount_api(app.api, self._store, self, s.api_tokens)
         tls: dict[str, Any] = {}
         if s.http_cert_file and s.http_key_file:
             tls = {"ssl_certfile": str(s.http_cert_file), "ssl_keyfile": str(s.http_key_file)}

@@ -35,6 +35,8 @@ from server.store import Store
 log = logging.getLogger("fedge.server")
 
 SERVER_ID = "server"
+
+
 class Publish(Protocol):
     """Publish ``data`` on ``topic`` at ``qos``; False when it could not be sent."""
 
@@ -290,11 +292,21 @@ class Coordinator:
             return 1.0
         return max(rnd.deadline - time.time(), 1.0)
 
-    def _retry(self, device_id: str, reason: str, eta_s: float) -> None:
-        window = self.pool.retry_window(
+    def _window(self, eta_s: float) -> float:
+        """A device's next check-in window (pace steering)."""
+        return self.pool.retry_window(
             self._rng, eta_s, self.job.selection.selected_per_round, online=len(self.online)
         )
-        self._post(device_id, m.RetryLater(reason=reason, retry_after_s=window))
+
+    def _retry(self, device_id: str, reason: str, eta_s: float) -> None:
+        self._post(device_id, m.RetryLater(reason=reason, retry_after_s=self._window(eta_s)))
+
+    def _end_task(self, device_id: str, refusal: str | None = None) -> None:
+        """Ack a device's last message of a task with its next check-in window."""
+        ack = m.Ack(
+            accepted=refusal is None, reason=refusal or "", retry_after_s=self._window(self._eta())
+        )
+        self._post(device_id, ack)
 
     async def _on_update(
         self,
@@ -312,7 +324,7 @@ class Coordinator:
             refusal = "this round uses secure aggregation: plain updates are refused"
         if refusal is not None or rnd is None:
             self._reject(device_id, "update", refusal or "no round")
-            self._post(device_id, m.Ack(accepted=False, reason=refusal or "no round"))
+            self._end_task(device_id, refusal or "no round")
             return
         delta = codec.decode_update(
             update.payload, self.codec_spec, self.shapes, round_seed=rnd.round_seed
@@ -330,7 +342,7 @@ class Coordinator:
             nbytes,
         )
         self._record_report(rnd, device_id, report)
-        self._post(device_id, m.Ack(accepted=True))
+        self._end_task(device_id)
 
     def _record_report(self, rnd: RoundRun, device_id: str, report: ParticipantReport) -> None:
         """Count a device's report in the round and persist it as its participation."""
@@ -396,11 +408,11 @@ class Coordinator:
         refusal = self._late_or_foreign(device_id, job_id, round_id, "evaluate")
         if refusal is not None or rnd is None:
             self._reject(device_id, "eval_result", refusal or "no round")
-            self._post(device_id, m.Ack(accepted=False, reason=refusal or "no round"))
+            self._end_task(device_id, refusal or "no round")
             return
         report = ParticipantReport(result.examples, result.loss, result.accuracy, 0.0, nbytes)
         self._record_report(rnd, device_id, report)
-        self._post(device_id, m.Ack(accepted=True))
+        self._end_task(device_id)
 
     def _late_or_foreign(
         self, device_id: str, job_id: str | None, round_id: int | None, kind: str
@@ -592,6 +604,7 @@ class Coordinator:
         if self.finished.is_set():
             self._fail(rnd, "job stopped")
             return False
+        self.pool.observe_response(wake.woken, want)
         # DP jobs sample with OS randomness: a predictable seed would void privacy amplification.
         rng = (
             secrets.SystemRandom()

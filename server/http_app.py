@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 
 from server.blobs import BlobStore
 
@@ -25,10 +27,14 @@ class TrafficCounter:
     requests: int = 0
 
 
+class RangeError(ValueError):
+    """A Range header this server cannot satisfy (HTTP 416)."""
+
+
 def _slice_for_range(header: str, size: int) -> tuple[int, int]:
     match = _RANGE_RE.match(header.strip())
     if not match or (not match.group(1) and not match.group(2)):
-        raise HTTPException(status_code=416, detail=f"unsupported Range header {header!r}")
+        raise RangeError(f"unsupported Range header {header!r}")
     start_s, end_s = match.groups()
     if start_s:
         start = int(start_s)
@@ -36,7 +42,7 @@ def _slice_for_range(header: str, size: int) -> tuple[int, int]:
     else:  # suffix range: the last N bytes
         start, end = max(size - int(end_s), 0), size - 1
     if start >= size or start > end:
-        raise HTTPException(status_code=416, detail=f"range {header!r} outside 0-{size - 1}")
+        raise RangeError(f"range {header!r} outside 0-{size - 1}")
     return start, end
 
 
@@ -77,10 +83,87 @@ class HotBlobs:
         return data
 
 
-def create_app(blobs: BlobStore, counter: TrafficCounter) -> FastAPI:
-    """FastAPI app serving blobs; the management API mounts its routers on it."""
+Headers = list[tuple[bytes, bytes]]
+BLOB_PREFIX = "/v1/blobs/"
+
+
+def _json_error(
+    status: int, detail: str, extra: Headers | None = None
+) -> tuple[int, Headers, bytes]:
+    body = json.dumps({"error": detail}).encode()
+    return status, [(b"content-type", b"application/json"), *(extra or [])], body
+
+
+class HttpFront:
+    """The server's ASGI app: blob downloads answered directly, everything else by the API app.
+
+    Every selected device fetches the round's weights; FastAPI's middleware, request objects
+    and routing would cost more than serving the bytes, so ``GET``/``HEAD
+    /v1/blobs/{digest}`` never reaches them. A blob's sha256 is its ETag, and Range resumes
+    a download. Errors are JSON ``{"error": ...}`` like the API's.
+    """
+
+    def __init__(self, api: FastAPI, blobs: BlobStore, counter: TrafficCounter):
+        self.api = api
+        self.counter = counter
+        self._hot = HotBlobs(blobs)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or not path.startswith(BLOB_PREFIX)
+            or scope["method"] not in ("GET", "HEAD")
+        ):
+            await self.api(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        status, out, body = self.blob(
+            path[len(BLOB_PREFIX) :],
+            headers.get(b"range", b"").decode("latin-1") or None,
+            headers.get(b"if-none-match", b"").decode("latin-1") or None,
+        )
+        out.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": body})
+
+    def blob(
+        self, digest: str, range_header: str | None, if_none_match: str | None
+    ) -> tuple[int, Headers, bytes]:
+        """Status, headers and body of a blob request (in the event loop: no thread hop)."""
+        try:
+            data = self._hot.read(digest)
+        except KeyError:
+            return _json_error(400, f"not a sha256 digest: {digest!r}")
+        if data is None:
+            return _json_error(404, f"no blob {digest}")
+        etag = f'"{digest}"'
+        headers: Headers = [
+            (b"etag", etag.encode()),
+            (b"accept-ranges", b"bytes"),
+            (b"cache-control", b"public, max-age=31536000, immutable"),
+        ]
+        if if_none_match is not None:
+            tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+            if "*" in tags or etag in tags:
+                return 304, headers, b""
+        self.counter.requests += 1
+        headers.append((b"content-type", b"application/octet-stream"))
+        if range_header is None:
+            self.counter.bytes_served += len(data)
+            return 200, headers, data
+        try:
+            start, end = _slice_for_range(range_header, len(data))
+        except RangeError as exc:
+            return _json_error(416, str(exc), [(b"content-range", f"bytes */{len(data)}".encode())])
+        headers.append((b"content-range", f"bytes {start}-{end}/{len(data)}".encode()))
+        self.counter.bytes_served += end + 1 - start
+        return 206, headers, data[start : end + 1]
+
+
+def create_app(blobs: BlobStore, counter: TrafficCounter) -> HttpFront:
+    """The HTTP app: blobs, /healthz, and (``mount_api`` on ``.api``) the management API."""
     app = FastAPI(title="fedge server", version="1")
-    hot = HotBlobs(blobs)
 
     @app.exception_handler(HTTPException)
     async def _json_errors(request: Request, exc: HTTPException) -> JSONResponse:
@@ -94,46 +177,4 @@ def create_app(blobs: BlobStore, counter: TrafficCounter) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    async def get_blob(request: Request) -> Response:
-        """A content-addressed blob; its sha256 is its ETag, and Range resumes a download.
-
-        A plain Starlette route: every selected device fetches the round's weights, and
-        FastAPI's parameter machinery would cost more than serving the bytes.
-        """
-        digest = request.path_params["digest"]
-        range_header = request.headers.get("range")
-        if_none_match = request.headers.get("if-none-match")
-        try:
-            data = hot.read(digest)  # in the event loop: no thread hop per request
-        except KeyError as exc:
-            raise HTTPException(status_code=400, detail=f"not a sha256 digest: {digest!r}") from exc
-        if data is None:
-            raise HTTPException(status_code=404, detail=f"no blob {digest}")
-        etag = f'"{digest}"'
-        headers = {
-            "ETag": etag,
-            "Accept-Ranges": "bytes",
-            "Cache-Control": "public, max-age=31536000, immutable",
-        }
-        if if_none_match is not None:
-            tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
-            if "*" in tags or etag in tags:
-                return Response(status_code=304, headers=headers)
-        counter.requests += 1
-        if range_header:
-            try:
-                start, end = _slice_for_range(range_header, len(data))
-            except HTTPException as exc:
-                exc.headers = {"Content-Range": f"bytes */{len(data)}"}
-                raise
-            body = data[start : end + 1]
-            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-            counter.bytes_served += len(body)
-            return Response(
-                body, status_code=206, headers=headers, media_type="application/octet-stream"
-            )
-        counter.bytes_served += len(data)
-        return Response(data, headers=headers, media_type="application/octet-stream")
-
-    app.add_route("/v1/blobs/{digest}", get_blob, methods=["GET"], include_in_schema=False)
-    return app
+    return HttpFront(app, blobs, counter)

@@ -13,7 +13,14 @@ from edge_client.protocol import topics
 from edge_client.protocol.messages import CheckIn
 from server.job import SelectionConfig
 
-WAKE_FACTOR = 2.0  # devices woken per device wanted; selection closes at this many waiting
+# Check-ins wanted per device wanted: selection closes at this many waiting (choice for the
+# seeded draw), and wakes a little more (`WAKE_SLACK`) so that the count is usually reached.
+CLOSE_FACTOR = 1.15
+WAKE_SLACK = 1.1
+# A round that would wake at least this share of the fleet wakes all of it and waits for every
+# answer: little to save, and the cohort of a small, always-available fleet depends only on
+# the seed.
+WAKE_ALL_SHARE = 0.5
 
 
 def round_rng(
@@ -54,6 +61,7 @@ class WakePlan:
 
     groups: tuple[int, ...] | None
     probability: float
+    woken: float  # devices expected to check in early: the share reached times the probability
 
     def topics(self, fleet: str) -> list[str]:
         """The topics to publish the round-open on."""
@@ -79,6 +87,9 @@ class SelectionPool:
         self.waiting: dict[str, WaitingDevice] = {}
         self.last_added = 0.0
         self._recent_checkins: deque[float] = deque()
+        # eligible check-ins per device a round-open reaches (learned; see `observe_response`)
+        self.response_rate = 1.0
+        self.woke_all = rules.wake_all  # the last round-open went to every device
 
     def add(self, device_id: str, checkin: CheckIn) -> None:
         self.last_added = time.time()
@@ -86,9 +97,9 @@ class SelectionPool:
         self._note_checkin()
 
     def should_close(self, want: int, minimum: int, reachable: int, waited_s: float) -> bool:
-        """Close selection when enough devices wait and no more are coming, twice the demand
-        waits, or at the timeout with at least the minimum (below the minimum the round keeps
-        waiting in SELECTING: a fleet that is offline at night is not an error).
+        """Close selection when enough devices wait and no more are coming, `CLOSE_FACTOR`
+        times the demand waits, or at the timeout with at least the minimum (below the
+        minimum the round keeps waiting in SELECTING: a fleet offline at night is no error).
 
         "No more are coming" means every reachable (online) device has checked in, or no
         check-in arrived for the quiet period; this keeps selection deterministic for a
@@ -97,22 +108,41 @@ class SelectionPool:
         n = len(self.waiting)
         if n >= reachable and n >= minimum:
             return True  # every online device is waiting: nobody else can come
-        if n >= WAKE_FACTOR * want and not self.rules.wake_all:
+        if n >= CLOSE_FACTOR * want and not self.woke_all:
             return True  # ample choice: a large fleet's check-ins never leave a quiet gap
         if n >= want and time.time() - self.last_added >= self.rules.quiet_period_s:
             return True
         return waited_s >= self.rules.selection_timeout_s and n >= minimum
 
     def wake_probability(self, want: int, online: int) -> float:
-        """Share of waiting devices a round-open broadcast should wake (twice the demand:
-        selection closes once that many wait, and every extra check-in costs a reply).
+        """Share of the online devices a round-open should wake: enough for `CLOSE_FACTOR`
+        times the demand to check in (plus `WAKE_SLACK`), at the learned response rate.
+        Selection closes once that many wait, and every extra check-in costs a reply.
 
         Every device with `wake_all` (then selection only depends on the seed: benchmarks
-        comparing settings on the same clients use it).
+        comparing settings on the same clients use it), or from `WAKE_ALL_SHARE` up.
         """
         if self.rules.wake_all or online <= 0:
             return 1.0
-        return min(1.0, WAKE_FACTOR * want / online)
+        share = CLOSE_FACTOR * WAKE_SLACK * want / (online * self.response_rate)
+        return 1.0 if share >= WAKE_ALL_SHARE else share
+
+    def observe_response(self, woken: float, want: int) -> None:
+        """Learn the response rate from the selection that just closed (before `select`).
+
+        ``woken``: devices the round-open was expected to reach. Online devices that are
+        unavailable or ineligible do not answer, so the rate can be well below 1 (a fleet
+        that trains only while charging at night). A selection that closed on its count
+        stopped listening early: its rate is a lower bound, so it may only raise the
+        estimate; otherwise every answer came in and the estimate moves halfway to it.
+        """
+        if woken < 1.0:
+            return
+        observed = min(max(len(self.waiting) / woken, 0.05), 1.0)
+        if len(self.waiting) >= CLOSE_FACTOR * want:
+            self.response_rate = max(self.response_rate, observed)
+        else:
+            self.response_rate = (self.response_rate + observed) / 2
 
     def wake_plan(self, rng: random.Random, want: int, online: int, grouped: bool) -> WakePlan:
         """Wake about `wake_probability` of the fleet, through as few wake groups as needed.
@@ -124,11 +154,13 @@ class SelectionPool:
         be sampled) the whole fleet gets it, each device deciding on its own.
         """
         share = self.wake_probability(want, online)
+        self.woke_all = share >= 1.0
         if not grouped or share >= 1.0:
-            return WakePlan(None, share)
+            return WakePlan(None, share, share * online)
         count = math.ceil(share * topics.WAKE_GROUPS)  # 0 < share < 1: 1 to WAKE_GROUPS
         groups = tuple(sorted(rng.sample(range(topics.WAKE_GROUPS), count)))
-        return WakePlan(groups, share * topics.WAKE_GROUPS / count)  # <= 1 as count >= it
+        # the probability is <= 1 as count >= share x WAKE_GROUPS
+        return WakePlan(groups, share * topics.WAKE_GROUPS / count, share * online)
 
     def remove(self, device_id: str) -> None:
         self.waiting.pop(device_id, None)
@@ -149,9 +181,7 @@ class SelectionPool:
         self.waiting.clear()
         return chosen, rest
 
-    def retry_window(
-        self, rng: random.Random, eta_s: float, demand: int, online: int = 0
-    ) -> float:
+    def retry_window(self, rng: random.Random, eta_s: float, demand: int, online: int = 0) -> float:
         """Pace steering: spread the next check-ins so about ``demand`` arrive near the next round.
 
         With a large fleet each device is told to come back later than the next round (a

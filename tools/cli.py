@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from edge_client import event_loop
 from edge_client.errors import FedgeError
 
 
@@ -30,7 +31,7 @@ def _run_until_signal(main: Callable[[asyncio.Event], object]) -> object:
             loop.add_signal_handler(sig, stop.set)
         return await main(stop)  # type: ignore[misc]
 
-    return asyncio.run(runner())
+    return event_loop.run(runner())
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,20 @@ from edge_client.codec.spec import CodecSpec
 
 @dataclass(frozen=True)
 class EncodedUpdate:
-    """An encoded update: the bytes to publish and what the server will decode from them."""
+    """An encoded update: the bytes to publish, and (on demand) what the server decodes."""
 
     payload: bytes
-    decoded: list[np.ndarray]
+    spec: CodecSpec
+    shapes: tuple[tuple[int, ...], ...]
+    round_seed: int
+
+    @cached_property
+    def decoded(self) -> list[np.ndarray]:
+        """What the server will decode from ``payload``, one array per tensor."""
+        flat = decode_flat(
+            self.payload, self.spec, self.shapes, round_seed=self.round_seed, max_bytes=None
+        )
+        return unflatten(flat, self.shapes)
 
 
 class UpdateEncoder:
@@ -63,10 +74,7 @@ class UpdateEncoder:
         flat = flatten(delta, self.shapes)
         corrected = self.feedback.correct(flat) if self.feedback else flat
         payload = encode_flat(corrected, self.spec, self.shapes, round_seed=round_seed, rng=rng)
-        decoded = unflatten(
-            decode_flat(payload, self.spec, self.shapes, round_seed=round_seed, max_bytes=None),
-            self.shapes,
-        )
+        encoded = EncodedUpdate(payload, self.spec, self.shapes, round_seed)
         if self.feedback:
-            self.feedback.update(corrected, np.concatenate([d.ravel() for d in decoded]))
-        return EncodedUpdate(payload, decoded)
+            self.feedback.update(corrected, np.concatenate([d.ravel() for d in encoded.decoded]))
+        return encoded

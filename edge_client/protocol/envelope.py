@@ -18,7 +18,7 @@ import msgpack
 
 from edge_client.errors import ProtocolError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MSG_ID_BYTES = 8
 HEADER_FIELDS = ("version", "type", "id", "sender", "job", "round", "ts", "body")
 # Wire codes of the message types; a code is never reused for another type.

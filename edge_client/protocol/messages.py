@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -14,6 +15,23 @@ from edge_client.protocol.envelope import DEFAULT_LIMITS, Envelope, Limits
 
 ALLOWED_DTYPES = {"float32", "float16", "int32", "uint32", "int8", "uint8", "int64"}
 SHA256_BYTES = 32
+_LOWER_HEX = re.compile(r"[0-9a-f]*")
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def as_map(value: Any) -> Any:
+    """A dataclass as nested dicts of its fields (as `dataclasses.asdict`, without copying
+    the leaves: a body is packed once and never changed)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        names = _FIELD_NAMES.get(type(value))
+        if names is None:
+            names = _FIELD_NAMES[type(value)] = tuple(f.name for f in fields(value))
+        return {name: as_map(getattr(value, name)) for name in names}
+    if isinstance(value, list | tuple):
+        return [as_map(v) for v in value]
+    if isinstance(value, dict):
+        return {k: as_map(v) for k, v in value.items()}
+    return value
 
 
 def encode_tensor(array: np.ndarray) -> dict[str, Any]:
@@ -124,7 +142,7 @@ class _Field:
     @staticmethod
     def hex_digest(key: str, value: str, size: int = SHA256_BYTES) -> str:
         """``value`` if it is ``size`` bytes in lowercase hex (by default a whole sha256)."""
-        if len(value) != 2 * size or any(c not in "0123456789abcdef" for c in value):
+        if len(value) != 2 * size or not _LOWER_HEX.fullmatch(value):
             what = " (a sha256)" if size == SHA256_BYTES else ""
             raise ProtocolError(f"field {key!r} must be {2 * size} lowercase hex characters{what}")
         return value
@@ -165,7 +183,7 @@ class Message:
     WIRE_BODY: ClassVar[type] = dict  # a map keyed by field name, or a positional list
 
     def to_body(self) -> dict[str, Any] | list[Any]:
-        return asdict(self)
+        return as_map(self)
 
     @classmethod
     def from_body(cls, body: Any, limits: Limits) -> Message:
@@ -294,6 +312,9 @@ class Task(Message):
         )
 
 
+MAX_RETRY_S = 7 * 86400  # the longest check-in window a device accepts
+
+
 @dataclass(frozen=True)
 class RetryLater(Message):
     """Server -> device: not now; check in again after the window (pace steering)."""
@@ -308,7 +329,7 @@ class RetryLater(Message):
         return cls(
             reason=F.get(body, "reason", str),
             retry_after_s=F.in_range(
-                "retry_after_s", F.get(body, "retry_after_s", float), 0, 7 * 86400
+                "retry_after_s", F.get(body, "retry_after_s", float), 0, MAX_RETRY_S
             ),
         )
 
@@ -425,16 +446,35 @@ class EvalResult(Message):
 
 @dataclass(frozen=True)
 class Ack(Message):
-    """Server -> device: the update or result was accepted or refused (with the reason)."""
+    """Server -> device: the update or result was accepted or refused (with the reason).
+
+    The ack that ends a task also carries ``retry_after_s``, the device's next check-in
+    window (as `RetryLater` would give it), so that a device done with its round does not check
+    in at once only to be told to wait (protocol 4).
+    """
 
     TYPE: ClassVar[str] = "ack"
     accepted: bool
     reason: str = ""
+    retry_after_s: float | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        body = as_map(self)
+        if self.retry_after_s is None:
+            del body["retry_after_s"]
+        return body
 
     @classmethod
     def from_body(cls, body: dict[str, Any], limits: Limits) -> Ack:
         F.known(body, cls)
-        return cls(accepted=F.get(body, "accepted", bool), reason=F.get(body, "reason", str))
+        window = F.get(body, "retry_after_s", float, optional=True)
+        return cls(
+            accepted=F.get(body, "accepted", bool),
+            reason=F.get(body, "reason", str),
+            retry_after_s=None
+            if window is None
+            else F.in_range("retry_after_s", window, 0, MAX_RETRY_S),
+        )
 
 
 @dataclass(frozen=True)

@@ -243,7 +243,7 @@ def one_device_job(tmp_path: Path, mlp_artifact: Path, digits: tuple[np.ndarray,
 
 def assert_resumed_and_accepted(server: ServerThread, state: Path, toml: Path) -> None:
     """A fresh agent on the same state dir resumes the pending task; round 1 commits with it."""
-    pending = toml.parent / "state" / "pending_task.json"
+    pending = toml.parent / "state" / "pending_task.msg"
     assert pending.exists()
     run = AgentRun(toml)
     try:
@@ -253,7 +253,7 @@ def assert_resumed_and_accepted(server: ServerThread, state: Path, toml: Path) -
     finally:
         run.stop(timeout_s=35)
         run.close()
-    # resumed from pending_task.json: trained straight after connecting, before any check-in
+    # resumed from pending_task.msg: trained straight after connecting, before any check-in
     assert history[:4] == [S.OFFLINE, S.CONNECTED, S.TRAINING, S.REPORTING]
     assert_history_follows_table(history)
     assert not pending.exists()
@@ -297,7 +297,7 @@ def test_task_survives_stopping_the_agent_mid_training(one_device_job: Any) -> N
     try:
         assert hooks.reached.wait(timeout=40), "the device never trained"
         assert run.agent.state == S.TRAINING
-        assert (toml.parent / "state" / "pending_task.json").exists()
+        assert (toml.parent / "state" / "pending_task.msg").exists()
         run.loop.loop.call_soon_threadsafe(run.stop_event.set)
         run.loop.loop.call_soon_threadsafe(hooks.release.set)
         run.future.result(timeout=45)
@@ -305,6 +305,6 @@ def test_task_survives_stopping_the_agent_mid_training(one_device_job: Any) -> N
         assert run.agent.uplink_bytes == 0  # the interrupted task was never reported
     finally:
         run.close()
-    assert (toml.parent / "state" / "pending_task.json").exists(), (
+    assert (toml.parent / "state" / "pending_task.msg").exists(), (
         "stopping the agent mid-task deleted its pending task")
     assert_resumed_and_accepted(server, state, toml)

@@ -188,9 +188,10 @@ def test_round_trip_make_pack_unpack_parse(message: m.Message, sender: str, job_
 # --- malformed envelopes ------------------------------------------------------------------
 
 ENVELOPE_CASES = [
-    ("version 1", {"version": 1}, r"unsupported protocol version 1 \(this side speaks 3\)"),
-    ("version 2", {"version": 2}, r"unsupported protocol version 2 \(this side speaks 3\)"),
-    ("version 4", {"version": 4}, "unsupported protocol version 4"),
+    ("version 1", {"version": 1}, r"unsupported protocol version 1 \(this side speaks 4\)"),
+    ("version 2", {"version": 2}, r"unsupported protocol version 2 \(this side speaks 4\)"),
+    ("version 3", {"version": 3}, r"unsupported protocol version 3 \(this side speaks 4\)"),
+    ("version 5", {"version": 5}, "unsupported protocol version 5"),
     ("missing version", {"version": None}, "field 'version' has type NoneType, expected int"),
     ("bool version", {"version": True}, "field 'version' must be int, got bool"),
     ("type as a name", {"type": "ack"}, "field 'type' has type str, expected int"),
@@ -272,7 +273,7 @@ def test_version_1_envelope_is_refused_with_a_clear_message() -> None:
     v1 = {"v": 1, "t": "checkin", "id": os.urandom(12), "from": "dev-1", "job": "job",
           "round": 1, "ts": time.time(), "body": asdict(EXAMPLES["checkin"])}
     with pytest.raises(ProtocolError,
-                       match=r"unsupported protocol version 1 \(a map envelope; this side speaks 3"):
+                       match=r"unsupported protocol version 1 \(a map envelope; this side speaks 4"):
         unpack(packed(v1))
     array_v1 = m.Envelope(type="ack", body={}, sender="dev-1", version=1).pack()
     with pytest.raises(ProtocolError, match="unsupported protocol version 1"):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from edge_client.errors import ProtocolError
 from edge_client.protocol import messages as m
-from edge_client.protocol.envelope import MSG_ID_BYTES, PROTOCOL_VERSION, unpack
+from edge_client.protocol.envelope import DEFAULT_LIMITS, MSG_ID_BYTES, PROTOCOL_VERSION, unpack
 
 DIGEST = "0f" * 32
 UPDATE_LIMIT = 75  # bytes of the update below, payload excluded (1: 274, 2: 104)
@@ -34,6 +34,7 @@ ROUND_TRAFFIC: dict[str, m.Message] = {
                    plan=m.TrainingPlan(epochs=1, lr=0.05, max_steps=100), codec="topk:0.03+q2",
                    deadline=time.time() + 60, round_seed=123456789, dp={"clip": 1.0}),
     "ack": m.Ack(accepted=True),
+    "ack_with_window": m.Ack(accepted=True, retry_after_s=42.5),  # the last ack of a task
     "retry": m.RetryLater(reason="not selected", retry_after_s=12.5),
     "presence": m.Presence(online=True, profile="pi4"),
     "round_open": m.RoundOpen(round=12, wake_probability=0.3),
@@ -150,5 +151,21 @@ def test_secagg_metrics_keep_their_map_form() -> None:
 
 def test_header_is_positional() -> None:
     raw: list[Any] = msgpack.unpackb(wire(m.Ack(accepted=True)), raw=False)
-    assert raw[0] == PROTOCOL_VERSION == 3 and raw[1] == 6 and raw[3:6] == ["dev-00042", "sim", 12]
+    assert raw[0] == PROTOCOL_VERSION == 4 and raw[1] == 6 and raw[3:6] == ["dev-00042", "sim", 12]
     assert raw[7] == {"accepted": True, "reason": ""}
+
+
+def test_the_ack_that_ends_a_task_carries_the_next_check_in_window() -> None:
+    back = m.parse(unpack(wire(m.Ack(accepted=False, reason="late", retry_after_s=42.5))))
+    assert back == m.Ack(accepted=False, reason="late", retry_after_s=42.5)
+    assert m.parse(unpack(wire(m.Ack(accepted=True)))) == m.Ack(accepted=True)
+
+
+@pytest.mark.parametrize("window, match", [
+    (-1.0, "outside"), (8 * 86400.0, "outside"), (float("nan"), "not finite"),
+    ("soon", "has type str"), (True, "must not be a bool"),
+])
+def test_a_malformed_ack_window_is_refused(window: Any, match: str) -> None:
+    body = {"accepted": True, "reason": "", "retry_after_s": window}
+    with pytest.raises(ProtocolError, match=match):
+        m.Ack.from_body(body, DEFAULT_LIMITS)

@@ -259,7 +259,7 @@ def build_env(
     server.link.stats.bytes_sent, server.link.stats.connects = 4321, 2
     server.traffic.bytes_served = 777
     app = create_app(blobs, server.traffic)
-    mount_api(app, store, server, tokens)
+    mount_api(app.api, store, server, tokens)
     served = Served(app)
     return Env(
         server, httpx.Client(base_url=served.url, timeout=30), weights, rids, artifact
@@ -587,7 +587,7 @@ def test_unknown_token_role_is_a_config_error(env: Env) -> None:
 
     app = create_app(env.server.blobs, env.server.traffic)
     with pytest.raises(ConfigError, match="root"):
-        mount_api(app, env.server.store, env.server, {"secret": "root"})
+        mount_api(app.api, env.server.store, env.server, {"secret": "root"})
 
 
 # metrics -------------------------------------------------------------------------------------

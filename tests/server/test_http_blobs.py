@@ -33,6 +33,7 @@ from edge_client.signing import (
 from server.blobs import BlobStore
 from server.http_app import TrafficCounter, create_app
 
+KEEP_ALIVE_S = 1  # the test server closes idle connections after this
 DATA = random.Random(0).randbytes(200_000)
 DIGEST = sha256_hex(DATA)
 SIZE = len(DATA)
@@ -47,10 +48,11 @@ class BlobServer:
     counter: TrafficCounter
     key: Ed25519PrivateKey
 
-    def get(self, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    def get(self, path: str, method: str = "GET",
+            **headers: str) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
-            conn.request("GET", path, headers=headers)
+            conn.request(method, path, headers=headers)
             resp = conn.getresponse()
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
         finally:
@@ -69,7 +71,8 @@ def blob_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlobServer
     assert blobs.put(DATA) == DIGEST
     port = free_tcp_port()
     server = uvicorn.Server(uvicorn.Config(create_app(blobs, counter), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
+                                           log_level="warning", lifespan="off",
+                                           timeout_keep_alive=KEEP_ALIVE_S))
     loop = LoopThread("http")
     future = loop.submit(server.serve())
     for _ in range(200):
@@ -171,6 +174,19 @@ def test_byte_counter_counts_what_was_served(blob_server: BlobServer) -> None:
     assert blob_server.counter.requests - requests_before == 2
 
 
+def test_head_gives_the_headers_without_the_body(blob_server: BlobServer) -> None:
+    status, headers, body = blob_server.get(BLOB, method="HEAD")
+    assert status == 200 and body == b""
+    assert headers["content-length"] == str(SIZE) and headers["etag"] == f'"{DIGEST}"'
+
+
+def test_other_methods_do_not_reach_the_blobs(blob_server: BlobServer) -> None:
+    before = blob_server.counter.bytes_served
+    status, headers, body = blob_server.get(BLOB, method="POST")
+    assert status in (404, 405) and headers["content-type"] == "application/json"
+    assert blob_server.counter.bytes_served == before
+
+
 def test_healthz(blob_server: BlobServer) -> None:
     assert blob_server.get("/healthz")[:1] == (200,)
 
@@ -189,6 +205,20 @@ def test_signatures_bind_digest_and_kind(tmp_path: Path) -> None:
         verify_blob(public, "weights", DATA, DIGEST, sig)  # a model signature is not a weights one
     with pytest.raises(ArtifactError, match="bad signature"):
         verify_blob(Ed25519PrivateKey.generate().public_key(), "model", DATA, DIGEST, sig)
+
+
+def test_a_remembered_verification_still_refuses_what_it_did_not_verify(tmp_path: Path) -> None:
+    """verify_blob remembers good signatures per process; the memory must not widen them."""
+    key = load_or_create_signing_key(tmp_path / "k" / "signing.key")
+    public, sig = key.public_key(), sign_blob(key, "model", DIGEST)
+    for _ in range(3):  # the first call verifies, the next ones are remembered
+        verify_blob(public, "model", DATA, DIGEST, sig)
+        with pytest.raises(ArtifactError, match="does not match"):
+            verify_blob(public, "model", DATA[:-1], DIGEST, sig)  # the bytes are hashed every time
+        with pytest.raises(ArtifactError, match="bad signature"):
+            verify_blob(public, "model", DATA, DIGEST, bytes([sig[0] ^ 1]) + sig[1:])
+        with pytest.raises(ArtifactError, match="bad signature"):
+            verify_blob(Ed25519PrivateKey.generate().public_key(), "model", DATA, DIGEST, sig)
 
 
 def test_signing_key_is_created_once_private_and_reloaded(tmp_path: Path) -> None:
@@ -288,3 +318,23 @@ def test_fetch_refusals(blob_server: BlobServer, tmp_path: Path) -> None:
                      signature=ref.signature, size=ref.size)
     with pytest.raises(ArtifactError, match="failed"):
         f.fetch_sync(closed, "model")
+
+
+def test_downloads_of_a_task_share_one_connection(blob_server: BlobServer, tmp_path: Path) -> None:
+    f = fetcher(blob_server, tmp_path / "cache")
+    first, second = blob_server.ref(b"manifest " * 100), blob_server.ref(b"weights " * 100)
+
+    async def task() -> None:
+        assert await f.fetch(first, "model") == b"manifest " * 100
+        kept = f._kept
+        assert kept is not None  # the server keeps the connection open for the next download
+        assert await f.fetch(second, "model") == b"weights " * 100
+        assert f._kept is kept  # ... and the next download used it
+        await asyncio.sleep(KEEP_ALIVE_S + 1.0)  # the server closes it meanwhile
+        (tmp_path / "cache" / second.sha256).unlink()
+        assert await f.fetch(second, "model") == b"weights " * 100  # on a new connection
+        assert f._kept is not None and f._kept is not kept
+        f.release()
+        assert f._kept is None
+
+    asyncio.run(task())

@@ -97,12 +97,31 @@ def test_ten_devices_five_rounds_on_embedded_amqtt(tmp_path, mlp_artifact, digit
     assert sum(a.rounds_reported for a in fleet.agents) >= 40
 
 
+class CountCheckIns(AgentHooks):
+    """A real device that counts its check-ins (the agent asks for eligibility before each)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checkins = 0
+
+    def eligibility(self):  # type: ignore[no-untyped-def]
+        self.checkins += 1
+        return super().eligibility()
+
+
 def test_ten_devices_five_rounds_on_mosquitto(tmp_path, mlp_artifact, digits, mosquitto):
-    status, rows, _ = run_job(tmp_path, mosquitto.url, mlp_artifact, digits)
+    hooks = [CountCheckIns() for _ in range(10)]
+    status, rows, _ = run_job(tmp_path, mosquitto.url, mlp_artifact, digits, hooks=hooks.__getitem__)
     done = committed(rows)
     assert status == "finished"
     assert len(done) == 5
     assert done[-1]["eval_accuracy"] >= 0.85
+    # every device is selected every round (11 wanted of 10). The ack of each update says when
+    # to come back, so a device checks in about once a round; checking in right after its
+    # report (to be told to wait) would take two per round.
+    reported = sum(r["reported"] for r in done)
+    assert reported >= 40
+    assert sum(h.checkins for h in hooks) <= reported + 2 * len(hooks)
 
 
 class VanishInRound(AgentHooks):

@@ -16,7 +16,16 @@ from edge_client.errors import ProtocolError
 from edge_client.protocol.messages import CheckIn, Eligibility
 from edge_client.protocol.topics import WAKE_GROUPS, wake, wake_group
 from server.job import SelectionConfig
-from server.selection import SelectionPool, WakePlan, ineligibility, round_rng, round_seed
+from server.selection import (
+    CLOSE_FACTOR,
+    WAKE_ALL_SHARE,
+    WAKE_SLACK,
+    SelectionPool,
+    WakePlan,
+    ineligibility,
+    round_rng,
+    round_seed,
+)
 
 
 def checkin(examples: int = 100, **eligibility: Any) -> CheckIn:
@@ -142,11 +151,42 @@ def test_an_online_fleet_far_above_demand_gets_long_windows_even_at_a_low_rate()
     assert all(1.0 <= w <= 1.25 for w in small)
 
 
-@pytest.mark.parametrize("want, online, expected", [(10, 0, 1.0), (10, 20, 1.0), (10, 100, 0.2),
-                                                    (1, 3000, 2 / 3000)])
+WAKE = CLOSE_FACTOR * WAKE_SLACK  # devices woken per device wanted, at a response rate of 1
+
+
+@pytest.mark.parametrize("want, online, expected", [
+    (10, 0, 1.0), (10, 12, 1.0), (10, math.floor(WAKE * 10 / WAKE_ALL_SHARE), 1.0),
+    (10, 100, WAKE / 10), (1, 3000, WAKE / 3000)])
 def test_wake_probability(want: int, online: int, expected: float) -> None:
     assert SelectionPool(SelectionConfig()).wake_probability(want, online) == pytest.approx(expected)
     assert SelectionPool(SelectionConfig(wake_all=True)).wake_probability(want, online) == 1.0
+
+
+def test_a_fleet_that_answers_less_is_woken_more() -> None:
+    pool = pool_with([f"d{i}" for i in range(40)])  # 40 of 100 woken answered (no count close)
+    pool.observe_response(woken=100.0, want=50)
+    assert pool.response_rate == pytest.approx(0.7)  # halfway from 1.0 to 0.4
+    assert pool.wake_probability(50, 1000) == pytest.approx(WAKE * 50 / (1000 * 0.7))
+    pool.observe_response(woken=100.0, want=50)
+    assert pool.response_rate == pytest.approx(0.55)
+    nobody = SelectionPool(SelectionConfig())
+    for _ in range(20):
+        nobody.observe_response(woken=100.0, want=50)
+    assert nobody.response_rate == pytest.approx(0.05, rel=1e-3)  # floor: no unbounded wake
+    assert nobody.wake_probability(50, 100_000) == pytest.approx(WAKE * 50 / 5000, rel=1e-3)
+    before = nobody.response_rate
+    nobody.observe_response(woken=0.5, want=50)  # nobody was woken: nothing learned
+    assert nobody.response_rate == before
+
+
+def test_a_selection_closed_on_its_count_only_raises_the_rate() -> None:
+    n = math.ceil(CLOSE_FACTOR * 10)  # CLOSE_FACTOR x 10 wanted: closed on count
+    full = pool_with([f"d{i}" for i in range(n)])
+    full.response_rate = 0.5
+    full.observe_response(woken=100.0, want=10)  # n / 100 is a lower bound, not a measurement
+    assert full.response_rate == 0.5
+    full.observe_response(woken=n / 0.65, want=10)  # n of n / 0.65: the rate is at least 0.65
+    assert full.response_rate == pytest.approx(0.65)
 
 
 def test_should_close() -> None:
@@ -159,11 +199,15 @@ def test_should_close() -> None:
     assert pool_with(list("abcde"), quiet).should_close(5, 2, reachable=50, waited_s=0.0)
     assert not pool_with(list("abcde"), busy).should_close(5, 2, reachable=50, waited_s=0.0)
     assert not pool_with(list("abcd"), quiet).should_close(5, 2, reachable=50, waited_s=0.0)
-    # twice the demand waits: close even while check-ins keep coming (a large fleet)
-    assert pool_with(list("abcdefghij"), busy).should_close(5, 2, reachable=5000, waited_s=0.0)
-    assert not pool_with(list("abcdefghi"), busy).should_close(5, 2, reachable=5000, waited_s=0.0)
+    # CLOSE_FACTOR x the demand waits: close while check-ins keep coming (a large fleet)
+    ample = [f"d{i}" for i in range(math.ceil(CLOSE_FACTOR * 10))]
+    assert pool_with(ample, busy).should_close(10, 2, reachable=5000, waited_s=0.0)
+    assert not pool_with(ample[:-1], busy).should_close(10, 2, reachable=5000, waited_s=0.0)
     everyone = replace(busy, wake_all=True)  # waits for every device (same clients every run)
-    assert not pool_with(list("abcdefghij"), everyone).should_close(5, 2, 5000, waited_s=0.0)
+    assert not pool_with(ample, everyone).should_close(10, 2, 5000, waited_s=0.0)
+    small = pool_with(ample, busy)  # a round-open that went to every device
+    small.wake_plan(random.Random(0), 10, online=20, grouped=True)
+    assert small.woke_all and not small.should_close(10, 2, reachable=20, waited_s=0.0)
     # the timeout closes with at least the minimum, never below it
     assert pool_with(list("ab"), busy).should_close(5, 2, reachable=50, waited_s=30.0)
     assert not pool_with(list("a"), busy).should_close(5, 2, reachable=50, waited_s=30.0)
@@ -178,19 +222,20 @@ def test_wake_plan_wakes_the_same_expected_share_through_few_groups(want: int, o
     share = pool.wake_probability(want, online)
     plan = pool.wake_plan(random.Random(seed), want, online, grouped=True)
     if share >= 1.0:
-        assert plan == WakePlan(None, 1.0)
+        assert plan == WakePlan(None, 1.0, online)
         return
     assert plan.groups is not None and len(set(plan.groups)) == len(plan.groups)
     assert all(0 <= g < WAKE_GROUPS for g in plan.groups)
     # expected woken devices: the groups' share of the fleet times the raised probability
     assert len(plan.groups) / WAKE_GROUPS * plan.probability == pytest.approx(share)
+    assert plan.woken == pytest.approx(share * online)
     assert len(plan.groups) == max(1, math.ceil(share * WAKE_GROUPS))
     assert plan.topics("farm") == [f"fedge/v1/farm/wake/{g}" for g in plan.groups]
 
 
 def test_wake_plan_without_groups_goes_to_the_whole_fleet() -> None:
     plan = SelectionPool(SelectionConfig()).wake_plan(random.Random(0), 10, 1000, grouped=False)
-    assert plan == WakePlan(None, pytest.approx(0.02))
+    assert plan == WakePlan(None, pytest.approx(WAKE / 100), pytest.approx(WAKE * 10))
     assert plan.topics("farm") == ["fedge/v1/farm/broadcast"]
 
 

@@ -114,7 +114,7 @@ def test_bundle_carries_this_devices_files_with_private_modes(bundle: Path,
 
     wheels = [n.rsplit("/", 1)[1] for n in entries if n.startswith(f"{top}/wheels/")]
     for prefix in ("fedge-", "tflite_runtime-2.14.0-cp311-cp311-manylinux", "numpy-",
-                   "cryptography-", "msgpack-", "paho_mqtt-", "aiomqtt-"):
+                   "cryptography-", "msgpack-", "paho_mqtt-", "aiomqtt-", "h11-"):
         assert any(w.startswith(prefix) for w in wheels), (prefix, wheels)
     assert not any(w.startswith(("tensorflow", "fastapi", "amqtt")) for w in wheels), wheels
     assert all(w.endswith(".whl") and ("x86_64" in w or "-none-any" in w) for w in wheels), wheels
