@@ -144,7 +144,7 @@ class TrainerCache:
 
     def artifact(self, model: bytes, manifest: bytes, digests: tuple[str, str]) -> Artifact:
         """The artifact of these (digest-verified) bytes, validated on first use only."""
-        artifact = self._artifacts.get(digests)
+        artifact = self.known(digests)
         if artifact is None:
             artifact = Artifact.from_bytes(manifest, model)
             self._artifacts[digests] = artifact

@@ -598,7 +598,7 @@ class Coordinator:
         for topic in wake.topics(self.job.fleet):
             await self.publish(topic, round_open, 0)
         while not self.finished.is_set() and not self.pool.should_close(
-            want, minimum, len(self.online), time.time() - t0
+            want, minimum, len(self.online), time.time() - t0, woke_everyone=wake.everyone
         ):
             await asyncio.sleep(0.05)
         if self.finished.is_set():

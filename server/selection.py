@@ -63,6 +63,11 @@ class WakePlan:
     probability: float
     woken: float  # devices expected to check in early: the share reached times the probability
 
+    @property
+    def everyone(self) -> bool:
+        """Whether every online device was asked to check in."""
+        return self.groups is None and self.probability >= 1.0
+
     def topics(self, fleet: str) -> list[str]:
         """The topics to publish the round-open on."""
         if self.groups is None:
@@ -89,14 +94,15 @@ class SelectionPool:
         self._recent_checkins: deque[float] = deque()
         # eligible check-ins per device a round-open reaches (learned; see `observe_response`)
         self.response_rate = 1.0
-        self.woke_all = rules.wake_all  # the last round-open went to every device
 
     def add(self, device_id: str, checkin: CheckIn) -> None:
         self.last_added = time.time()
         self.waiting[device_id] = WaitingDevice(device_id, checkin, self.last_added)
         self._note_checkin()
 
-    def should_close(self, want: int, minimum: int, reachable: int, waited_s: float) -> bool:
+    def should_close(
+        self, want: int, minimum: int, reachable: int, waited_s: float, woke_everyone: bool = False
+    ) -> bool:
         """Close selection when enough devices wait and no more are coming, `CLOSE_FACTOR`
         times the demand waits, or at the timeout with at least the minimum (below the
         minimum the round keeps waiting in SELECTING: a fleet offline at night is no error).
@@ -108,7 +114,7 @@ class SelectionPool:
         n = len(self.waiting)
         if n >= reachable and n >= minimum:
             return True  # every online device is waiting: nobody else can come
-        if n >= CLOSE_FACTOR * want and not self.woke_all:
+        if n >= CLOSE_FACTOR * want and not (woke_everyone or self.rules.wake_all):
             return True  # ample choice: a large fleet's check-ins never leave a quiet gap
         if n >= want and time.time() - self.last_added >= self.rules.quiet_period_s:
             return True
@@ -154,7 +160,6 @@ class SelectionPool:
         be sampled) the whole fleet gets it, each device deciding on its own.
         """
         share = self.wake_probability(want, online)
-        self.woke_all = share >= 1.0
         if not grouped or share >= 1.0:
             return WakePlan(None, share, share * online)
         count = math.ceil(share * topics.WAKE_GROUPS)  # 0 < share < 1: 1 to WAKE_GROUPS

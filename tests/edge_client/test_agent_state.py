@@ -17,7 +17,14 @@ import numpy as np
 import pytest
 from fedge_testing import LoopThread, MosquittoProcess, ServerThread, start_server
 
-from edge_client.agent import TRANSITIONS, AgentHooks, AgentState, DeviceAgent, LocalData
+from edge_client.agent import (
+    PENDING_TASK,
+    TRANSITIONS,
+    AgentHooks,
+    AgentState,
+    DeviceAgent,
+    LocalData,
+)
 from edge_client.config import load_device_config, parse_device_config
 from edge_client.data import load_local_dataset, save_npz_dataset
 from edge_client.device_main import build_agent
@@ -243,7 +250,7 @@ def one_device_job(tmp_path: Path, mlp_artifact: Path, digits: tuple[np.ndarray,
 
 def assert_resumed_and_accepted(server: ServerThread, state: Path, toml: Path) -> None:
     """A fresh agent on the same state dir resumes the pending task; round 1 commits with it."""
-    pending = toml.parent / "state" / "pending_task.msg"
+    pending = toml.parent / "state" / PENDING_TASK
     assert pending.exists()
     run = AgentRun(toml)
     try:
@@ -253,7 +260,7 @@ def assert_resumed_and_accepted(server: ServerThread, state: Path, toml: Path) -
     finally:
         run.stop(timeout_s=35)
         run.close()
-    # resumed from pending_task.msg: trained straight after connecting, before any check-in
+    # resumed from the pending task file: trained straight after connecting, before any check-in
     assert history[:4] == [S.OFFLINE, S.CONNECTED, S.TRAINING, S.REPORTING]
     assert_history_follows_table(history)
     assert not pending.exists()
@@ -297,7 +304,7 @@ def test_task_survives_stopping_the_agent_mid_training(one_device_job: Any) -> N
     try:
         assert hooks.reached.wait(timeout=40), "the device never trained"
         assert run.agent.state == S.TRAINING
-        assert (toml.parent / "state" / "pending_task.msg").exists()
+        assert (toml.parent / "state" / PENDING_TASK).exists()
         run.loop.loop.call_soon_threadsafe(run.stop_event.set)
         run.loop.loop.call_soon_threadsafe(hooks.release.set)
         run.future.result(timeout=45)
@@ -305,6 +312,6 @@ def test_task_survives_stopping_the_agent_mid_training(one_device_job: Any) -> N
         assert run.agent.uplink_bytes == 0  # the interrupted task was never reported
     finally:
         run.close()
-    assert (toml.parent / "state" / "pending_task.msg").exists(), (
+    assert (toml.parent / "state" / PENDING_TASK).exists(), (
         "stopping the agent mid-task deleted its pending task")
     assert_resumed_and_accepted(server, state, toml)

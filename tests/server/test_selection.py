@@ -205,9 +205,9 @@ def test_should_close() -> None:
     assert not pool_with(ample[:-1], busy).should_close(10, 2, reachable=5000, waited_s=0.0)
     everyone = replace(busy, wake_all=True)  # waits for every device (same clients every run)
     assert not pool_with(ample, everyone).should_close(10, 2, 5000, waited_s=0.0)
-    small = pool_with(ample, busy)  # a round-open that went to every device
-    small.wake_plan(random.Random(0), 10, online=20, grouped=True)
-    assert small.woke_all and not small.should_close(10, 2, reachable=20, waited_s=0.0)
+    small = pool_with(ample, busy)  # a round-open that went to every device waits for all
+    plan = small.wake_plan(random.Random(0), 10, online=20, grouped=True)
+    assert plan.everyone and not small.should_close(10, 2, 20, 0.0, woke_everyone=plan.everyone)
     # the timeout closes with at least the minimum, never below it
     assert pool_with(list("ab"), busy).should_close(5, 2, reachable=50, waited_s=30.0)
     assert not pool_with(list("a"), busy).should_close(5, 2, reachable=50, waited_s=30.0)
