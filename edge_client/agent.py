@@ -212,7 +212,6 @@ class DeviceAgent:
         self.rounds_reported = 0
         self.uplink_bytes = 0
         self.job_state: str | None = None
-        self._next_checkin_s: float | None = None  # the window of the last task's final ack
         self._stop = asyncio.Event()
         self._identity_key: Any = None
         dev = config.device_id
@@ -428,10 +427,9 @@ class DeviceAgent:
             message, job_id, round_id = reply.message, reply.job_id, reply.round_id
             if isinstance(message, m.Task):
                 self._save_pending(reply.raw)
-                self._next_checkin_s = None
-                await self._do_task(message, job_id, round_id)
-                if self._next_checkin_s is not None:  # the server said when to come back
-                    await self._wait_for_retry(self._next_checkin_s * self.rng.uniform(1.0, 1.1))
+                window = await self._do_task(message, job_id, round_id)
+                if window is not None:  # the server said when to come back
+                    await self._wait_for_retry(window * self.rng.uniform(1.0, 1.1))
             else:
                 assert isinstance(message, m.RetryLater)
                 self._set(AgentState.WAITING)
@@ -456,37 +454,41 @@ class DeviceAgent:
                 await self.hooks.sleep(self.rng.uniform(0.0, 0.05))
                 return
 
-    async def _do_task(self, task: m.Task, job_id: str | None, round_id: int | None) -> None:
+    async def _do_task(
+        self, task: m.Task, job_id: str | None, round_id: int | None
+    ) -> float | None:
+        """Run a task to its end; the check-in window of the server's last ack, if it gave one."""
         self._set(AgentState.TRAINING)
         over = False  # the pending task is kept for a resume unless it ran to its end
         try:
             if self.hooks.drops_out("before-training"):
-                return
+                return None
             artifact, weights = await self._fetch(task)
             if task.kind == "evaluate":
-                await self._evaluate(artifact, weights, job_id, round_id)
-                return
+                return await self._evaluate(artifact, weights, job_id, round_id)
             if task.secagg is not None:
                 over = await self._secure_task(task, artifact, weights, job_id, round_id)
-                return
+                return None
             update = await self._train(task, artifact, weights)
             if (
                 update is None
                 or self.hooks.drops_out("before-report")
                 or time.time() > task.deadline
             ):
-                return
+                return None
             self._set(AgentState.REPORTING)
             nbytes = await self._send(update, job_id, round_id)
             await self.hooks.after_transfer(nbytes, "up")
             self.uplink_bytes += nbytes
             over = True  # sent: a resume would only send a duplicate
             ack = await self._final_ack()
-            if ack is not None:
-                if ack.accepted:
-                    self.rounds_reported += 1
-                else:
-                    log.info("device %s: update refused: %s", self.config.device_id, ack.reason)
+            if ack is None:
+                return None
+            if ack.accepted:
+                self.rounds_reported += 1
+            else:
+                log.info("device %s: update refused: %s", self.config.device_id, ack.reason)
+            return ack.retry_after_s
         except (ArtifactError, CodecError, DataError, PrivacyError, SecAggError) as exc:
             over = True
             log.warning("device %s: task failed: %s", self.config.device_id, exc)
@@ -494,6 +496,7 @@ class DeviceAgent:
                 m.ErrorReport(code=type(exc).__name__, message=str(exc)), job_id, round_id
             )
             await self._pause(self.rng.uniform(5.0, 10.0))  # no tight loop on a lasting failure
+            return None
         finally:
             if over or self._deliberately_skipped(task):
                 self._pending_path().unlink(missing_ok=True)
@@ -501,12 +504,9 @@ class DeviceAgent:
                 self._set(AgentState.WAITING)
 
     async def _final_ack(self) -> m.Ack | None:
-        """Wait for the ack that ends a task; keep the check-in window it carries."""
+        """Wait for the ack that ends a task (it carries the next check-in window)."""
         item = await self._receive((m.Ack,), 30.0)
-        if item is None or not isinstance(item.message, m.Ack):
-            return None
-        self._next_checkin_s = item.message.retry_after_s
-        return item.message
+        return item.message if item is not None and isinstance(item.message, m.Ack) else None
 
     def _deliberately_skipped(self, task: m.Task) -> bool:
         """True when the task will never be resumed: its deadline passed or the device dropped it."""
@@ -773,7 +773,8 @@ class DeviceAgent:
         weights: list[np.ndarray],
         job_id: str | None,
         round_id: int | None,
-    ) -> None:
+    ) -> float | None:
+        """Evaluate on the local test split and report; the next check-in window, if given."""
         x = self.data.x_test if self.data.x_test is not None else self.data.x_train
         y = self.data.y_test if self.data.y_test is not None else self.data.y_train
         async with self.trainers.lock:
@@ -794,4 +795,5 @@ class DeviceAgent:
             job_id,
             round_id,
         )
-        await self._final_ack()
+        ack = await self._final_ack()
+        return None if ack is None else ack.retry_after_s

@@ -67,10 +67,14 @@ class BlobFetcher:
             verify_blob(self.server_key, kind, data, ref.sha256, ref.signature)
         except ArtifactError:
             return False
-        tmp = (self.cache_dir / ref.sha256).with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.cache_dir / ref.sha256)
+        self._store(ref.sha256, data)
         return True
+
+    def _store(self, digest: str, data: bytes) -> None:
+        """Put verified bytes into the cache atomically (never a half-written entry)."""
+        tmp = (self.cache_dir / digest).with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.cache_dir / digest)
 
     async def fetch(self, ref: BlobRef, kind: str) -> bytes:
         """Return the verified blob, from the cache when present.
@@ -93,9 +97,7 @@ class BlobFetcher:
                 target.unlink()  # corrupt cache entry: fetch again
         data = await self._download(ref)
         verify_blob(self.server_key, kind, data, ref.sha256, ref.signature)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        self._store(ref.sha256, data)
         return data
 
     def fetch_sync(self, ref: BlobRef, kind: str) -> bytes:
