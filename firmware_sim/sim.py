@@ -333,8 +333,11 @@ def _summary(
     }
 
 
-async def _monitor(server: FedgeServer, c: SimConfig, stop: asyncio.Event) -> None:
-    """Live rich progress of the rounds while the job runs."""
+async def _monitor(server: FedgeServer, c: SimConfig, runner: asyncio.Task[str]) -> None:
+    """Live rich progress of the rounds while the server (``runner``) runs.
+
+    It reads the store only while ``runner`` is not done: the server closes the store in the
+    same step that ends the task, so a poll can never meet a closed store."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     await server.ready.wait()
@@ -349,7 +352,7 @@ async def _monitor(server: FedgeServer, c: SimConfig, stop: asyncio.Event) -> No
         disable=not c.progress,
     ) as progress:
         task = progress.add_task("starting", total=c.rounds)
-        while not stop.is_set():
+        while not runner.done():
             rows = [r for r in coordinator.store.rounds(coordinator.job.name, "train")]
             done = [r for r in rows if r["state"] == "committed"]
             cur = coordinator.current
@@ -369,10 +372,7 @@ async def _monitor(server: FedgeServer, c: SimConfig, stop: asyncio.Event) -> No
                     f" dropped {sum(r['dropped'] or 0 for r in rows)} | acc {acc} | up {up / 1e6:.2f} MB"
                 ),
             )
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
-            except TimeoutError:
-                pass
+            await asyncio.wait({runner}, timeout=0.5)
 
 
 def run_sim(c: SimConfig) -> dict[str, Any]:
@@ -418,13 +418,11 @@ def run_sim(c: SimConfig) -> dict[str, Any]:
         )
 
         async def main() -> str:
-            stop = asyncio.Event()
-            monitor = asyncio.create_task(_monitor(server, c, stop))
             runner = asyncio.create_task(server.run())
+            monitor = asyncio.create_task(_monitor(server, c, runner))
             await server.ready.wait()
             fleet.start()
             status = await runner
-            stop.set()
             await monitor
             return status
 
