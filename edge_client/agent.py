@@ -463,13 +463,13 @@ class DeviceAgent:
         try:
             if self.hooks.drops_out("before-training"):
                 return None
-            artifact, weights = await self._fetch(task)
+            artifact, weights, prior = await self._fetch(task)
             if task.kind == "evaluate":
                 return await self._evaluate(artifact, weights, job_id, round_id)
             if task.secagg is not None:
                 over = await self._secure_task(task, artifact, weights, job_id, round_id)
                 return None
-            update = await self._train(task, artifact, weights)
+            update = await self._train(task, artifact, weights, prior)
             if (
                 update is None
                 or self.hooks.drops_out("before-report")
@@ -514,7 +514,10 @@ class DeviceAgent:
             not self._stop.is_set() and self.link.connected.is_set()
         )
 
-    async def _fetch(self, task: m.Task) -> tuple[Artifact, list[np.ndarray]]:
+    async def _fetch(
+        self, task: m.Task
+    ) -> tuple[Artifact, list[np.ndarray], list[np.ndarray] | None]:
+        """The task's model, global weights and (``pred`` training tasks) prior step."""
         before = self.fetcher.bytes_downloaded
         try:
             artifact = await self._artifact(task)
@@ -523,10 +526,24 @@ class DeviceAgent:
             if weights is None:
                 weights_blob = await self.fetcher.fetch(task.weights, "weights")
                 weights = unpack_weights(weights_blob, shapes)
+            prior = await self._prior(task, shapes)
         finally:
             self.fetcher.release()  # the task's downloads are done
         await self.hooks.after_transfer(self.fetcher.bytes_downloaded - before, "down")
-        return artifact, weights
+        return artifact, weights, prior
+
+    async def _prior(self, task: m.Task, shapes: list[tuple[int, ...]]) -> list[np.ndarray] | None:
+        """The previous global step for predictive coding, decoded from the task's signed
+        downlink delta exactly as the server decodes it; None unless a ``pred`` training task
+        carries a delta (the server then predicts nothing either)."""
+        if (
+            task.kind != "train"
+            or task.weights_delta is None
+            or codec.parse_spec(task.codec).predict is None
+        ):
+            return None
+        blob = await self.fetcher.fetch(task.weights_delta, "weights-delta")
+        return codec.model_delta_step(blob, shapes)
 
     async def _artifact(self, task: m.Task) -> Artifact:
         """The task's model: the one in memory if this device holds its verified files, else
@@ -598,7 +615,11 @@ class DeviceAgent:
         return [nw - w for nw, w in zip(new_weights, weights, strict=True)], result, seed
 
     async def _train(
-        self, task: m.Task, artifact: Artifact, weights: list[np.ndarray]
+        self,
+        task: m.Task,
+        artifact: Artifact,
+        weights: list[np.ndarray],
+        prior: list[np.ndarray] | None,
     ) -> m.Update | None:
         spec = codec.parse_spec(task.codec)
         shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
@@ -610,7 +631,7 @@ class DeviceAgent:
         if task.dp is not None:  # clip on the device: DP bounds each device's contribution
             clipped = clip_update(delta, float(task.dp.get("clip", 0.0)))
             delta, within_clip = list(clipped.arrays), bool(clipped.within_clip)
-        encoded = encoder.encode(delta, round_seed=task.round_seed, rng_seed=seed)
+        encoded = encoder.encode(delta, round_seed=task.round_seed, rng_seed=seed, prior=prior)
         metrics = m.TrainMetrics(
             loss=float(result.loss),
             accuracy=float(result.accuracy),

@@ -98,6 +98,8 @@ class Coordinator:
         self.weights_sha = ""
         self.downlink_spec = codec.parse_spec(job.downlink) if job.downlink else None
         self.weights_delta: tuple[str, m.BlobRef] | None = None  # (base sha, signed delta blob)
+        # The global step in that delta blob: the prior of predictive coding (`pred` specs).
+        self.prior_step: list[np.ndarray] | None = None
         self.finished = asyncio.Event()
         self.paused = asyncio.Event()
         self.paused.set()  # set = running
@@ -327,7 +329,11 @@ class Coordinator:
             self._end_task(device_id, refusal or "no round")
             return
         delta = codec.decode_update(
-            update.payload, self.codec_spec, self.shapes, round_seed=rnd.round_seed
+            update.payload,
+            self.codec_spec,
+            self.shapes,
+            round_seed=rnd.round_seed,
+            prior=self.prior_step,
         )
         if isinstance(self.dp, CentralDP):
             delta = self.dp.bound(delta)
@@ -782,6 +788,8 @@ class Coordinator:
         )
         if delta_blob is not None:
             self.weights_delta = (self.weights_sha, self._ref("weights-delta", delta_blob))
+            if self.codec_spec.predict is not None:
+                self.prior_step = codec.model_delta_step(delta_blob, self.shapes)
         self.weights, self.weights_sha = new_weights, weights_sha
         log.info(
             "round %d committed: %d reported, %d dropped, accuracy %s",

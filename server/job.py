@@ -210,6 +210,17 @@ def validate(job: JobConfig) -> JobConfig:
                 parse_spec(text)
             except CodecError as exc:
                 raise ConfigError(f"job.{name}: {exc}") from exc
+    if parse_spec(job.codec).predict is not None:
+        _check(
+            job.downlink is not None,
+            f"job.codec {job.codec!r} uses pred, which predicts from the previous global step "
+            "that devices receive as the downlink delta: set job.downlink (fedge sim --downlink), "
+            "e.g. 'q8'",
+        )
+        _check(
+            not job.secagg.get("enabled"),
+            f"job.codec {job.codec!r}: pred is not used with secure aggregation; drop pred",
+        )
     if job.dp:
         try:
             spec = parse_dp_spec(job.dp)

@@ -1,6 +1,6 @@
 """Update codec: clip, sparsify, rotate, quantize and pack model updates (plain and ring mode)."""
 
-from edge_client.codec.downlink import apply_model_delta, encode_model_delta
+from edge_client.codec.downlink import apply_model_delta, encode_model_delta, model_delta_step
 from edge_client.codec.encoder import EncodedUpdate, UpdateEncoder
 from edge_client.codec.error_feedback import ErrorFeedback, ResidualStatus
 from edge_client.codec.layout import dense_float32_bytes
@@ -22,6 +22,7 @@ __all__ = [
     "dense_float32_bytes",
     "encode_model_delta",
     "encode_update",
+    "model_delta_step",
     "parse_spec",
     "payload_bound",
 ]

@@ -76,6 +76,27 @@ def apply_model_delta(old: Sequence[np.ndarray], payload: bytes) -> list[np.ndar
     CodecError when the payload is malformed or was made for a different base model.
     """
     shapes = _shapes_of(old)
+    digest, step = _decode(payload, shapes)
+    if digest != _digest(old):
+        raise CodecError("downlink delta was made from a different base model than the one held")
+    return unflatten(flatten(old, shapes) + step, shapes)
+
+
+def model_delta_step(payload: bytes, shapes: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """The global step a downlink payload carries (new minus old weights), without the base.
+
+    Predictive coding (``pred``) uses it as the prior on the device and on the server.
+
+    Raises
+    ------
+    CodecError when the payload is malformed or made for other shapes.
+    """
+    shapes_t = check_shapes(shapes)
+    return unflatten(_decode(payload, shapes_t)[1], shapes_t)
+
+
+def _decode(payload: bytes, shapes: Shapes) -> tuple[bytes, np.ndarray]:
+    """(digest of the base model, flat step) of a downlink payload."""
     try:
         top = msgpack.unpackb(payload, raw=False, max_map_len=0, max_ext_len=0)
     except Exception as exc:  # msgpack raises several unrelated types on bad input
@@ -87,8 +108,6 @@ def apply_model_delta(old: Sequence[np.ndarray], payload: bytes) -> list[np.ndar
         raise CodecError(f"downlink version {version!r}, this decoder reads {DOWNLINK_VERSION}")
     if not (isinstance(spec_text, str) and isinstance(digest, bytes) and isinstance(inner, bytes)):
         raise CodecError("downlink payload fields have the wrong types")
-    if digest != _digest(old):
-        raise CodecError("downlink delta was made from a different base model than the one held")
     spec = _as_downlink(parse_spec(spec_text))
-    delta = decode_flat(inner, spec, shapes, round_seed=check_seed("seed", seed), max_bytes=None)
-    return unflatten(flatten(old, shapes) + delta, shapes)
+    step = decode_flat(inner, spec, shapes, round_seed=check_seed("seed", seed), max_bytes=None)
+    return digest, step

@@ -11,14 +11,15 @@ import numpy as np
 
 from edge_client.codec.error_feedback import ErrorFeedback, ResidualStatus
 from edge_client.codec.layout import check_shapes
-from edge_client.codec.pipeline import decode_flat, encode_flat, flatten, unflatten
+from edge_client.codec.pipeline import decode_flat, encode_flat, flatten, prediction, unflatten
 from edge_client.codec.seeds import check_seed
 from edge_client.codec.spec import CodecSpec
 
 
 @dataclass(frozen=True)
 class EncodedUpdate:
-    """An encoded update: the bytes to publish, and (on demand) what the server decodes."""
+    """An encoded update: the bytes to publish, and (on demand) what the server decodes
+    before it adds any prediction back."""
 
     payload: bytes
     spec: CodecSpec
@@ -27,7 +28,7 @@ class EncodedUpdate:
 
     @cached_property
     def decoded(self) -> list[np.ndarray]:
-        """What the server will decode from ``payload``, one array per tensor."""
+        """What the server decodes from ``payload`` (prediction not added), one array per tensor."""
         flat = decode_flat(
             self.payload, self.spec, self.shapes, round_seed=self.round_seed, max_bytes=None
         )
@@ -57,7 +58,12 @@ class UpdateEncoder:
         return self.feedback.status if self.feedback else ResidualStatus.EMPTY
 
     def encode(
-        self, delta: Sequence[np.ndarray], *, round_seed: int, rng_seed: int
+        self,
+        delta: Sequence[np.ndarray],
+        *,
+        round_seed: int,
+        rng_seed: int,
+        prior: Sequence[np.ndarray] | None = None,
     ) -> EncodedUpdate:
         """Encode ``delta`` (+ residual) and update the residual with what was not sent.
 
@@ -69,9 +75,14 @@ class UpdateEncoder:
         delta : new local weights minus the global weights, one array per tensor.
         round_seed : the round's shared seed.
         rng_seed : this device's seed for stochastic rounding.
+        prior : the previous global step, with ``pred`` in the spec (None: no prediction; the
+            server must decode with the same prior).
         """
         rng = np.random.default_rng(check_seed("rng_seed", rng_seed))
         flat = flatten(delta, self.shapes)
+        predicted = prediction(self.spec, prior, self.shapes)
+        if predicted is not None:
+            flat = flat - predicted
         corrected = self.feedback.correct(flat) if self.feedback else flat
         payload = encode_flat(corrected, self.spec, self.shapes, round_seed=round_seed, rng=rng)
         encoded = EncodedUpdate(payload, self.spec, self.shapes, round_seed)

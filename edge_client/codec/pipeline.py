@@ -68,6 +68,21 @@ def unflatten(flat: np.ndarray, shapes: Shapes) -> list[np.ndarray]:
     return out
 
 
+def prediction(
+    spec: CodecSpec, prior: Sequence[np.ndarray] | None, shapes: Shapes
+) -> np.ndarray | None:
+    """Predictive coding (``pred``): ``spec.predict`` times the flattened ``prior`` step.
+
+    The device codes its delta minus this prediction and the server adds it back. ``prior``
+    is the previous global step, which both sides decode from the same downlink-delta blob
+    (:func:`edge_client.codec.downlink.model_delta_step`), so they agree bit for bit. None
+    when the spec does not predict or there is no prior (the first round).
+    """
+    if spec.predict is None or prior is None:
+        return None
+    return spec.predict * flatten(prior, shapes)
+
+
 def clip_l2(x: np.ndarray, max_norm: float) -> np.ndarray:
     """Scale ``x`` down so that its L2 norm is at most ``max_norm``."""
     norm = float(np.linalg.norm(x))
@@ -215,6 +230,7 @@ def decode_update(
     *,
     round_seed: int,
     max_bytes: int | None = None,
+    prior: Sequence[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Decode and validate a payload made by :func:`encode_update`.
 
@@ -223,10 +239,12 @@ def decode_update(
     payload : the bytes received.
     spec, shapes, round_seed : as used by the encoder.
     max_bytes : reject larger payloads (default: :func:`payload_bound` of spec and shapes).
+    prior : the previous global step the encoder was given (``pred`` specs); its prediction
+        is added back.
 
     Returns
     -------
-    One float32 array per tensor (zeros where nothing was sent).
+    One float32 array per tensor (zeros where nothing was sent and nothing was predicted).
 
     Raises
     ------
@@ -234,7 +252,8 @@ def decode_update(
     """
     shapes_t = check_shapes(shapes)
     flat = decode_flat(payload, spec, shapes_t, round_seed=round_seed, max_bytes=max_bytes)
-    return unflatten(flat, shapes_t)
+    predicted = prediction(spec, prior, shapes_t)
+    return unflatten(flat if predicted is None else flat + predicted, shapes_t)
 
 
 def decode_flat(

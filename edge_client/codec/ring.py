@@ -50,6 +50,11 @@ def _check_params(spec: CodecSpec, clip: float, bits: int, n_max: int) -> None:
         )
     if spec.block is not None:
         raise CodecError("block scales are not used in secure mode (ranges are fixed); drop block=")
+    if spec.predict is not None:
+        raise CodecError(
+            "pred is not used in secure mode: the clip range would bound the delta minus the "
+            "prediction, not what a device contributes; drop pred"
+        )
     if not (isinstance(clip, int | float) and math.isfinite(clip) and clip > 0):
         raise CodecError(f"ring clip must be a finite number > 0, got {clip!r}")
     if spec.clip is not None and spec.clip != clip:

@@ -15,8 +15,9 @@ MAX_BLOCK = 1 << 24
 GRAMMAR = (
     "allowed tokens, joined by '+': none | clip:<norm> | topk:<fraction>[:tensor|:global] | "
     "randk:<fraction>[:tensor|:global] | q<bits>[:block=<n>] with bits in 1,2,4,8,16 | "
-    "rot | ef | noef"
+    "rot | pred[:<beta>] | ef | noef"
 )
+MAX_PREDICT = 2.0
 
 
 class Sparsifier(Enum):
@@ -41,6 +42,8 @@ class CodecSpec:
     block : quantization block size (one scale per block), or None for one scale per section.
     rotate : apply a randomized Hadamard rotation before quantizing.
     error_feedback : keep what was not sent and add it to the next round's delta.
+    predict : predictive coding: code the delta minus ``predict`` times the previous global
+        step (the round's downlink delta), which the server adds back; None when off.
     """
 
     clip: float | None = None
@@ -51,6 +54,7 @@ class CodecSpec:
     block: int | None = None
     rotate: bool = False
     error_feedback: bool = False
+    predict: float | None = None
 
     @property
     def lossy(self) -> bool:
@@ -73,6 +77,8 @@ class CodecSpec:
             parts.append(f"q{self.bits}" + (f":block={self.block}" if self.block else ""))
         if self.rotate:
             parts.append("rot")
+        if self.predict is not None:
+            parts.append("pred" if self.predict == 1.0 else f"pred:{_fmt(self.predict)}")
         if self.lossy and not self.error_feedback:
             parts.append("noef")
         return "+".join(parts) or "none"
@@ -151,6 +157,7 @@ def parse_spec(text: str) -> CodecSpec:
     sparse: tuple[Sparsifier, float, bool] | None = None
     quant: tuple[int, int | None] | None = None
     rotate = False
+    predict: float | None = None
     ef: bool | None = None
     for token in tokens:
         parts = token.split(":")
@@ -163,6 +170,11 @@ def parse_spec(text: str) -> CodecSpec:
         elif token == "rot":
             _once(not rotate, token)
             rotate = True
+        elif parts[0] == "pred" and len(parts) <= 2:
+            _once(predict is None, token)
+            predict = _number(token, parts[1]) if len(parts) == 2 else 1.0
+            if not 0.0 < predict <= MAX_PREDICT:
+                raise CodecError(f"pred weight in {token!r} must be in (0, {_fmt(MAX_PREDICT)}]")
         elif parts[0] == "clip" and len(parts) == 2:
             _once(clip is None, token)
             clip = _number(token, parts[1])
@@ -183,6 +195,8 @@ def parse_spec(text: str) -> CodecSpec:
     lossy = clip is not None or sparse is not None or quant is not None
     if ef and not lossy:
         raise CodecError("'ef' needs a lossy stage (clip, topk, randk or q<bits>)")
+    if predict is not None and not lossy:
+        raise CodecError("'pred' needs a lossy stage (clip, topk, randk or q<bits>)")
     return CodecSpec(
         clip=clip,
         sparsifier=kind,
@@ -192,6 +206,7 @@ def parse_spec(text: str) -> CodecSpec:
         block=block,
         rotate=rotate,
         error_feedback=lossy if ef is None else ef,
+        predict=predict,
     )
 
 

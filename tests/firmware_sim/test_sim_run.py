@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from firmware_sim.availability import pattern_availability
 from firmware_sim.clock import ScaledClock
@@ -134,10 +135,25 @@ def test_secure_run_with_dropouts_matches_plain_run(tmp_path, mlp_artifact):
     assert abs(secure["final_accuracy"] - plain["final_accuracy"]) <= 0.1
 
 
-def test_compressed_run_converges(tmp_path, mlp_artifact):
+def test_predictive_coding_adds_back_exactly_what_devices_subtracted(tmp_path, mlp_artifact):
+    """With a near-lossless codec, ``pred`` must not change training: devices subtract the
+    previous global step and the server adds the same step back (a mismatch would add the
+    step twice or not at all, and training would run away)."""
+    common = dict(rounds=4, downlink="q16", seed=6)
+    plain = run_sim(small_config(tmp_path / "plain", mlp_artifact, compression="q16", **common))
+    pred = run_sim(small_config(tmp_path / "pred", mlp_artifact, compression="q16+pred",
+                                **common))
+    assert plain["status"] == pred["status"] == "finished"
+    for a, b in zip(plain["rounds"], pred["rounds"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("compression", ["topk:0.05+q8", "topk:0.05+q8+pred"])
+def test_compressed_run_converges(tmp_path, mlp_artifact, compression):
     summary = run_sim(small_config(tmp_path / "run", mlp_artifact, devices=12, rounds=8,
                                    clients_per_round=6, local_epochs=5, lr=0.2, partition="iid",
-                                   compression="topk:0.05+q8", downlink="q8",
+                                   compression=compression, downlink="q8",
                                    federated_eval_every=4))
     dense = 4 * summary["params"]
     per_device = [r["uplink_bytes"] / r["reported"] for r in summary["rounds"]]

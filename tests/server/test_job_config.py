@@ -138,6 +138,11 @@ BAD = [
     ("text deadline", with_("selection", round_deadline_s="x"), "round_deadline_s|timeouts"),
     ("text lr", with_("training", lr="0.1"), "training.lr"),
     ("unknown codec", {"job": {**MIN["job"], "codec": "zip"}}, "codec"),
+    ("pred without downlink", {"job": {**MIN["job"], "codec": "topk:0.01+q4+pred"}},
+     "set job.downlink"),
+    ("pred with secagg",
+     {"job": {**MIN["job"], "codec": "randk:0.1+q8+pred", "downlink": "q8"},
+      "secagg": {"enabled": True}}, "pred is not used with secure aggregation"),
     ("zero lr_step_rounds", with_("training", lr_schedule="step", lr_step_rounds=0),
      "lr_step_rounds"),
 ]

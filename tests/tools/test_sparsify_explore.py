@@ -7,7 +7,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tools.bench.sparsify_explore import DEFAULT_SCHEMES, Scheme, parse_scheme, top_coordinates
+from tools.bench.sparsify_explore import (
+    DEFAULT_SCHEMES,
+    Scheme,
+    index_bits,
+    kernel_ranks,
+    parse_scheme,
+    round_density,
+    subspace_bases,
+    subspace_part,
+    top_coordinates,
+    value_bits,
+)
 
 
 def test_scheme_text_parses_to_the_scheme() -> None:
@@ -35,3 +46,57 @@ def test_block_top_coordinates_take_whole_blocks(size: int) -> None:
     blocks = set((idx // 10).tolist())
     assert blocks >= {3, (size - 1) // 10} and len(blocks) == 2
     assert idx.max() < size
+
+
+CNN_FMNIST_SHAPES = ((3, 3, 1, 8), (8,), (3, 3, 8, 16), (16,), (400, 10), (10,))
+
+
+def test_subspace_scheme_parses_with_integer_ranks() -> None:
+    scheme = parse_scheme("subspace:0.0076:4:rank=10:rank2=4:oracle=1")
+    assert scheme == Scheme("subspace", 0.0076, 4, rank=10, rank2=4, oracle=1)
+    assert isinstance(scheme.rank, int) and scheme.label == "subspace 0.0076 q4 rank=10 rank2=4 oracle=1"
+
+
+def test_warmup_density_starts_high_and_decays_to_frac() -> None:
+    scheme = Scheme("topk", 0.01, 4, warmup=0.1, tau=3.0)
+    densities = [round_density(scheme, r) for r in range(40)]
+    assert densities[0] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(densities, densities[1:], strict=False))
+    assert densities[-1] == pytest.approx(0.01, abs=1e-6)
+    assert round_density(Scheme("topk", 0.01, 4), 0) == 0.01
+
+
+def test_kernel_ranks_cover_the_classifier_and_wide_enough_kernels() -> None:
+    assert kernel_ranks(Scheme("subspace", rank=10, rank2=4), CNN_FMNIST_SHAPES) == {4: 10, 2: 4}
+    assert kernel_ranks(Scheme("subspace", rank=10), CNN_FMNIST_SHAPES) == {4: 10}
+    assert kernel_ranks(Scheme("topk", 0.01), CNN_FMNIST_SHAPES) == {}
+
+
+def test_subspace_bases_span_the_recent_updates_and_code_them_exactly() -> None:
+    rng = np.random.default_rng(3)
+    size = sum(int(np.prod(s)) for s in CNN_FMNIST_SHAPES)
+    update = rng.normal(size=size)
+    ranks = {4: 10, 2: 4}
+    bases = subspace_bases(ranks, CNN_FMNIST_SHAPES, [update], rng)
+    assert {i: b.shape for i, b in bases.items()} == {4: (400, 10), 2: (72, 4)}
+    for basis in bases.values():
+        np.testing.assert_allclose(basis.T @ basis, np.eye(basis.shape[1]), atol=1e-5)
+    # The classifier kernel (400 x 10) has rank 10: its own basis codes it without loss.
+    coded = subspace_part(update, bases, CNN_FMNIST_SHAPES, 0, rng)
+    kernel = slice(size - 4010, size - 10)
+    np.testing.assert_allclose(coded.sent[kernel], update[kernel], atol=1e-5)
+    assert coded.bits == (10 * 10 + 4 * 16) * 32
+    assert not coded.sent[:72].any() and not coded.sent[-10:].any()  # conv1 and biases: not coded
+
+
+def test_subspace_bases_without_history_are_random_orthonormal() -> None:
+    bases = subspace_bases({4: 10}, CNN_FMNIST_SHAPES, [], np.random.default_rng(0))
+    np.testing.assert_allclose(bases[4].T @ bases[4], np.eye(10), atol=1e-5)
+
+
+def test_payload_bit_estimates() -> None:
+    assert value_bits(100, 4) == 100 * 4 + 16
+    assert value_bits(100, 0) == 3200
+    assert value_bits(0, 4) == 0
+    assert index_bits(5258, 53) == pytest.approx(53 * (2 + np.log2(5258 / 53)))
+    assert index_bits(5258, 0) == 0

@@ -59,7 +59,11 @@ from tools.bench._common import (
 )
 
 REQUIRED = ("none", "q8", "q4+rot", "topk:0.01+q8", "randk:0.01+q8")
-CANDIDATES = ("topk:0.01+q4", "topk:0.015+q2", "topk:0.03+q2")
+CANDIDATES = ("topk:0.01+q4", "topk:0.015+q2", "topk:0.03+q2", "topk:0.01+q4+pred",
+              "topk:0.015+q2+pred")
+# Predictive coding (`pred`) predicts from the previous global step, which devices receive as
+# the downlink delta: its rows send the downlink with this spec (the others send full weights).
+PRED_DOWNLINK = "q8"
 # Top-k with float32 values at 10 % and 30 % density: what sparsification alone costs this
 # model, far below 100x, i.e. the ceiling of any top-k setting that is meant to reach 100x.
 CEILING = ("topk:0.1", "topk:0.3")
@@ -115,6 +119,7 @@ def sim_config(s: Setting, spec: str, out: Path) -> SimConfig:
                      clients_per_round=s.clients_per_round,
                      over_selection=1.0, wake_all=True, availability="always", dropout=0.0,
                      profiles="android-high", seed=s.seed, compression=spec,
+                     downlink=PRED_DOWNLINK if parse_spec(spec).predict is not None else None,
                      local_epochs=s.local_epochs, lr=s.lr, progress=False,
                      round_deadline_s=s.round_deadline_s)
 

@@ -303,3 +303,55 @@ def test_bad_delta_rejected() -> None:
         encoder.encode(delta, round_seed=0, rng_seed=2**64)
     with pytest.raises(CodecError, match="every dimension"):
         UpdateEncoder(spec, [(3, 0)])
+
+
+def _flat(tensors: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([t.astype(np.float64).ravel() for t in tensors])
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_predictive_coding_codes_the_delta_minus_the_prior_and_decodes_it_back(
+    beta: float,
+) -> None:
+    spec = parse_spec(f"q16+pred:{beta}+noef")
+    delta, prior = _delta(SHAPES, 0), _delta(SHAPES, 1)
+    encoded = UpdateEncoder(spec, SHAPES).encode(delta, round_seed=9, rng_seed=3, prior=prior)
+    bound = 2 * 0.1 / (2**16 - 1)  # q16 error bound for values below 0.1
+    # What travels is the delta minus the prediction ...
+    np.testing.assert_allclose(
+        _flat(encoded.decoded), _flat(delta) - beta * _flat(prior), atol=bound
+    )
+    # ... and the server, given the same prior, gets the delta back.
+    got = decode_update(encoded.payload, spec, SHAPES, round_seed=9, prior=prior)
+    np.testing.assert_allclose(_flat(got), _flat(delta), atol=bound)
+    without = decode_update(encoded.payload, spec, SHAPES, round_seed=9)
+    np.testing.assert_allclose(_flat(without), _flat(encoded.decoded), atol=0)
+
+
+def test_predictive_coding_with_error_feedback_conserves_what_was_not_sent() -> None:
+    spec = parse_spec("topk:0.05+q4+pred")
+    encoder = UpdateEncoder(spec, SHAPES)
+    first = encoder.encode(_delta(SHAPES, 0), round_seed=9, rng_seed=3, prior=_delta(SHAPES, 1))
+    assert encoder.feedback is not None
+    np.testing.assert_allclose(
+        _flat(encoder.feedback.residual) + _flat(first.decoded),
+        _flat(_delta(SHAPES, 0)) - _flat(_delta(SHAPES, 1)),
+        atol=1e-6,
+    )
+    # The first round has no prior: nothing is predicted on either side.
+    plain = UpdateEncoder(spec, SHAPES).encode(_delta(SHAPES, 0), round_seed=9, rng_seed=3)
+    np.testing.assert_allclose(
+        _flat(decode_update(plain.payload, spec, SHAPES, round_seed=9)), _flat(plain.decoded)
+    )
+
+
+def test_prediction_needs_a_prior_of_the_update_shapes() -> None:
+    spec = parse_spec("q8+pred")
+    with pytest.raises(CodecError, match="3 tensors, expected 4"):
+        UpdateEncoder(spec, SHAPES).encode(
+            _delta(SHAPES), round_seed=0, rng_seed=0, prior=_delta(SHAPES)[:3]
+        )
+    bad = _delta(SHAPES)
+    bad[1][0] = np.nan
+    with pytest.raises(CodecError, match="tensor 1 must be finite"):
+        decode_update(_encode("q8+pred"), spec, SHAPES, round_seed=9, prior=bad)

@@ -97,6 +97,7 @@ def test_decode_sum_rejects_bad_input() -> None:
     [
         ("topk:0.01+q8", {}, "top-k is not allowed in secure mode"),
         ("q8:block=64", {}, "block scales are not used"),
+        ("q8+pred", {}, "pred is not used in secure mode"),
         ("clip:3+q8", {}, "spec clips to 3.0"),
         ("q4", {}, "spec quantizes to 4 bits"),
         ("none", {"clip": 0.0}, "finite number > 0"),

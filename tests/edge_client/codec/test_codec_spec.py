@@ -46,6 +46,13 @@ from edge_client.errors import CodecError
         ("q8+noef", CodecSpec(bits=8, error_feedback=False)),
         ("q8+ef", CodecSpec(bits=8, error_feedback=True)),
         ("noef", CodecSpec()),
+        (
+            "topk:0.01+q4+pred",
+            CodecSpec(
+                sparsifier=Sparsifier.TOPK, fraction=0.01, bits=4, error_feedback=True, predict=1.0
+            ),
+        ),
+        ("q8+pred:0.5", CodecSpec(bits=8, error_feedback=True, predict=0.5)),
     ],
 )
 def test_parse_valid(text: str, expected: CodecSpec) -> None:
@@ -84,6 +91,12 @@ def test_parse_is_order_and_case_insensitive() -> None:
         ("none+q8", "cannot be combined"),
         ("zip", "unknown codec token 'zip'"),
         ("q8++rot", "unknown codec token ''"),
+        ("pred", "needs a lossy stage"),
+        ("q8+pred:0", "must be in (0, 2]"),
+        ("q8+pred:2.5", "must be in (0, 2]"),
+        ("q8+pred:x", "bad number"),
+        ("q8+pred:1:2", "unknown codec token"),
+        ("q8+pred+pred:0.5", "conflicts"),
     ],
 )
 def test_parse_invalid(text: str, fragment: str) -> None:
@@ -93,21 +106,22 @@ def test_parse_invalid(text: str, fragment: str) -> None:
 
 
 def test_unknown_token_lists_allowed_tokens() -> None:
-    with pytest.raises(CodecError, match="allowed tokens.*topk.*randk.*rot.*noef"):
+    with pytest.raises(CodecError, match="allowed tokens.*topk.*randk.*rot.*pred.*noef"):
         parse_spec("q8+gzip")
 
 
 specs = st.builds(
-    lambda clip, sparse, quant, ef: "+".join(
-        p for p in (clip, sparse, quant[0], quant[1], ef) if p
+    lambda clip, sparse, quant, pred, ef: "+".join(
+        p for p in (clip, sparse, quant[0], quant[1], pred, ef) if p
     ),
     st.sampled_from(["", "clip:10", "clip:0.5"]),
     st.sampled_from(["", "topk:0.01", "randk:0.25:tensor", "topk:1", "randk:0.003"]),
     st.tuples(
         st.sampled_from(["", "q1", "q2", "q4", "q8:block=64", "q16"]), st.sampled_from(["", "rot"])
     ).filter(lambda q: q[0] or not q[1]),
+    st.sampled_from(["", "pred", "pred:0.5"]),
     st.sampled_from(["", "noef"]),
-)
+).filter(lambda text: any(t in text for t in ("clip", "topk", "randk", "q")) or "pred" not in text)
 
 
 @settings(max_examples=60, deadline=None)
