@@ -52,6 +52,15 @@ class BlobSet:
     weights: m.BlobRef
 
 
+@dataclass(frozen=True)
+class WeightsDelta:
+    """The signed downlink delta from the previous global weights to the current ones."""
+
+    base_sha: str  # the weights it applies to
+    ref: m.BlobRef
+    step: list[np.ndarray] | None  # the decoded step: the prior of `pred` specs, else None
+
+
 class Coordinator:
     """The server side of the protocol for one job."""
 
@@ -97,9 +106,7 @@ class Coordinator:
         self.weights: list[np.ndarray] = []
         self.weights_sha = ""
         self.downlink_spec = codec.parse_spec(job.downlink) if job.downlink else None
-        self.weights_delta: tuple[str, m.BlobRef] | None = None  # (base sha, signed delta blob)
-        # The global step in that delta blob: the prior of predictive coding (`pred` specs).
-        self.prior_step: list[np.ndarray] | None = None
+        self.weights_delta: WeightsDelta | None = None
         self.finished = asyncio.Event()
         self.paused = asyncio.Event()
         self.paused.set()  # set = running
@@ -333,7 +340,7 @@ class Coordinator:
             self.codec_spec,
             self.shapes,
             round_seed=rnd.round_seed,
-            prior=self.prior_step,
+            prior=self.weights_delta.step if self.weights_delta else None,
         )
         if isinstance(self.dp, CentralDP):
             delta = self.dp.bound(delta)
@@ -478,14 +485,14 @@ class Coordinator:
             max_steps=self.job.training.max_steps,
             shuffle=self.job.training.shuffle,
         )
-        delta_base, delta_ref = self.weights_delta if self.weights_delta else (None, None)
+        delta = self.weights_delta
         task = m.Task(
             kind=rnd.kind,
             model=blobs.model,
             manifest=blobs.manifest,
             weights=blobs.weights,
-            weights_delta=delta_ref,
-            delta_base=delta_base,
+            weights_delta=delta.ref if delta else None,
+            delta_base=delta.base_sha if delta else None,
             plan=plan,
             codec=str(self.codec_spec),
             deadline=rnd.deadline,
@@ -787,9 +794,12 @@ class Coordinator:
             **counts,
         )
         if delta_blob is not None:
-            self.weights_delta = (self.weights_sha, self._ref("weights-delta", delta_blob))
+            step = None
             if self.codec_spec.predict is not None:
-                self.prior_step = codec.model_delta_step(delta_blob, self.shapes)
+                step = codec.model_delta_step(delta_blob, self.shapes)
+            self.weights_delta = WeightsDelta(
+                self.weights_sha, self._ref("weights-delta", delta_blob), step
+            )
         self.weights, self.weights_sha = new_weights, weights_sha
         log.info(
             "round %d committed: %d reported, %d dropped, accuracy %s",
