@@ -522,28 +522,30 @@ class DeviceAgent:
         try:
             artifact = await self._artifact(task)
             shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
-            weights = await self._weights_from_delta(task, shapes)
+            delta_blob = prior = None
+            if self._predicts(task):
+                # The prior of predictive coding is the step the downlink delta carries,
+                # decoded exactly as the server decodes it (no delta: neither side predicts).
+                assert task.weights_delta is not None
+                delta_blob = await self.fetcher.fetch(task.weights_delta, "weights-delta")
+                prior = codec.model_delta_step(delta_blob, shapes)
+            weights = await self._weights_from_delta(task, shapes, delta_blob)
             if weights is None:
                 weights_blob = await self.fetcher.fetch(task.weights, "weights")
                 weights = unpack_weights(weights_blob, shapes)
-            prior = await self._prior(task, shapes)
         finally:
             self.fetcher.release()  # the task's downloads are done
         await self.hooks.after_transfer(self.fetcher.bytes_downloaded - before, "down")
         return artifact, weights, prior
 
-    async def _prior(self, task: m.Task, shapes: list[tuple[int, ...]]) -> list[np.ndarray] | None:
-        """The previous global step for predictive coding, decoded from the task's signed
-        downlink delta exactly as the server decodes it; None unless a ``pred`` training task
-        carries a delta (the server then predicts nothing either)."""
-        if (
-            task.kind != "train"
-            or task.weights_delta is None
-            or codec.parse_spec(task.codec).predict is None
-        ):
-            return None
-        blob = await self.fetcher.fetch(task.weights_delta, "weights-delta")
-        return codec.model_delta_step(blob, shapes)
+    @staticmethod
+    def _predicts(task: m.Task) -> bool:
+        """Whether a task trains with predictive coding from a downlink delta it names."""
+        return (
+            task.kind == "train"
+            and task.weights_delta is not None
+            and codec.parse_spec(task.codec).predict is not None
+        )
 
     async def _artifact(self, task: m.Task) -> Artifact:
         """The task's model: the one in memory if this device holds its verified files, else
@@ -561,9 +563,10 @@ class DeviceAgent:
         return self.trainers.artifact(model, manifest, digests)
 
     async def _weights_from_delta(
-        self, task: m.Task, shapes: list[tuple[int, ...]]
+        self, task: m.Task, shapes: list[tuple[int, ...]], delta_blob: bytes | None
     ) -> list[np.ndarray] | None:
-        """Rebuild the new global weights from the cached previous ones plus the signed delta.
+        """Rebuild the new global weights from the cached previous ones plus the signed delta
+        (``delta_blob`` when the task already fetched it, else fetched here).
 
         The result must hash to the signed weights digest of the task; otherwise (or when the
         previous weights are not cached) the caller downloads the full weights.
@@ -575,8 +578,9 @@ class DeviceAgent:
             return None
         try:
             old = unpack_weights(base, shapes)
-            delta = await self.fetcher.fetch(task.weights_delta, "weights-delta")
-            new = codec.apply_model_delta(old, delta)
+            if delta_blob is None:
+                delta_blob = await self.fetcher.fetch(task.weights_delta, "weights-delta")
+            new = codec.apply_model_delta(old, delta_blob)
         except (ArtifactError, CodecError) as exc:
             log.info(
                 "device %s: weights delta unusable (%s); fetching full weights",
