@@ -126,6 +126,13 @@ class Coordinator:
             size=len(data),
         )
 
+    def _weights_delta(self, base_sha: str, delta_blob: bytes) -> WeightsDelta:
+        """Stage a signed downlink delta (decoded too when ``pred`` needs it as the prior)."""
+        step = None
+        if self.codec_spec.predict is not None:
+            step = codec.model_delta_step(delta_blob, self.shapes)
+        return WeightsDelta(base_sha, self._ref("weights-delta", delta_blob), step)
+
     def _put_artifact(self) -> tuple[m.BlobRef, m.BlobRef]:
         return (
             self._ref("model", self.artifact.model_bytes),
@@ -173,6 +180,7 @@ class Coordinator:
                 ]
                 if clips:
                     self.dp.clipper.clip = clips[-1]
+            self._restore_weights_delta(row)
         else:
             self.weights = self.evaluator.get_weights()
             self.weights_sha = self.blobs.put(pack_weights(self.weights))
@@ -180,6 +188,22 @@ class Coordinator:
             self.status = row["status"]
             self.finished.set()
         return int(row["committed_round"])
+
+    def _restore_weights_delta(self, row: dict[str, Any]) -> None:
+        """Offer the last committed round's downlink delta again (and its ``pred`` prior)."""
+        if self.downlink_spec is None or not row["delta_sha"] or not row["delta_base_sha"]:
+            return
+        if not self.blobs.has(row["delta_sha"]):
+            log.warning(
+                "job %s: downlink delta %s is missing from the blob store; devices "
+                "fetch full weights for one round",
+                self.job.name,
+                row["delta_sha"][:12],
+            )
+            return
+        self.weights_delta = self._weights_delta(
+            row["delta_base_sha"], self.blobs.get(row["delta_sha"])
+        )
 
     # inbound -------------------------------------------------------------------------------
     async def on_message(self, topic: str, payload: bytes) -> None:
@@ -778,12 +802,14 @@ class Coordinator:
             privacy["epsilon"] = self.dp.account()
             self.dp.after_round(rnd.within_clip, len(rnd.reports))
         rnd.advance(RoundState.COMMITTED)
+        delta = self._weights_delta(self.weights_sha, delta_blob) if delta_blob else None
         self.store.commit_round(
             rnd.rid,
             self.job.name,
             rnd.number,
             weights_sha,
             optimizer_sha,
+            delta=(delta.ref.sha256, delta.base_sha) if delta else None,
             train_loss=rnd.weighted_metric("loss"),
             train_accuracy=rnd.weighted_metric("accuracy"),
             eval_loss=eval_loss,
@@ -793,13 +819,7 @@ class Coordinator:
             **privacy,
             **counts,
         )
-        if delta_blob is not None:
-            step = None
-            if self.codec_spec.predict is not None:
-                step = codec.model_delta_step(delta_blob, self.shapes)
-            self.weights_delta = WeightsDelta(
-                self.weights_sha, self._ref("weights-delta", delta_blob), step
-            )
+        self.weights_delta = delta
         self.weights, self.weights_sha = new_weights, weights_sha
         log.info(
             "round %d committed: %d reported, %d dropped, accuracy %s",

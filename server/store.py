@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS devices (
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, config TEXT NOT NULL, status TEXT NOT NULL,
     created REAL NOT NULL, updated REAL NOT NULL, committed_round INTEGER NOT NULL DEFAULT 0,
-    weights_sha TEXT, optimizer_sha TEXT, reason TEXT
+    weights_sha TEXT, optimizer_sha TEXT, reason TEXT, delta_sha TEXT, delta_base_sha TEXT
 );
 CREATE TABLE IF NOT EXISTS rounds (
     rid INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS rejections (
     at REAL NOT NULL, device_id TEXT, topic TEXT, reason TEXT NOT NULL
 );
 """
+# Columns added after a table's first release: (table, column, type). A store written by an
+# older server gets them on open, so an upgraded server resumes its jobs.
+ADDED_COLUMNS = (("jobs", "delta_sha", "TEXT"), ("jobs", "delta_base_sha", "TEXT"))
 
 
 class Store:
@@ -66,6 +69,13 @@ class Store:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(SCHEMA)
+            self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        for table, column, kind in ADDED_COLUMNS:
+            present = {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -198,9 +208,16 @@ class Store:
         rnd: int,
         weights_sha: str,
         optimizer_sha: str | None,
+        *,
+        delta: tuple[str, str] | None = None,
         **fields: Any,
     ) -> None:
-        """Atomically mark a round committed and move the job's checkpoint to it."""
+        """Atomically mark a round committed and move the job's checkpoint to it.
+
+        ``delta`` is (downlink-delta blob digest, digest of the weights it applies to), kept
+        with the job so that a restarted server can offer the same delta again.
+        """
+        delta_sha, delta_base_sha = delta or (None, None)
         now = time.time()
         fields.update(ended=now, weights_sha=weights_sha)
         sets = ", ".join(["state='committed'"] + [f"{k}=?" for k in fields])
@@ -214,8 +231,9 @@ class Store:
                 (job_id, rnd, weights_sha, optimizer_sha, now),
             )
             c.execute(
-                "UPDATE jobs SET committed_round=?, weights_sha=?, optimizer_sha=?, updated=? WHERE id=?",
-                (rnd, weights_sha, optimizer_sha, now, job_id),
+                "UPDATE jobs SET committed_round=?, weights_sha=?, optimizer_sha=?, delta_sha=?, "
+                "delta_base_sha=?, updated=? WHERE id=?",
+                (rnd, weights_sha, optimizer_sha, delta_sha, delta_base_sha, now, job_id),
             )
 
     def update_round(self, rid: int, **fields: Any) -> None:
