@@ -66,7 +66,7 @@ def _quiet_disconnect_errors(loop: asyncio.AbstractEventLoop, context: dict[str,
     """Sessions torn down at shutdown leave aiomqtt futures failed with MqttError: expected."""
     if isinstance(context.get("exception"), aiomqtt.MqttError):
         return
-    loop.default_exception_handler(context)
+    event_loop.report_loop_error(loop, context)
 
 
 async def _run_devices(args: WorkerArgs, stop_flag: Any) -> dict[str, dict[str, Any]]:
