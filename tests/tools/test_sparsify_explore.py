@@ -12,6 +12,7 @@ from tools.bench.sparsify_explore import (
     Scheme,
     index_bits,
     kernel_ranks,
+    lowrank_part,
     parse_scheme,
     round_density,
     subspace_bases,
@@ -100,3 +101,20 @@ def test_payload_bit_estimates() -> None:
     assert value_bits(0, 4) == 0
     assert index_bits(5258, 53) == pytest.approx(53 * (2 + np.log2(5258 / 53)))
     assert index_bits(5258, 0) == 0
+
+
+def test_lowrank_codes_a_rank_one_kernel_exactly_and_counts_its_factors() -> None:
+    rng = np.random.default_rng(5)
+    size = sum(int(np.prod(s)) for s in CNN_FMNIST_SHAPES)
+    target = rng.normal(size=size)
+    kernel = slice(size - 4010, size - 10)
+    target[kernel] = np.outer(rng.normal(size=400), rng.normal(size=10)).ravel()
+    ranks = kernel_ranks(Scheme("lowrank", rank=1), CNN_FMNIST_SHAPES)
+    coded = lowrank_part(target, ranks, CNN_FMNIST_SHAPES, 0, rng)
+    np.testing.assert_allclose(coded.sent[kernel], target[kernel], atol=1e-5)
+    assert not coded.sent[:kernel.start].any() and not coded.sent[kernel.stop:].any()
+    assert coded.bits == (400 + 10) * 32
+    # Quantized: one scale per factor column, and the kernel only approximately.
+    quantized = lowrank_part(target, ranks, CNN_FMNIST_SHAPES, 2, rng)
+    assert quantized.bits == (400 + 10) * 2 + 2 * 16
+    assert not np.allclose(quantized.sent[kernel], target[kernel])

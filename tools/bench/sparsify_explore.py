@@ -33,6 +33,13 @@ quantization width, 0 = float values):
   with a fan-in of at least ``4 * rank2``), plus the top ``frac`` of what the basis misses.
   ``oracle=1`` takes the basis from the round's own aggregate instead, which no server knows
   before the round: an upper bound.
+* ``lowrank``: each client sends its own rank-``rank`` factors of the classifier kernel (and
+  rank-``rank2`` factors of the other kernels, as for ``subspace``), one quantization scale per
+  factor column, plus the top ``frac`` of what the factors miss (PowerSGD's idea, no shared
+  basis).
+
+``server_lr`` scales the averaged messages before the server adds them (and the prediction
+term) to the weights.
 
 ``warmup=F`` (top-k kinds) starts at density F and decays to ``frac`` with a time constant of
 ``tau`` rounds, as in Deep Gradient Compression's warm-up. The "payload B" column estimates the
@@ -84,12 +91,14 @@ class Scheme:
     rank: int = 0
     rank2: int = 0
     oracle: int = 0
+    server_lr: float = 1.0
 
     @property
     def label(self) -> str:
         defaults = Scheme(self.kind)
         extra = {k: getattr(self, k) != getattr(defaults, k)
-                 for k in ("gamma", "block", "beta", "warmup", "tau", "rank", "rank2", "oracle")}
+                 for k in ("gamma", "block", "beta", "warmup", "tau", "rank", "rank2", "oracle",
+                           "server_lr")}
         parts = [self.kind] if self.kind == "dense" else [self.kind, f"{self.frac:g}",
                                                           f"q{self.bits}" if self.bits else "f32"]
         parts += [f"{k}={getattr(self, k):g}" for k, on in extra.items() if on]
@@ -286,8 +295,9 @@ def as_matrix(part: np.ndarray) -> np.ndarray:
 
 
 def kernel_ranks(scheme: Scheme, shapes: tuple[tuple[int, ...], ...]) -> dict[int, int]:
-    """Tensor index -> basis rank for ``subspace`` (see the module docstring), else empty."""
-    if scheme.kind != "subspace":
+    """Tensor index -> rank for ``subspace`` and ``lowrank`` (see the module docstring), else
+    empty."""
+    if scheme.kind not in ("subspace", "lowrank"):
         return {}
     kernels = [i for i, shape in enumerate(shapes) if len(shape) >= 2]
     ranks = {kernels[-1]: scheme.rank}
@@ -328,6 +338,22 @@ def subspace_part(target: np.ndarray, bases: dict[int, np.ndarray],
     return Message(np.concatenate([c.ravel() for c in coded]), cost)
 
 
+def lowrank_part(target: np.ndarray, ranks: dict[int, int], shapes: tuple[tuple[int, ...], ...],
+                 bits: int, rng: np.random.Generator) -> Message:
+    """The kernels of ``target`` coded as their own (quantized) truncated-SVD factors."""
+    parts = unflatten(target, shapes)
+    coded = [np.zeros_like(p) for p in parts]
+    cost = 0.0
+    for i, rank in ranks.items():
+        u, s, vt = np.linalg.svd(as_matrix(parts[i]), full_matrices=False)
+        root = np.sqrt(s[:rank])
+        left, right = u[:, :rank] * root, vt[:rank].T * root
+        left, right = ([quantize(col, bits, rng) for col in m.T] for m in (left, right))
+        coded[i] = (np.stack(left, 1) @ np.stack(right, 1).T).reshape(parts[i].shape)
+        cost += sum(value_bits(col.size, bits) for col in (*left, *right))
+    return Message(np.concatenate([c.ravel() for c in coded]), cost)
+
+
 def local_delta(fed: Federation, scheme: Scheme, ctx: RoundContext, weights: np.ndarray,
                 device: int, seed: int) -> np.ndarray:
     """A client's local training (``submodel`` trains only the shared coordinates)."""
@@ -346,8 +372,12 @@ def client_message(fed: Federation, scheme: Scheme, ctx: RoundContext, weights: 
         return Message(delta, value_bits(delta.size, 0))
     rng = np.random.default_rng(seed)
     target = delta - scheme.beta * ctx.previous_update + scheme.gamma * residual
-    base = (subspace_part(target, ctx.bases, fed.shapes, scheme.bits, rng) if ctx.bases
-            else Message(np.zeros_like(target), 0.0))
+    if ctx.bases:
+        base = subspace_part(target, ctx.bases, fed.shapes, scheme.bits, rng)
+    elif scheme.kind == "lowrank":
+        base = lowrank_part(target, kernel_ranks(scheme, fed.shapes), fed.shapes, scheme.bits, rng)
+    else:
+        base = Message(np.zeros_like(target), 0.0)
     sent, cost = base.sent.copy(), base.bits
     if ctx.shared is not None:
         idx = ctx.shared
@@ -367,7 +397,7 @@ def client_message(fed: Federation, scheme: Scheme, ctx: RoundContext, weights: 
 
 
 def run_scheme(fed: Federation, scheme: Scheme, rounds: int) -> tuple[list[float], float]:
-    """Accuracy after each round of FedAvg (server lr 1) with ``scheme`` on the clients, and
+    """Accuracy after each round of FedAvg with ``scheme`` on the clients, and
     the mean estimated payload bytes of a client message."""
     draw = np.random.default_rng(fed.seed)
     basis_rng = np.random.default_rng(fed.seed + 1)
@@ -383,7 +413,7 @@ def run_scheme(fed: Federation, scheme: Scheme, rounds: int) -> tuple[list[float
                            round_density(scheme, rnd))
         sizes = {int(d): len(fed.shards[d]) for d in draw.choice(DEVICES, PER_ROUND, replace=False)}
         deltas = {d: local_delta(fed, scheme, ctx, weights, d, seed=rnd * 1000 + d) for d in sizes}
-        if ranks:
+        if scheme.kind == "subspace":
             history = list(recent)
             if scheme.oracle:  # the round's own aggregate, which no real server has yet
                 history = [np.average(list(deltas.values()), axis=0, weights=list(sizes.values()))]
@@ -394,7 +424,7 @@ def run_scheme(fed: Federation, scheme: Scheme, rounds: int) -> tuple[list[float
                                      seed=rnd * 1000 + d)
             total += sizes[d] * message.sent
             payload_bits.append(message.bits)
-        update = total / sum(sizes.values()) + scheme.beta * previous
+        update = scheme.server_lr * total / sum(sizes.values()) + scheme.beta * previous
         momentum = 0.9 * momentum + update
         weights = weights + update
         recent.append(update)
