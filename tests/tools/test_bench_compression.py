@@ -17,8 +17,10 @@ def test_seed_rows_take_final_and_last3_per_seed_and_compare_means_with_none() -
     assert pred.last3s == pytest.approx(((0.6 + 0.72 + 0.73) / 3, (0.6 + 0.70 + 0.71) / 3))
     assert none.mean_final == pytest.approx(0.75) and pred.mean_final == pytest.approx(0.72)
     table = seed_table([none, pred])
-    assert table[0][:3] == ["none", 76.0, 74.0] and table[0][-1] == 0.0
+    assert table[0][:3] == ["none", 76.0, 74.0] and str(table[0][-1]) == "0.0"
     assert table[1][0] == "topk:0.015+q2+pred" and table[1][-1] == pytest.approx(3.0)
+    a_hair_better = seed_rows({"q8": [[0.76001], [0.74]]})[0]
+    assert str(seed_table([none, a_hair_better])[1][-1]) == "0.0"  # not "-0.0"
 
 
 def fedge_row(spec: str, wire_ratio: float) -> Row:

@@ -206,9 +206,9 @@ def seed_rows(curves: Mapping[str, Sequence[Sequence[float]]]) -> list[SeedRow]:
 def seed_table(rows: Sequence[SeedRow]) -> list[list[object]]:
     """Cells of the across-seeds table; the first row is the reference (``none``)."""
     ref = rows[0]
-    return [[r.spec, *(round(100 * f, 1) for f in r.finals), round(100 * r.mean_final, 2),
-             round(100 * r.mean_last3, 2), round(100 * (ref.mean_final - r.mean_final), 2)]
-            for r in rows]
+    return [[r.spec, *(round(100 * f, 2) for f in r.finals), round(100 * r.mean_final, 2),
+             round(100 * r.mean_last3, 2), round(100 * (ref.mean_final - r.mean_final), 2) + 0.0]
+            for r in rows]  # + 0.0: no "-0" when a row ties with the reference
 
 
 def make_row(label: str, kind: str, spec: str, summary: Mapping[str, Any], dense: int,
