@@ -193,7 +193,9 @@ class Coordinator:
         """Offer the last committed round's downlink delta again (and its ``pred`` prior)."""
         if self.downlink_spec is None or not row["delta_sha"] or not row["delta_base_sha"]:
             return
-        if not self.blobs.has(row["delta_sha"]):
+        try:
+            blob = self.blobs.get(row["delta_sha"])
+        except FileNotFoundError:
             log.warning(
                 "job %s: downlink delta %s is missing from the blob store; devices "
                 "fetch full weights for one round",
@@ -201,9 +203,7 @@ class Coordinator:
                 row["delta_sha"][:12],
             )
             return
-        self.weights_delta = self._weights_delta(
-            row["delta_base_sha"], self.blobs.get(row["delta_sha"])
-        )
+        self.weights_delta = self._weights_delta(row["delta_base_sha"], blob)
 
     # inbound -------------------------------------------------------------------------------
     async def on_message(self, topic: str, payload: bytes) -> None:

@@ -391,10 +391,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                                  summaries, runs_dir, args.reuse)
         seed_columns = ("row", *(f"seed {x}" for x in [s.seed, *extra]), "mean final",
                         "mean last-3", "points below none")
+        seed_cells = seed_table(across)
         seed_note = goal_on_means(across, rows, candidates, [s.seed, *extra])
-        print_table("compression across seeds (final accuracy %)", seed_columns,
-                    seed_table(across), command, seed_note)
-        seeds_md = f"\n\n{markdown_table(seed_columns, seed_table(across))}\n\n{seed_note}"
+        print_table("compression across seeds (final accuracy %)", seed_columns, seed_cells,
+                    command, seed_note)
+        seeds_md = f"\n\n{markdown_table(seed_columns, seed_cells)}\n\n{seed_note}"
     payload = {"command": command, "setting": asdict(s), "dense_float32_bytes": dense,
                "params": params,
                "rows": [asdict(r) for r in rows], "best": None if best is None else best.label,
