@@ -522,14 +522,15 @@ class DeviceAgent:
         try:
             artifact = await self._artifact(task)
             shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
-            delta_blob = prior = None
+            delta = prior = None
             if self._predicts(task):
                 # The prior of predictive coding is the step the downlink delta carries,
                 # decoded exactly as the server decodes it (no delta: neither side predicts).
                 assert task.weights_delta is not None
-                delta_blob = await self.fetcher.fetch(task.weights_delta, "weights-delta")
-                prior = codec.model_delta_step(delta_blob, shapes)
-            weights = await self._weights_from_delta(task, shapes, delta_blob)
+                blob = await self.fetcher.fetch(task.weights_delta, "weights-delta")
+                delta = codec.decode_model_delta(blob, shapes)
+                prior = delta.step
+            weights = await self._weights_from_delta(task, shapes, delta)
             if weights is None:
                 weights_blob = await self.fetcher.fetch(task.weights, "weights")
                 weights = unpack_weights(weights_blob, shapes)
@@ -563,10 +564,10 @@ class DeviceAgent:
         return self.trainers.artifact(model, manifest, digests)
 
     async def _weights_from_delta(
-        self, task: m.Task, shapes: list[tuple[int, ...]], delta_blob: bytes | None
+        self, task: m.Task, shapes: list[tuple[int, ...]], delta: codec.ModelDelta | None
     ) -> list[np.ndarray] | None:
         """Rebuild the new global weights from the cached previous ones plus the signed delta
-        (``delta_blob`` when the task already fetched it, else fetched here).
+        (``delta`` when the task already fetched and decoded it, else fetched here).
 
         The result must hash to the signed weights digest of the task; otherwise (or when the
         previous weights are not cached) the caller downloads the full weights.
@@ -578,9 +579,10 @@ class DeviceAgent:
             return None
         try:
             old = unpack_weights(base, shapes)
-            if delta_blob is None:
-                delta_blob = await self.fetcher.fetch(task.weights_delta, "weights-delta")
-            new = codec.apply_model_delta(old, delta_blob)
+            if delta is None:
+                blob = await self.fetcher.fetch(task.weights_delta, "weights-delta")
+                delta = codec.decode_model_delta(blob, shapes)
+            new = delta.apply(old)
         except (ArtifactError, CodecError) as exc:
             log.info(
                 "device %s: weights delta unusable (%s); fetching full weights",

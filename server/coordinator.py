@@ -126,11 +126,11 @@ class Coordinator:
             size=len(data),
         )
 
-    def _weights_delta(self, base_sha: str, delta_blob: bytes) -> WeightsDelta:
-        """Stage a signed downlink delta (decoded too when ``pred`` needs it as the prior)."""
-        step = None
-        if self.codec_spec.predict is not None:
-            step = codec.model_delta_step(delta_blob, self.shapes)
+    def _weights_delta(
+        self, base_sha: str, delta_blob: bytes, decoded: codec.ModelDelta
+    ) -> WeightsDelta:
+        """Stage a signed downlink delta and its decoded step (the prior of ``pred`` specs)."""
+        step = decoded.step if self.codec_spec.predict is not None else None
         return WeightsDelta(base_sha, self._ref("weights-delta", delta_blob), step)
 
     def _put_artifact(self) -> tuple[m.BlobRef, m.BlobRef]:
@@ -203,7 +203,9 @@ class Coordinator:
                 row["delta_sha"][:12],
             )
             return
-        self.weights_delta = self._weights_delta(row["delta_base_sha"], blob)
+        self.weights_delta = self._weights_delta(
+            row["delta_base_sha"], blob, codec.decode_model_delta(blob, self.shapes)
+        )
 
     # inbound -------------------------------------------------------------------------------
     async def on_message(self, topic: str, payload: bytes) -> None:
@@ -773,14 +775,15 @@ class Coordinator:
         if not all(np.isfinite(w).all() for w in new_weights):
             self._fail(rnd, "aggregate is not finite", **counts)
             return False
-        delta_blob = None
+        downlink: tuple[bytes, codec.ModelDelta] | None = None
         if self.downlink_spec is not None:
             # Devices holding the previous model fetch a compressed delta; the server adopts the
             # same reconstruction, so everyone holds identical weights (and errors do not pile up).
-            delta_blob = codec.encode_model_delta(
+            blob = codec.encode_model_delta(
                 new_weights, self.weights, self.downlink_spec, seed=rnd.round_seed
             )
-            new_weights = codec.apply_model_delta(self.weights, delta_blob)
+            downlink = (blob, codec.decode_model_delta(blob, self.shapes))
+            new_weights = downlink[1].apply(self.weights)
         weights_sha = self.blobs.put(pack_weights(new_weights))
         keys, arrays = self.optimizer.state_arrays()
         optimizer_sha = self.blobs.put(_pack_state(keys, arrays)) if keys else None
@@ -802,7 +805,7 @@ class Coordinator:
             privacy["epsilon"] = self.dp.account()
             self.dp.after_round(rnd.within_clip, len(rnd.reports))
         rnd.advance(RoundState.COMMITTED)
-        delta = self._weights_delta(self.weights_sha, delta_blob) if delta_blob else None
+        delta = self._weights_delta(self.weights_sha, *downlink) if downlink else None
         self.store.commit_round(
             rnd.rid,
             self.job.name,

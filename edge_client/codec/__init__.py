@@ -1,6 +1,11 @@
 """Update codec: clip, sparsify, rotate, quantize and pack model updates (plain and ring mode)."""
 
-from edge_client.codec.downlink import apply_model_delta, encode_model_delta, model_delta_step
+from edge_client.codec.downlink import (
+    ModelDelta,
+    apply_model_delta,
+    decode_model_delta,
+    encode_model_delta,
+)
 from edge_client.codec.encoder import EncodedUpdate, UpdateEncoder
 from edge_client.codec.error_feedback import ErrorFeedback, ResidualStatus
 from edge_client.codec.layout import dense_float32_bytes
@@ -12,17 +17,18 @@ __all__ = [
     "CodecSpec",
     "EncodedUpdate",
     "ErrorFeedback",
+    "ModelDelta",
     "ResidualStatus",
     "RingCodec",
     "RingUpdate",
     "Sparsifier",
     "UpdateEncoder",
     "apply_model_delta",
+    "decode_model_delta",
     "decode_update",
     "dense_float32_bytes",
     "encode_model_delta",
     "encode_update",
-    "model_delta_step",
     "parse_spec",
     "payload_bound",
 ]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
 
 import msgpack
 import numpy as np
@@ -68,6 +70,37 @@ def encode_model_delta(
     )
 
 
+@dataclass(frozen=True)
+class ModelDelta:
+    """A decoded downlink payload: the base model it was made from and the step it carries."""
+
+    base_digest: bytes
+    flat_step: np.ndarray
+    shapes: Shapes
+
+    @cached_property
+    def step(self) -> list[np.ndarray]:
+        """The global step (new minus old weights), one float32 array per tensor.
+
+        Predictive coding (``pred``) uses it as the prior on the device and on the server.
+        """
+        return unflatten(self.flat_step, self.shapes)
+
+    def apply(self, old: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The new model from the held weights ``old``.
+
+        Raises
+        ------
+        CodecError when ``old`` has other shapes or is not the base model of the delta.
+        """
+        flat_old = flatten(old, self.shapes)
+        if self.base_digest != _digest(old):
+            raise CodecError(
+                "downlink delta was made from a different base model than the one held"
+            )
+        return unflatten(flat_old + self.flat_step, self.shapes)
+
+
 def apply_model_delta(old: Sequence[np.ndarray], payload: bytes) -> list[np.ndarray]:
     """Rebuild the new model from the held weights ``old`` and a downlink payload.
 
@@ -75,28 +108,17 @@ def apply_model_delta(old: Sequence[np.ndarray], payload: bytes) -> list[np.ndar
     ------
     CodecError when the payload is malformed or was made for a different base model.
     """
-    shapes = _shapes_of(old)
-    digest, step = _decode(payload, shapes)
-    if digest != _digest(old):
-        raise CodecError("downlink delta was made from a different base model than the one held")
-    return unflatten(flatten(old, shapes) + step, shapes)
+    return decode_model_delta(payload, _shapes_of(old)).apply(old)
 
 
-def model_delta_step(payload: bytes, shapes: Sequence[Sequence[int]]) -> list[np.ndarray]:
-    """The global step a downlink payload carries (new minus old weights), without the base.
-
-    Predictive coding (``pred``) uses it as the prior on the device and on the server.
+def decode_model_delta(payload: bytes, shapes: Sequence[Sequence[int]]) -> ModelDelta:
+    """Decode a downlink payload for a model of ``shapes`` (once; apply and step share it).
 
     Raises
     ------
     CodecError when the payload is malformed or made for other shapes.
     """
     shapes_t = check_shapes(shapes)
-    return unflatten(_decode(payload, shapes_t)[1], shapes_t)
-
-
-def _decode(payload: bytes, shapes: Shapes) -> tuple[bytes, np.ndarray]:
-    """(digest of the base model, flat step) of a downlink payload."""
     try:
         top = msgpack.unpackb(payload, raw=False, max_map_len=0, max_ext_len=0)
     except Exception as exc:  # msgpack raises several unrelated types on bad input
@@ -109,5 +131,5 @@ def _decode(payload: bytes, shapes: Shapes) -> tuple[bytes, np.ndarray]:
     if not (isinstance(spec_text, str) and isinstance(digest, bytes) and isinstance(inner, bytes)):
         raise CodecError("downlink payload fields have the wrong types")
     spec = _as_downlink(parse_spec(spec_text))
-    step = decode_flat(inner, spec, shapes, round_seed=check_seed("seed", seed), max_bytes=None)
-    return digest, step
+    step = decode_flat(inner, spec, shapes_t, round_seed=check_seed("seed", seed), max_bytes=None)
+    return ModelDelta(digest, step, shapes_t)

@@ -75,7 +75,7 @@ def prediction(
 
     The device codes its delta minus this prediction and the server adds it back. ``prior``
     is the previous global step, which both sides decode from the same downlink-delta blob
-    (:func:`edge_client.codec.downlink.model_delta_step`), so they agree bit for bit. None
+    (:attr:`edge_client.codec.downlink.ModelDelta.step`), so they agree bit for bit. None
     when the spec does not predict or there is no prior (the first round).
     """
     if spec.predict is None or prior is None:

@@ -6,7 +6,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge_client.codec import apply_model_delta, encode_model_delta, model_delta_step, parse_spec
+from edge_client.codec import apply_model_delta, decode_model_delta, encode_model_delta, parse_spec
 from edge_client.errors import CodecError
 
 SHAPES = [(64, 32), (32,), (32, 4), (4,)]
@@ -78,7 +78,7 @@ def test_malformed_downlink_rejected(mutate: object, fragment: str) -> None:
     old, new = _model(0), _model(1)
     top = msgpack.unpackb(encode_model_delta(new, old, parse_spec("q8")), raw=False)
     mutate(top)  # type: ignore[operator]
-    for decode in (lambda p: apply_model_delta(old, p), lambda p: model_delta_step(p, SHAPES)):
+    for decode in (lambda p: apply_model_delta(old, p), lambda p: decode_model_delta(p, SHAPES).step):
         with pytest.raises(CodecError) as info:
             decode(msgpack.packb(top, use_bin_type=True))
         assert fragment in str(info.value)
@@ -90,11 +90,11 @@ def test_malformed_downlink_rejected(mutate: object, fragment: str) -> None:
 def test_step_is_what_the_delta_adds_to_the_held_model(text: str) -> None:
     old, new = _model(0), _model(1)
     payload = encode_model_delta(new, old, parse_spec(text), seed=4)
-    step = model_delta_step(payload, SHAPES)
+    step = decode_model_delta(payload, SHAPES).step
     held = apply_model_delta(old, payload)
     assert [s.shape for s in step] == SHAPES and all(s.dtype == np.float32 for s in step)
     for s, h, o in zip(step, held, old, strict=True):
         np.testing.assert_allclose(s, h.astype(np.float64) - o, atol=1e-5)
     # The step needs no base model, but it does need the model's shapes.
     with pytest.raises(CodecError, match="another spec or shapes"):
-        model_delta_step(payload, [(64, 32), (32,), (32, 4), (5,)])
+        decode_model_delta(payload, [(64, 32), (32,), (32, 4), (5,)])
