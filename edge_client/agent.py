@@ -41,7 +41,7 @@ from edge_client.privacy import DistributedDPParams, clip_update, encode_distrib
 from edge_client.probe import probe_eligibility
 from edge_client.protocol import messages as m
 from edge_client.protocol import topics
-from edge_client.protocol.envelope import DEFAULT_LIMITS, ReplayGuard, unpack
+from edge_client.protocol.envelope import DEFAULT_LIMITS, SERVER_ID, ReplayGuard, unpack
 from edge_client.runtime import runtime_name, runtime_version
 from edge_client.secagg import SecAggClient, SecAggConfig, decode_message
 from edge_client.trainer import EvalResult, LocalTrainer, TrainResult
@@ -277,9 +277,7 @@ class DeviceAgent:
             )
             return
         try:
-            envelope = unpack(payload, DEFAULT_LIMITS)
-            if envelope.sender != "server":
-                raise ProtocolError(f"message from {envelope.sender!r}, expected the server")
+            envelope = unpack(payload, SERVER_ID, DEFAULT_LIMITS)
             self.replay.check(envelope)
             message = m.parse(envelope)
         except ProtocolError as exc:
@@ -346,7 +344,7 @@ class DeviceAgent:
         if not path.exists():
             return None
         try:
-            envelope = unpack(path.read_bytes(), check_time=False)
+            envelope = unpack(path.read_bytes(), SERVER_ID, check_time=False)
             task = m.parse(envelope)
         except ProtocolError as exc:
             log.warning(

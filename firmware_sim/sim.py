@@ -23,6 +23,7 @@ from edge_client.data import save_npz_dataset
 from edge_client.errors import ConfigError, PrivacyError
 from edge_client.identity import issue_identity_certificate, load_or_create_identity
 from edge_client.privacy import parse_dp_spec
+from edge_client.protocol.envelope import PROTOCOL_VERSION
 from edge_client.signing import load_or_create_signing_key
 from firmware_sim.availability import load_trace
 from firmware_sim.fleet import DeviceSpec, Fleet, WorkerArgs
@@ -322,6 +323,7 @@ def _summary(
     ]
     return {
         "config": c.to_dict(),
+        "protocol": PROTOCOL_VERSION,  # the byte counts depend on it
         "status": status,
         "final_accuracy": rounds[-1]["accuracy"] if rounds else None,
         "params": plan.params,

@@ -19,10 +19,11 @@ from edge_client.errors import ConfigError
 from edge_client.mqtt_link import LinkSettings, MqttLink
 from edge_client.protocol import messages as m
 from edge_client.protocol import topics
+from edge_client.protocol.envelope import SERVER_ID
 from edge_client.signing import load_or_create_signing_key
 from server.blobs import BlobStore
 from server.broker import EmbeddedBroker, free_port
-from server.coordinator import SERVER_ID, Coordinator
+from server.coordinator import Coordinator
 from server.http_app import TrafficCounter, create_app
 from server.job import JobConfig
 from server.store import Store

@@ -18,7 +18,13 @@ from edge_client.artifact import Artifact
 from edge_client.errors import CodecError, FedgeError, ProtocolError, SecAggError
 from edge_client.protocol import messages as m
 from edge_client.protocol import topics
-from edge_client.protocol.envelope import DEFAULT_LIMITS, Limits, ReplayGuard, unpack
+from edge_client.protocol.envelope import (
+    DEFAULT_LIMITS,
+    SERVER_ID,
+    Limits,
+    ReplayGuard,
+    unpack,
+)
 from edge_client.signing import sign_blob
 from edge_client.trainer import LocalTrainer
 from edge_client.weights import pack_weights, unpack_weights
@@ -33,8 +39,6 @@ from server.selection import SelectionPool, ineligibility, round_rng, round_seed
 from server.store import Store
 
 log = logging.getLogger("fedge.server")
-
-SERVER_ID = "server"
 
 
 class Publish(Protocol):
@@ -220,11 +224,7 @@ class Coordinator:
                 return
             if kind != "up":
                 raise ProtocolError(f"server does not read {kind!r} topics")
-            envelope = unpack(payload, self.limits)
-            if envelope.sender != device_id:
-                raise ProtocolError(
-                    f"sender {envelope.sender!r} published on {device_id!r}'s topic"
-                )
+            envelope = unpack(payload, device_id, self.limits)
             self.replay.check(envelope)
             message = m.parse(envelope, self.limits)
             await self._dispatch(
@@ -244,7 +244,7 @@ class Coordinator:
     def _on_presence(self, device_id: str, payload: bytes) -> None:
         if not payload:
             return
-        envelope = unpack(payload, self.limits, check_time=False)
+        envelope = unpack(payload, device_id, self.limits, check_time=False)
         presence = m.parse(envelope, self.limits)
         if not isinstance(presence, m.Presence):
             raise ProtocolError("presence topic carries a non-presence message")

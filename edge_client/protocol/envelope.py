@@ -1,13 +1,14 @@
 """msgpack envelopes: versioned, typed, size-limited, with replay protection.
 
-Since protocol 2 the header is packed positionally, ``[version, type code, id, sender, job,
-round, ts, body]``, to keep the fixed cost of a message small (docs/protocol.md explains each
-choice); protocol 3 slimmed the update body.
+Since protocol 2 the header is packed positionally, to keep the fixed cost of a message small
+(docs/protocol.md explains each choice). Protocol 5 packs ``[version, type code, id, job, round,
+ts, body]``: the sender is not packed, because the MQTT topic a message arrives on names it
+(a device's own topics; the broker's ACLs decide who may publish there), and ``ts`` is whole
+Unix seconds.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections import OrderedDict
@@ -18,9 +19,10 @@ import msgpack
 
 from edge_client.errors import ProtocolError
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 MSG_ID_BYTES = 8
-HEADER_FIELDS = ("version", "type", "id", "sender", "job", "round", "ts", "body")
+SERVER_ID = "server"  # the sender of everything a device reads
+HEADER_FIELDS = ("version", "type", "id", "job", "round", "ts", "body")
 # Wire codes of the message types; a code is never reused for another type.
 TYPE_CODES: dict[str, int] = {
     "checkin": 1,
@@ -54,7 +56,10 @@ DEFAULT_LIMITS = Limits()
 
 @dataclass(frozen=True)
 class Envelope:
-    """One wire message: header fields plus a type-specific body (a map, or an array)."""
+    """One wire message: header fields plus a type-specific body (a map, or an array).
+
+    ``sender`` is not packed: the receiver knows it from the topic and passes it to `unpack`.
+    """
 
     type: str
     body: dict[str, Any] | list[Any]
@@ -62,7 +67,7 @@ class Envelope:
     job_id: str | None = None
     round_id: int | None = None
     msg_id: bytes = field(default_factory=lambda: os.urandom(MSG_ID_BYTES))
-    ts: float = field(default_factory=time.time)
+    ts: int = field(default_factory=lambda: int(time.time()))
     version: int = PROTOCOL_VERSION
 
     def pack(self) -> bytes:
@@ -70,8 +75,8 @@ class Envelope:
         code = TYPE_CODES.get(self.type)
         if code is None:
             raise ProtocolError(f"unknown message type {self.type!r}")
-        header = [self.version, code, self.msg_id, self.sender, self.job_id, self.round_id]
-        return msgpack.packb([*header, self.ts, self.body], use_bin_type=True)
+        header = [self.version, code, self.msg_id, self.job_id, self.round_id, self.ts]
+        return msgpack.packb([*header, self.body], use_bin_type=True)
 
 
 def _expect(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
@@ -84,10 +89,16 @@ def _expect(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
 
 
 def unpack(
-    data: bytes, limits: Limits = DEFAULT_LIMITS, now: float | None = None, check_time: bool = True
+    data: bytes,
+    sender: str,
+    limits: Limits = DEFAULT_LIMITS,
+    now: float | None = None,
+    check_time: bool = True,
 ) -> Envelope:
     """Parse and validate the envelope header; bodies are validated by `messages.parse`.
 
+    ``sender`` is who the topic the message came on belongs to: a device for its ``up`` and
+    ``presence`` topics, the server for everything a device reads.
     ``check_time=False`` is for retained messages and last wills, which may be old by design.
     """
     if len(data) > limits.max_message_bytes:
@@ -119,25 +130,20 @@ def unpack(
         )
     if len(raw) != len(HEADER_FIELDS):
         raise ProtocolError(f"envelope has {len(raw)} fields, expected {len(HEADER_FIELDS)}")
-    _, code, msg_id, sender, job, rnd, ts, body = raw
+    _, code, msg_id, job, rnd, ts, body = raw
     msg_type = _TYPE_NAMES.get(_expect(code, int, "type"))
     if msg_type is None:
         raise ProtocolError(f"unknown message type code {code}")
     _expect(msg_id, bytes, "id")
     if len(msg_id) != MSG_ID_BYTES:
         raise ProtocolError(f"field 'id' must be {MSG_ID_BYTES} bytes, got {len(msg_id)}")
-    _expect(sender, str, "sender")
-    if len(sender) > 64:
-        raise ProtocolError("field 'sender' is too long")
     if job is not None:
         _expect(job, str, "job")
     if rnd is not None:
         _expect(rnd, int, "round")
         if rnd < 0:
             raise ProtocolError("field 'round' must be >= 0")
-    ts = float(_expect(ts, (int, float), "ts"))
-    if not math.isfinite(ts):
-        raise ProtocolError("field 'ts' is not a finite number: stale or replayed")
+    _expect(ts, int, "ts")
     now = time.time() if now is None else now
     if check_time and abs(ts - now) > limits.max_clock_skew_s:
         raise ProtocolError(f"timestamp {ts:.0f} is {ts - now:+.0f} s from now: stale or replayed")

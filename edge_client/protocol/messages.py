@@ -355,9 +355,10 @@ class TrainMetrics:
 
 
 UPDATE_FIELDS = ("payload", "base_weights", "metrics", "examples", "within_clip")
-BASE_DIGEST_BYTES = 16  # an update names its base weights by this prefix of their sha256
-METRICS_DTYPE = "<f4"  # update metrics on the wire: loss, accuracy, train_time_s
-METRICS_BYTES = 3 * np.dtype(METRICS_DTYPE).itemsize
+BASE_DIGEST_BYTES = 8  # an update names its base weights by this prefix of their sha256
+METRICS_DTYPE = np.dtype("<f2")  # update metrics on the wire: loss, accuracy, train_time_s
+METRICS_BYTES = 3 * METRICS_DTYPE.itemsize
+METRICS_MAX = float(np.finfo(METRICS_DTYPE).max)  # finite metrics saturate here (65504)
 
 
 def base_digest(sha256_hex: str) -> str:
@@ -370,10 +371,11 @@ class Update(Message):
     """Device -> server: the encoded model update of a training task.
 
     Sent by every device every round, so its body is a positional array (`UPDATE_FIELDS`):
-    ``base_weights`` as the first 16 raw bytes of the sha256 of the weights trained on (hex in
-    the attribute, see `base_digest`), ``metrics`` as float32 loss, accuracy and train time,
-    then ``examples``, then ``within_clip`` only when it is set. The codec spec does not
-    travel: the job fixes it and the payload's fingerprint binds it.
+    ``base_weights`` as the first 8 raw bytes of the sha256 of the weights trained on (hex in
+    the attribute, see `base_digest`), ``metrics`` as float16 loss, accuracy and train time
+    (finite values saturate at `METRICS_MAX`), then ``examples``, then ``within_clip`` only
+    when it is set. The codec spec does not travel: the job fixes it and the payload's
+    fingerprint binds it.
     """
 
     TYPE: ClassVar[str] = "update"
@@ -386,11 +388,13 @@ class Update(Message):
     def to_body(self) -> list[Any]:
         """The positional body; ProtocolError if ``base_weights`` is not a `base_digest`."""
         digest = bytes.fromhex(F.hex_digest("base_weights", self.base_weights, BASE_DIGEST_BYTES))
-        with np.errstate(over="ignore"):  # beyond float32: infinity, which the receiver refuses
-            metrics = np.array(
-                [self.metrics.loss, self.metrics.accuracy, self.metrics.train_time_s],
-                dtype=METRICS_DTYPE,
-            ).tobytes()
+        values = np.array(
+            [self.metrics.loss, self.metrics.accuracy, self.metrics.train_time_s], np.float64
+        )
+        # Saturate what is finite; NaN and infinity travel as such, and the receiver refuses them.
+        finite = np.isfinite(values)
+        values[finite] = np.clip(values[finite], -METRICS_MAX, METRICS_MAX)
+        metrics = values.astype(METRICS_DTYPE).tobytes()
         body = [self.payload, digest, metrics, self.metrics.examples]
         return body if self.within_clip is None else [*body, self.within_clip]
 
@@ -406,7 +410,7 @@ class Update(Message):
         metrics = F.get(named, "metrics", bytes)
         if len(metrics) != METRICS_BYTES:
             raise ProtocolError(
-                f"field 'metrics' must be {METRICS_BYTES} bytes: float32 loss, accuracy, "
+                f"field 'metrics' must be {METRICS_BYTES} bytes: float16 loss, accuracy, "
                 "train_time_s"
             )
         loss, accuracy, train_time_s = np.frombuffer(metrics, METRICS_DTYPE).tolist()

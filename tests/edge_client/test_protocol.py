@@ -35,7 +35,7 @@ from edge_client.weights import pack_weights, unpack_weights
 NAME = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", fullmatch=True)
 TEXT = st.text(max_size=40)
 DIGEST = st.binary(min_size=32, max_size=32).map(bytes.hex)
-UPDATE_DIGEST = st.binary(min_size=16, max_size=16).map(bytes.hex)  # an update's base_digest
+UPDATE_DIGEST = st.binary(min_size=8, max_size=8).map(bytes.hex)  # an update's base_digest
 
 
 def unit_floats(lo: float, hi: float) -> st.SearchStrategy[float]:
@@ -97,7 +97,7 @@ EXAMPLES: dict[str, m.Message] = {
                    plan=m.TrainingPlan(epochs=1, lr=0.1, max_steps=10), codec="none",
                    deadline=time.time() + 60, round_seed=7, secagg={"threshold": 3}),
     "retry": m.RetryLater(reason="busy", retry_after_s=5.0),
-    "update": m.Update(payload=b"\x01\x02", base_weights="ef" * 16,
+    "update": m.Update(payload=b"\x01\x02", base_weights="ef" * 8,
                        metrics=m.TrainMetrics(loss=0.5, accuracy=0.8, examples=10,
                                               train_time_s=1.0)),
     "eval_result": m.EvalResult(loss=0.4, accuracy=0.9, examples=50),
@@ -113,7 +113,7 @@ EXAMPLES: dict[str, m.Message] = {
 def header(msg_type: str, msg_body: Any, **overrides: Any) -> list[Any]:
     """A positional envelope; ``overrides`` are keyed by the names in HEADER_FIELDS."""
     raw = {"version": PROTOCOL_VERSION, "type": TYPE_CODES[msg_type], "id": os.urandom(8),
-           "sender": "dev-1", "job": "job", "round": 1, "ts": time.time(), "body": msg_body}
+           "job": "job", "round": 1, "ts": int(time.time()), "body": msg_body}
     raw.update(overrides)
     return [raw[name] for name in HEADER_FIELDS]
 
@@ -142,11 +142,16 @@ def with_path(body: Any, path: str, value: Any) -> Any:
     return out
 
 
+def float16_on_the_wire(value: float) -> float:
+    """A finite update metric as it arrives: saturated at float16's largest, then rounded."""
+    return float(np.float16(min(max(value, -65504.0), 65504.0)))
+
+
 def on_the_wire(message: m.Message) -> m.Message:
-    """``message`` as the receiver sees it: update metrics are float32 on the wire."""
+    """``message`` as the receiver sees it: update metrics are float16 on the wire."""
     if not isinstance(message, m.Update):
         return message
-    loss, accuracy, train_time = (float(np.float32(x)) for x in (
+    loss, accuracy, train_time = (float16_on_the_wire(x) for x in (
         message.metrics.loss, message.metrics.accuracy, message.metrics.train_time_s))
     metrics = m.TrainMetrics(loss=loss, accuracy=accuracy, examples=message.metrics.examples,
                              train_time_s=train_time)
@@ -159,7 +164,7 @@ DELETE = object()
 
 
 def parse_bytes(data: bytes, limits: Limits = DEFAULT_LIMITS) -> m.Message:
-    return m.parse(unpack(data, limits), limits)
+    return m.parse(unpack(data, "dev-1", limits), limits)
 
 
 # --- round trips --------------------------------------------------------------------------
@@ -180,7 +185,7 @@ def test_every_message_type_has_a_distinct_wire_code() -> None:
 def test_round_trip_make_pack_unpack_parse(message: m.Message, sender: str, job_id: str | None,
                                            round_id: int | None) -> None:
     envelope = m.make(message, sender=sender, job_id=job_id, round_id=round_id)
-    back = unpack(envelope.pack())
+    back = unpack(envelope.pack(), sender)
     assert back == envelope
     assert m.parse(back) == on_the_wire(message)
 
@@ -188,10 +193,11 @@ def test_round_trip_make_pack_unpack_parse(message: m.Message, sender: str, job_
 # --- malformed envelopes ------------------------------------------------------------------
 
 ENVELOPE_CASES = [
-    ("version 1", {"version": 1}, r"unsupported protocol version 1 \(this side speaks 4\)"),
-    ("version 2", {"version": 2}, r"unsupported protocol version 2 \(this side speaks 4\)"),
-    ("version 3", {"version": 3}, r"unsupported protocol version 3 \(this side speaks 4\)"),
-    ("version 5", {"version": 5}, "unsupported protocol version 5"),
+    ("version 1", {"version": 1}, r"unsupported protocol version 1 \(this side speaks 5\)"),
+    ("version 2", {"version": 2}, r"unsupported protocol version 2 \(this side speaks 5\)"),
+    ("version 3", {"version": 3}, r"unsupported protocol version 3 \(this side speaks 5\)"),
+    ("version 4", {"version": 4}, r"unsupported protocol version 4 \(this side speaks 5\)"),
+    ("version 6", {"version": 6}, "unsupported protocol version 6"),
     ("missing version", {"version": None}, "field 'version' has type NoneType, expected int"),
     ("bool version", {"version": True}, "field 'version' must be int, got bool"),
     ("type as a name", {"type": "ack"}, "field 'type' has type str, expected int"),
@@ -200,18 +206,18 @@ ENVELOPE_CASES = [
     ("id too short", {"id": b"1234567"}, "field 'id' must be 8 bytes, got 7"),
     ("id too long", {"id": b"x" * 12}, "field 'id' must be 8 bytes, got 12"),
     ("id is text", {"id": "abcdefgh"}, "field 'id' has type str, expected bytes"),
-    ("sender too long", {"sender": "d" * 65}, "field 'sender' is too long"),
-    ("sender missing", {"sender": None}, "field 'sender'"),
     ("job not a string", {"job": 5}, "field 'job'"),
     ("negative round", {"round": -1}, "field 'round' must be >= 0"),
     ("bool round", {"round": True}, "field 'round' must be int, got bool"),
     ("float round", {"round": 1.0}, "field 'round' has type float"),
-    ("timestamp too old", {"ts": time.time() - 3600}, "stale or replayed"),
-    ("timestamp too new", {"ts": time.time() + 3600}, "stale or replayed"),
-    ("timestamp infinite", {"ts": math.inf}, "stale or replayed"),
-    ("timestamp NaN", {"ts": math.nan}, "ts"),
+    ("timestamp too old", {"ts": int(time.time()) - 3600}, "stale or replayed"),
+    ("timestamp too new", {"ts": int(time.time()) + 3600}, "stale or replayed"),
+    ("timestamp far future", {"ts": 2**64 - 1}, "stale or replayed"),
+    ("timestamp a float", {"ts": time.time()}, "field 'ts' has type float, expected int"),
+    ("timestamp infinite", {"ts": math.inf}, "field 'ts' has type float, expected int"),
+    ("timestamp NaN", {"ts": math.nan}, "field 'ts' has type float, expected int"),
     ("timestamp text", {"ts": "now"}, "field 'ts'"),
-    ("timestamp bool", {"ts": True}, "field 'ts' must be int or float, got bool"),
+    ("timestamp bool", {"ts": True}, "field 'ts' must be int, got bool"),
     ("body a string", {"body": "text"}, "field 'body' has type str, expected dict or list"),
 ]
 
@@ -220,45 +226,46 @@ ENVELOPE_CASES = [
                          ids=[c[0] for c in ENVELOPE_CASES])
 def test_malformed_envelope_is_refused(overrides: dict[str, Any], match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
-        unpack(packed(header("ack", body_of("ack"), **overrides)))
+        unpack(packed(header("ack", body_of("ack"), **overrides)), "dev-1")
 
 
 def test_envelope_that_is_not_an_array_or_not_msgpack_is_refused() -> None:
     for raw in ([], "text", 5):
         with pytest.raises(ProtocolError, match="must be a non-empty msgpack array"):
-            unpack(packed(raw))
-    with pytest.raises(ProtocolError, match="envelope has 3 fields, expected 8"):
-        unpack(packed([PROTOCOL_VERSION, 6, os.urandom(8)]))
-    with pytest.raises(ProtocolError, match="envelope has 9 fields, expected 8"):
-        unpack(packed(header("ack", body_of("ack")) + [None]))
+            unpack(packed(raw), "dev-1")
+    with pytest.raises(ProtocolError, match="envelope has 3 fields, expected 7"):
+        unpack(packed([PROTOCOL_VERSION, 6, os.urandom(8)]), "dev-1")
+    with pytest.raises(ProtocolError, match="envelope has 8 fields, expected 7"):
+        unpack(packed(header("ack", body_of("ack")) + [None]), "dev-1")
     with pytest.raises(ProtocolError, match="not a msgpack message"):
-        unpack(b"\xc1")
+        unpack(b"\xc1", "dev-1")
     with pytest.raises(ProtocolError, match="not a msgpack message"):
-        unpack(packed(header("ack", body_of("ack"))) + b"\x00")  # trailing garbage
+        unpack(packed(header("ack", body_of("ack"))) + b"\x00", "dev-1")  # trailing garbage
 
 
 def test_oversized_message_is_refused_before_decoding() -> None:
     small = Limits(max_message_bytes=256)
     data = packed(header("error", {"code": "x", "message": "y" * 300}))
     with pytest.raises(ProtocolError, match=f"{len(data)} bytes exceeds the limit of 256"):
-        unpack(data, small)
+        unpack(data, "dev-1", small)
     with pytest.raises(ProtocolError, match="exceeds the limit"):
-        unpack(b"\x00" * (DEFAULT_LIMITS.max_message_bytes + 1))
+        unpack(b"\x00" * (DEFAULT_LIMITS.max_message_bytes + 1), "dev-1")
 
 
 def test_old_timestamp_is_accepted_only_without_time_check() -> None:
-    data = packed(header("presence", {"online": False, "profile": None}, ts=time.time() - 86400))
+    data = packed(header("presence", {"online": False, "profile": None},
+                         ts=int(time.time()) - 86400))
     with pytest.raises(ProtocolError, match="stale"):
-        unpack(data)
-    assert m.parse(unpack(data, check_time=False)) == m.Presence(online=False)
+        unpack(data, "dev-1")
+    assert m.parse(unpack(data, "dev-1", check_time=False)) == m.Presence(online=False)
 
 
 def test_clock_skew_limit_is_configurable() -> None:
-    now = 1_000_000.0
+    now = 1_000_000
     data = packed(header("ack", body_of("ack"), ts=now + 30))
-    assert unpack(data, now=now).ts == now + 30
+    assert unpack(data, "dev-1", now=now).ts == now + 30
     with pytest.raises(ProtocolError, match="stale"):
-        unpack(data, Limits(max_clock_skew_s=10), now=now)
+        unpack(data, "dev-1", Limits(max_clock_skew_s=10), now=now)
 
 
 def test_unknown_message_type_is_refused() -> None:
@@ -273,11 +280,11 @@ def test_version_1_envelope_is_refused_with_a_clear_message() -> None:
     v1 = {"v": 1, "t": "checkin", "id": os.urandom(12), "from": "dev-1", "job": "job",
           "round": 1, "ts": time.time(), "body": asdict(EXAMPLES["checkin"])}
     with pytest.raises(ProtocolError,
-                       match=r"unsupported protocol version 1 \(a map envelope; this side speaks 4"):
-        unpack(packed(v1))
+                       match=r"unsupported protocol version 1 \(a map envelope; this side speaks 5"):
+        unpack(packed(v1), "dev-1")
     array_v1 = m.Envelope(type="ack", body={}, sender="dev-1", version=1).pack()
     with pytest.raises(ProtocolError, match="unsupported protocol version 1"):
-        unpack(array_v1)
+        unpack(array_v1, "dev-1")
 
 
 # --- malformed bodies ---------------------------------------------------------------------
@@ -285,8 +292,8 @@ def test_version_1_envelope_is_refused_with_a_clear_message() -> None:
 UPD = {name: str(i) for i, name in enumerate(m.UPDATE_FIELDS)}  # paths into the update array
 
 
-def f32(*values: float) -> bytes:
-    return np.array(values, "<f4").tobytes()
+def f16(*values: float) -> bytes:
+    return np.array(values, "<f2").tobytes()
 
 
 BODY_CASES: list[tuple[str, str, Any, str]] = [
@@ -326,16 +333,17 @@ BODY_CASES: list[tuple[str, str, Any, str]] = [
     ("retry", "retry_after_s", -1.0, "retry_after_s"),
     ("retry", "retry_after_s", 8 * 86400.0, "retry_after_s"),
     ("update", UPD["payload"], "text", "field 'payload' has type str"),
-    ("update", UPD["base_weights"], "ef" * 16, "field 'base_weights' has type str"),
-    ("update", UPD["base_weights"], b"\xef" * 32, "field 'base_weights' must be 16 bytes"),
+    ("update", UPD["base_weights"], "ef" * 8, "field 'base_weights' has type str"),
+    ("update", UPD["base_weights"], b"\xef" * 16, "field 'base_weights' must be 8 bytes"),
     ("update", UPD["metrics"], None, "missing field 'metrics'"),
     ("update", UPD["metrics"], {"loss": 0.5}, "field 'metrics' has type dict"),
-    ("update", UPD["metrics"], f32(0.5, 0.8), "field 'metrics' must be 12 bytes"),
-    ("update", UPD["metrics"], f32(math.nan, 0.8, 1.0), "field 'loss' is not finite"),
-    ("update", UPD["metrics"], f32(0.5, math.inf, 1.0), "field 'accuracy' is not finite"),
-    ("update", UPD["metrics"], f32(0.5, 1.5, 1.0), "field 'accuracy'=1.5 outside"),
-    ("update", UPD["metrics"], f32(0.5, 0.8, -1.0), "field 'train_time_s'=-1.0 outside"),
-    ("update", UPD["metrics"], f32(2e9, 0.8, 1.0), "field 'loss'=2000000000.0 outside"),
+    ("update", UPD["metrics"], f16(0.5, 0.8), "field 'metrics' must be 6 bytes"),
+    ("update", UPD["metrics"], f16(0.5, 0.8, 1.0) + b"\x00" * 6, "field 'metrics' must be 6"),
+    ("update", UPD["metrics"], f16(math.nan, 0.8, 1.0), "field 'loss' is not finite"),
+    ("update", UPD["metrics"], f16(0.5, math.inf, 1.0), "field 'accuracy' is not finite"),
+    ("update", UPD["metrics"], f16(0.5, 1.5, 1.0), "field 'accuracy'=1.5 outside"),
+    ("update", UPD["metrics"], f16(0.5, 0.8, -1.0), "field 'train_time_s'=-1.0 outside"),
+    ("update", UPD["metrics"], f16(-0.5, 0.8, 1.0), "field 'loss'=-0.5 outside"),
     ("update", UPD["examples"], False, "field 'examples' must not be a bool"),
     ("update", UPD["examples"], 1.5, "field 'examples' has type float"),
     ("update", UPD["examples"], -1, "field 'examples'=-1 outside"),
@@ -399,10 +407,10 @@ def test_longest_allowed_string_is_accepted() -> None:
 
 def test_replay_guard_refuses_a_replayed_id_from_the_same_sender() -> None:
     guard = ReplayGuard(window_s=600)
-    envelope = unpack(m.make(EXAMPLES["ack"], sender="dev-1").pack())
+    envelope = unpack(m.make(EXAMPLES["ack"], sender="dev-1").pack(), "dev-1")
     guard.check(envelope, now=1000.0)
     with pytest.raises(ProtocolError, match=f"replayed message id {envelope.msg_id.hex()}"):
-        guard.check(unpack(envelope.pack()), now=1100.0)
+        guard.check(unpack(envelope.pack(), "dev-1"), now=1100.0)
     other_sender = m.Envelope(type="ack", body={}, sender="dev-2", msg_id=envelope.msg_id)
     guard.check(other_sender, now=1100.0)  # ids are scoped per sender
     guard.check(m.make(EXAMPLES["ack"], sender="dev-1"), now=1100.0)  # a fresh id

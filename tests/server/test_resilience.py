@@ -218,8 +218,10 @@ class Rogue:
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="rogue")
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        self.captured: list[bytes] = []
-        self.client.on_message = lambda c, u, msg: self.captured.append(msg.payload)
+        self.captured: list[tuple[str, bytes]] = []  # (device id, payload) of every device message
+        self.client.on_message = lambda c, u, msg: self.captured.append(
+            (topics.parse_device_topic(msg.topic)[1], msg.payload)
+        )
         self.client.subscribe(topics.server_up_filter("test"), qos=1)
 
     def publish(self, device_id: str, payload: bytes) -> None:
@@ -254,8 +256,8 @@ def forged_update(real: Envelope, sender: str, payload: bytes) -> bytes:
     ).pack()
 
 
-def is_update_of_round_2(data: bytes) -> bool:
-    envelope = unpack(data, check_time=False)
+def is_update_of_round_2(device_id: str, data: bytes) -> bool:
+    envelope = unpack(data, device_id, check_time=False)
     return envelope.type == "update" and envelope.round_id == 2
 
 
@@ -291,12 +293,12 @@ def test_rogue_messages_are_refused_and_logged(tmp_path, mlp_artifact, digits, m
             "round 2 collecting",
         )
         wait_for(
-            lambda: any(is_update_of_round_2(p) for p in rogue.captured),
+            lambda: any(is_update_of_round_2(*c) for c in rogue.captured),
             60,
             "a real update of round 2 to replay",
         )
-        real_bytes = next(p for p in rogue.captured if is_update_of_round_2(p))
-        real = unpack(real_bytes, check_time=False)
+        sender, real_bytes = next(c for c in rogue.captured if is_update_of_round_2(*c))
+        real = unpack(real_bytes, sender, check_time=False)
         spec = codec.parse_spec("none")  # the job's codec (write_job sets none)
         wrong_shape = codec.encode_update(
             [np.zeros((3, 3), np.float32)],
@@ -319,7 +321,7 @@ def test_rogue_messages_are_refused_and_logged(tmp_path, mlp_artifact, digits, m
         rogue.publish(victim, forged_update(real, victim, wrong_shape))  # wrong shape
         rogue.publish(victim, forged_update(real, victim, nan_values))  # NaN values
         nan_body = list(real.body)
-        nan_body[m.UPDATE_FIELDS.index("metrics")] = np.array([np.nan, 0.5, 1.0], "<f4").tobytes()
+        nan_body[m.UPDATE_FIELDS.index("metrics")] = np.array([np.nan, 0.5, 1.0], "<f2").tobytes()
         nan_metrics = Envelope(
             type="update",
             body=nan_body,
@@ -328,7 +330,6 @@ def test_rogue_messages_are_refused_and_logged(tmp_path, mlp_artifact, digits, m
             round_id=real.round_id,
         ).pack()
         rogue.publish(victim, nan_metrics)  # NaN metrics
-        rogue.publish("dev-000", forged_update(real, victim, zeros))  # impersonation
         wait_for(lambda: job_status(state) == "finished", 180, "the job to finish")
     finally:
         rogue.close()
@@ -347,7 +348,6 @@ def test_rogue_messages_are_refused_and_logged(tmp_path, mlp_artifact, digits, m
         "exceeds the limit",
         "replayed",
         "'loss' is not finite",
-        "published on 'dev-000'",
         "NaN",
     ):
         assert expected in text, expected

@@ -150,7 +150,7 @@ FIELD_VALUES = values(FIELD_NAMES)
 
 
 def decode_envelope(data: bytes) -> None:
-    typed_errors_only(lambda: m.parse(unpack(data, check_time=False)))
+    typed_errors_only(lambda: m.parse(unpack(data, "dev-1", check_time=False)))
 
 
 @FUZZ

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_client.errors import ConfigError
+from edge_client.protocol.envelope import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
     from firmware_sim.sim import SimConfig
@@ -52,13 +53,15 @@ QUICK_FLEET: dict[str, Any] = {"devices": 10, "rounds": 2, "clients_per_round": 
 
 
 def run_or_reuse(cfg: SimConfig, reuse: bool) -> dict[str, Any]:
-    """Simulate ``cfg``, or with ``reuse`` return a finished run with the identical config."""
+    """Simulate ``cfg``, or with ``reuse`` return a finished run with the identical config
+    (and wire protocol, which its byte counts depend on)."""
     from firmware_sim.sim import run_sim
 
     done = cfg.out / "summary.json"
     if reuse and done.exists():
         old = json.loads(done.read_text())
-        if old.get("config") == cfg.to_dict() and old.get("status") == "finished":
+        if (old.get("config") == cfg.to_dict() and old.get("status") == "finished"
+                and old.get("protocol") == PROTOCOL_VERSION):
             logging.getLogger("fedge.bench").warning("reusing %s", done)
             return dict(old)
     return run_sim(cfg)

@@ -63,7 +63,7 @@ from tools.bench._common import (
 
 REQUIRED = ("none", "q8", "q4+rot", "topk:0.01+q8", "randk:0.01+q8")
 CANDIDATES = ("topk:0.01+q4", "topk:0.015+q2", "topk:0.03+q2", "topk:0.01+q4+pred",
-              "topk:0.015+q2+pred")
+              "topk:0.015+q2+pred", "topk:0.023+q2+pred")
 # Predictive coding (`pred`) predicts from the previous global step, which devices receive as
 # the downlink delta: its rows send the downlink with this spec (the others send full weights).
 PRED_DOWNLINK = "q8"

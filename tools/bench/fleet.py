@@ -99,7 +99,7 @@ class PresenceWatch:
             return
         try:
             _, device_id, _ = topics.parse_device_topic(msg.topic)
-            presence = m.parse(unpack(bytes(msg.payload), check_time=False))
+            presence = m.parse(unpack(bytes(msg.payload), device_id, check_time=False))
         except ProtocolError:
             self.refused += 1
             return

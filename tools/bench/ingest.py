@@ -197,8 +197,8 @@ def decode_path(spec: str, shapes: Sequence[tuple[int, ...]], count: int) -> Ing
     replay = ReplayGuard()
     t0, c0 = time.perf_counter(), time.process_time()
     for topic, data in messages:
-        topics.parse_device_topic(topic)
-        envelope = unpack(data, DEFAULT_LIMITS)
+        _, device_id, _ = topics.parse_device_topic(topic)
+        envelope = unpack(data, device_id, DEFAULT_LIMITS)
         replay.check(envelope)
         update = m.parse(envelope, DEFAULT_LIMITS)
         assert isinstance(update, m.Update)
