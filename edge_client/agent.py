@@ -628,14 +628,15 @@ class DeviceAgent:
         spec = codec.parse_spec(task.codec)
         shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
         encoder = codec.UpdateEncoder(spec, shapes, self.state_dir / "residual.npz")
-        delta, result, seed = await self._local_update(task, artifact, weights)
+        start = codec.predicted_weights(spec, weights, prior)
+        delta, result, seed = await self._local_update(task, artifact, start)
         if self.hooks.drops_out("after-training"):
             return None
         within_clip = None
         if task.dp is not None:  # clip on the device: DP bounds each device's contribution
             clipped = clip_update(delta, float(task.dp.get("clip", 0.0)))
             delta, within_clip = list(clipped.arrays), bool(clipped.within_clip)
-        encoded = encoder.encode(delta, round_seed=task.round_seed, rng_seed=seed, prior=prior)
+        encoded = encoder.encode(delta, round_seed=task.round_seed, rng_seed=seed)
         metrics = m.TrainMetrics(
             loss=float(result.loss),
             accuracy=float(result.accuracy),

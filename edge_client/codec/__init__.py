@@ -9,7 +9,12 @@ from edge_client.codec.downlink import (
 from edge_client.codec.encoder import EncodedUpdate, UpdateEncoder
 from edge_client.codec.error_feedback import ErrorFeedback, ResidualStatus
 from edge_client.codec.layout import dense_float32_bytes
-from edge_client.codec.pipeline import decode_update, encode_update, payload_bound
+from edge_client.codec.pipeline import (
+    decode_update,
+    encode_update,
+    payload_bound,
+    predicted_weights,
+)
 from edge_client.codec.ring import RingCodec, RingUpdate
 from edge_client.codec.spec import CodecSpec, Sparsifier, parse_spec
 
@@ -31,4 +36,5 @@ __all__ = [
     "encode_update",
     "parse_spec",
     "payload_bound",
+    "predicted_weights",
 ]

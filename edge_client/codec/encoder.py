@@ -11,7 +11,7 @@ import numpy as np
 
 from edge_client.codec.error_feedback import ErrorFeedback, ResidualStatus
 from edge_client.codec.layout import check_shapes
-from edge_client.codec.pipeline import decode_flat, encode_flat, flatten, prediction, unflatten
+from edge_client.codec.pipeline import decode_flat, encode_flat, flatten, unflatten
 from edge_client.codec.seeds import check_seed
 from edge_client.codec.spec import CodecSpec
 
@@ -58,12 +58,7 @@ class UpdateEncoder:
         return self.feedback.status if self.feedback else ResidualStatus.EMPTY
 
     def encode(
-        self,
-        delta: Sequence[np.ndarray],
-        *,
-        round_seed: int,
-        rng_seed: int,
-        prior: Sequence[np.ndarray] | None = None,
+        self, delta: Sequence[np.ndarray], *, round_seed: int, rng_seed: int
     ) -> EncodedUpdate:
         """Encode ``delta`` (+ residual) and update the residual with what was not sent.
 
@@ -72,17 +67,13 @@ class UpdateEncoder:
 
         Parameters
         ----------
-        delta : new local weights minus the global weights, one array per tensor.
+        delta : new local weights minus the weights training started from, one array per
+            tensor (with ``pred``, the `predicted_weights`; the server adds the prediction).
         round_seed : the round's shared seed.
         rng_seed : this device's seed for stochastic rounding.
-        prior : the previous global step, with ``pred`` in the spec (None: no prediction; the
-            server must decode with the same prior).
         """
         rng = np.random.default_rng(check_seed("rng_seed", rng_seed))
         flat = flatten(delta, self.shapes)
-        predicted = prediction(self.spec, prior, self.shapes)
-        if predicted is not None:
-            flat = flat - predicted
         corrected = self.feedback.correct(flat) if self.feedback else flat
         payload = encode_flat(corrected, self.spec, self.shapes, round_seed=round_seed, rng=rng)
         encoded = EncodedUpdate(payload, self.spec, self.shapes, round_seed)

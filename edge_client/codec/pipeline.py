@@ -73,14 +73,28 @@ def prediction(
 ) -> np.ndarray | None:
     """Predictive coding (``pred``): ``spec.predict`` times the flattened ``prior`` step.
 
-    The device codes its delta minus this prediction and the server adds it back. ``prior``
-    is the previous global step, which both sides decode from the same downlink-delta blob
+    The device trains from the global weights plus this prediction (`predicted_weights`) and
+    codes what its training adds; the server adds the prediction back. ``prior`` is the
+    previous global step, which both sides decode from the same downlink-delta blob
     (:attr:`edge_client.codec.downlink.ModelDelta.step`), so they agree bit for bit. None
     when the spec does not predict or there is no prior (the first round).
     """
     if spec.predict is None or prior is None:
         return None
     return spec.predict * flatten(prior, shapes)
+
+
+def predicted_weights(
+    spec: CodecSpec, weights: Sequence[np.ndarray], prior: Sequence[np.ndarray] | None
+) -> list[np.ndarray]:
+    """Where a device starts local training: the global ``weights``, plus the `prediction`
+    from ``prior`` with a ``pred`` spec (float32, one array per tensor)."""
+    start = [np.asarray(w, np.float32) for w in weights]
+    shapes = tuple(w.shape for w in start)
+    predicted = prediction(spec, prior, shapes)
+    if predicted is None:
+        return start
+    return [w + p for w, p in zip(start, unflatten(predicted, shapes), strict=True)]
 
 
 def clip_l2(x: np.ndarray, max_norm: float) -> np.ndarray:

@@ -52,8 +52,8 @@ def _check_params(spec: CodecSpec, clip: float, bits: int, n_max: int) -> None:
         raise CodecError("block scales are not used in secure mode (ranges are fixed); drop block=")
     if spec.predict is not None:
         raise CodecError(
-            "pred is not used in secure mode: the clip range would bound the delta minus the "
-            "prediction, not what a device contributes; drop pred"
+            "pred is not used in secure mode: the secure path does not add the prediction back "
+            "to the unmasked sum; drop pred"
         )
     if not (isinstance(clip, int | float) and math.isfinite(clip) and clip > 0):
         raise CodecError(f"ring clip must be a finite number > 0, got {clip!r}")

@@ -26,7 +26,10 @@ quantization width, 0 = float values):
 * ``refit``: a client trains, picks its top ``frac`` coordinates, retrains from the global
   weights with only those free, and sends them (twice the compute).
 * ``predictive``: a client codes its delta minus ``beta`` times the last global update (which
-  it would receive on the downlink); the server adds it back.
+  it would receive on the downlink); the server adds it back (the codec's first ``pred``).
+* ``lookahead``: a client trains from the global weights plus ``beta`` times the last global
+  update and codes what its training adds; the server adds the same prediction back (the
+  codec's ``pred``). With ``frac`` 1 and float values it is FedAvg with this momentum, uncompressed.
 * ``subspace``: every client sends the coefficients of its kernels in a basis the server
   shares (the leading left singular vectors of the kernels' last three global updates:
   ``rank`` per output of the classifier kernel, ``rank2`` per output of every other kernel
@@ -356,7 +359,10 @@ def lowrank_part(target: np.ndarray, ranks: dict[int, int], shapes: tuple[tuple[
 
 def local_delta(fed: Federation, scheme: Scheme, ctx: RoundContext, weights: np.ndarray,
                 device: int, seed: int) -> np.ndarray:
-    """A client's local training (``submodel`` trains only the shared coordinates)."""
+    """A client's local training (``submodel`` trains only the shared coordinates,
+    ``lookahead`` starts from the prediction)."""
+    if scheme.kind == "lookahead":
+        return fed.train(weights + scheme.beta * ctx.previous_update, device, seed)
     if scheme.kind != "submodel":
         return fed.train(weights, device, seed)
     assert ctx.shared is not None
@@ -371,7 +377,8 @@ def client_message(fed: Federation, scheme: Scheme, ctx: RoundContext, weights: 
     if scheme.kind == "dense":
         return Message(delta, value_bits(delta.size, 0))
     rng = np.random.default_rng(seed)
-    target = delta - scheme.beta * ctx.previous_update + scheme.gamma * residual
+    predicted = 0.0 if scheme.kind == "lookahead" else scheme.beta * ctx.previous_update
+    target = delta - predicted + scheme.gamma * residual
     if ctx.bases:
         base = subspace_part(target, ctx.bases, fed.shapes, scheme.bits, rng)
     elif scheme.kind == "lowrank":

@@ -17,6 +17,7 @@ from edge_client.codec import (
     encode_update,
     parse_spec,
     payload_bound,
+    predicted_weights,
 )
 from edge_client.codec.sparsify import random_indices
 from edge_client.errors import CodecError
@@ -310,47 +311,40 @@ def _flat(tensors: list[np.ndarray]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("beta", [1.0, 0.5])
-def test_predictive_coding_codes_the_delta_minus_the_prior_and_decodes_it_back(
+def test_predictive_coding_trains_from_the_prediction_and_the_server_adds_it_back(
     beta: float,
 ) -> None:
     spec = parse_spec(f"q16+pred:{beta}+noef")
-    delta, prior = _delta(SHAPES, 0), _delta(SHAPES, 1)
-    encoded = UpdateEncoder(spec, SHAPES).encode(delta, round_seed=9, rng_seed=3, prior=prior)
+    weights, prior = _delta(SHAPES, 2), _delta(SHAPES, 1)
+    start = predicted_weights(spec, weights, prior)
+    np.testing.assert_allclose(_flat(start), _flat(weights) + beta * _flat(prior), atol=1e-6)
+    trained = _delta(SHAPES, 0)  # what local training adds to the predicted weights
+    encoded = UpdateEncoder(spec, SHAPES).encode(trained, round_seed=9, rng_seed=3)
     bound = 2 * 0.1 / (2**16 - 1)  # q16 error bound for values below 0.1
-    # What travels is the delta minus the prediction ...
-    np.testing.assert_allclose(
-        _flat(encoded.decoded), _flat(delta) - beta * _flat(prior), atol=bound
-    )
-    # ... and the server, given the same prior, gets the delta back.
+    # What travels is what training added to the prediction ...
+    np.testing.assert_allclose(_flat(encoded.decoded), _flat(trained), atol=bound)
+    # ... and the server, given the same prior, gets the step from the global weights back.
     got = decode_update(encoded.payload, spec, SHAPES, round_seed=9, prior=prior)
-    np.testing.assert_allclose(_flat(got), _flat(delta), atol=bound)
+    local = [s + t for s, t in zip(start, trained, strict=True)]
+    np.testing.assert_allclose(_flat(got), _flat(local) - _flat(weights), atol=bound + 1e-6)
     without = decode_update(encoded.payload, spec, SHAPES, round_seed=9)
     np.testing.assert_allclose(_flat(without), _flat(encoded.decoded), atol=0)
 
 
-def test_predictive_coding_with_error_feedback_conserves_what_was_not_sent() -> None:
-    spec = parse_spec("topk:0.05+q4+pred")
-    encoder = UpdateEncoder(spec, SHAPES)
-    first = encoder.encode(_delta(SHAPES, 0), round_seed=9, rng_seed=3, prior=_delta(SHAPES, 1))
-    assert encoder.feedback is not None
-    np.testing.assert_allclose(
-        _flat(encoder.feedback.residual) + _flat(first.decoded),
-        _flat(_delta(SHAPES, 0)) - _flat(_delta(SHAPES, 1)),
-        atol=1e-6,
-    )
+def test_without_a_prior_or_pred_training_starts_from_the_global_weights() -> None:
+    weights, prior = _delta(SHAPES, 2), _delta(SHAPES, 1)
     # The first round has no prior: nothing is predicted on either side.
-    plain = UpdateEncoder(spec, SHAPES).encode(_delta(SHAPES, 0), round_seed=9, rng_seed=3)
-    np.testing.assert_allclose(
-        _flat(decode_update(plain.payload, spec, SHAPES, round_seed=9)), _flat(plain.decoded)
-    )
+    first = predicted_weights(parse_spec("topk:0.05+q4+pred"), weights, None)
+    assert all(np.array_equal(a, b) and a.dtype == np.float32
+               for a, b in zip(first, weights, strict=True))
+    unpredicted = predicted_weights(parse_spec("topk:0.05+q4"), weights, prior)
+    assert all(np.array_equal(a, b) for a, b in zip(unpredicted, weights, strict=True))
 
 
 def test_prediction_needs_a_prior_of_the_update_shapes() -> None:
     spec = parse_spec("q8+pred")
     with pytest.raises(CodecError, match="3 tensors, expected 4"):
-        UpdateEncoder(spec, SHAPES).encode(
-            _delta(SHAPES), round_seed=0, rng_seed=0, prior=_delta(SHAPES)[:3]
-        )
+        predicted_weights(spec, _delta(SHAPES), _delta(SHAPES)[:3])
     bad = _delta(SHAPES)
     bad[1][0] = np.nan
     with pytest.raises(CodecError, match="tensor 1 must be finite"):

@@ -49,7 +49,7 @@ from edge_client.errors import CodecError
         (
             "topk:0.01+q4+pred",
             CodecSpec(
-                sparsifier=Sparsifier.TOPK, fraction=0.01, bits=4, error_feedback=True, predict=1.0
+                sparsifier=Sparsifier.TOPK, fraction=0.01, bits=4, error_feedback=True, predict=0.8
             ),
         ),
         ("q8+pred:0.5", CodecSpec(bits=8, error_feedback=True, predict=0.5)),
@@ -92,8 +92,8 @@ def test_parse_is_order_and_case_insensitive() -> None:
         ("zip", "unknown codec token 'zip'"),
         ("q8++rot", "unknown codec token ''"),
         ("pred", "needs a lossy stage"),
-        ("q8+pred:0", "must be in (0, 2]"),
-        ("q8+pred:2.5", "must be in (0, 2]"),
+        ("q8+pred:0", "must be in (0, 1]"),
+        ("q8+pred:1.5", "must be in (0, 1]"),
         ("q8+pred:x", "bad number"),
         ("q8+pred:1:2", "unknown codec token"),
         ("q8+pred+pred:0.5", "conflicts"),
