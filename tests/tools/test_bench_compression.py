@@ -42,4 +42,6 @@ def test_goal_on_means_picks_the_best_candidate_that_fits_the_ratio() -> None:
     assert "topk:0.015+q2+pred, 1.25 points below none (goal not met)" in note
     close = seed_rows({"none": [[0.76], [0.74]], "topk:0.015+q2+pred": [[0.755], [0.74]]})
     assert "(goal met)" in goal_on_means(close, rows, candidates, [0, 1])
+    above = seed_rows({"none": [[0.76], [0.74]], "topk:0.015+q2+pred": [[0.77], [0.76]]})
+    assert "1.50 points above none (goal met)" in goal_on_means(above, rows, candidates, [0, 1])
     assert "no candidate" in goal_on_means(across, rows, ["topk:0.03+q2"], [0, 1])
