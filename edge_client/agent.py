@@ -221,7 +221,7 @@ class DeviceAgent:
             topics.wake(config.fleet, topics.wake_group(dev)),
         )
         self._own_topics = set(subscriptions)
-        presence_off = m.make(m.Presence(online=False, profile=config.profile), sender=dev).pack()
+        presence_off = m.make(m.Presence(online=False, profile=config.profile)).pack()
         b = config.broker
         self.link = MqttLink(
             LinkSettings(
@@ -260,9 +260,7 @@ class DeviceAgent:
 
     # mqtt ----------------------------------------------------------------------------------
     async def _announce(self) -> None:
-        presence = m.make(
-            m.Presence(online=True, profile=self.config.profile), sender=self.config.device_id
-        ).pack()
+        presence = m.make(m.Presence(online=True, profile=self.config.profile)).pack()
         await self.link.publish(
             topics.device_presence(self.config.fleet, self.config.device_id),
             presence,
@@ -290,9 +288,7 @@ class DeviceAgent:
     async def _send(
         self, message: m.Message, job_id: str | None = None, round_id: int | None = None
     ) -> int:
-        data = m.make(
-            message, sender=self.config.device_id, job_id=job_id, round_id=round_id
-        ).pack()
+        data = m.make(message, job_id=job_id, round_id=round_id).pack()
         ok = await self.link.publish(
             topics.device_up(self.config.fleet, self.config.device_id), data
         )

@@ -19,7 +19,6 @@ from edge_client.errors import ConfigError
 from edge_client.mqtt_link import LinkSettings, MqttLink
 from edge_client.protocol import messages as m
 from edge_client.protocol import topics
-from edge_client.protocol.envelope import SERVER_ID
 from edge_client.signing import load_or_create_signing_key
 from server.blobs import BlobStore
 from server.broker import EmbeddedBroker, free_port
@@ -203,9 +202,7 @@ class FedgeServer:
         await coordinator.run()
         await self._publish(
             topics.broadcast(self.fleet),
-            m.make(
-                m.JobState(state=coordinator.status), sender=SERVER_ID, job_id=coordinator.job.name
-            ).pack(),
+            m.make(m.JobState(state=coordinator.status), job_id=coordinator.job.name).pack(),
         )
         self._job_changed.set()
 

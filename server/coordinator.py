@@ -20,7 +20,6 @@ from edge_client.protocol import messages as m
 from edge_client.protocol import topics
 from edge_client.protocol.envelope import (
     DEFAULT_LIMITS,
-    SERVER_ID,
     Limits,
     ReplayGuard,
     unpack,
@@ -496,9 +495,7 @@ class Coordinator:
 
     async def _send(self, device_id: str, message: m.Message, qos: int = 1) -> int:
         rnd = self.current
-        envelope = m.make(
-            message, sender=SERVER_ID, job_id=self.job.name, round_id=rnd.number if rnd else None
-        )
+        envelope = m.make(message, job_id=self.job.name, round_id=rnd.number if rnd else None)
         data = envelope.pack()
         await self.publish(topics.device_down(self.job.fleet, device_id), data, qos)
         return len(data)
@@ -630,7 +627,6 @@ class Coordinator:
         wake = self.pool.wake_plan(self._rng, want, len(self.online), grouped=self.dp is None)
         round_open = m.make(
             m.RoundOpen(round=number, wake_probability=wake.probability),
-            sender=SERVER_ID,
             job_id=self.job.name,
             round_id=number,
         ).pack()

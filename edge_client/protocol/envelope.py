@@ -58,12 +58,13 @@ DEFAULT_LIMITS = Limits()
 class Envelope:
     """One wire message: header fields plus a type-specific body (a map, or an array).
 
-    ``sender`` is not packed: the receiver knows it from the topic and passes it to `unpack`.
+    ``sender`` is not packed: the receiver knows it from the topic and passes it to `unpack`,
+    so it is empty on an envelope built for sending.
     """
 
     type: str
     body: dict[str, Any] | list[Any]
-    sender: str
+    sender: str = ""
     job_id: str | None = None
     round_id: int | None = None
     msg_id: bytes = field(default_factory=lambda: os.urandom(MSG_ID_BYTES))

@@ -600,10 +600,6 @@ def parse(envelope: Envelope, limits: Limits = DEFAULT_LIMITS) -> Message:
         _ACTIVE_LIMITS.reset(token)
 
 
-def make(
-    message: Message, *, sender: str, job_id: str | None = None, round_id: int | None = None
-) -> Envelope:
+def make(message: Message, *, job_id: str | None = None, round_id: int | None = None) -> Envelope:
     """Wrap a typed message into an envelope ready to `pack()`."""
-    return Envelope(
-        type=message.TYPE, body=message.to_body(), sender=sender, job_id=job_id, round_id=round_id
-    )
+    return Envelope(type=message.TYPE, body=message.to_body(), job_id=job_id, round_id=round_id)

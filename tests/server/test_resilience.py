@@ -241,7 +241,7 @@ class SlowDevice(AgentHooks):
         await asyncio.sleep(6.0)
 
 
-def forged_update(real: Envelope, sender: str, payload: bytes) -> bytes:
+def forged_update(real: Envelope, payload: bytes) -> bytes:
     update = m.parse(real)
     assert isinstance(update, m.Update)
     return m.make(
@@ -250,7 +250,6 @@ def forged_update(real: Envelope, sender: str, payload: bytes) -> bytes:
             base_weights=update.base_weights,
             metrics=update.metrics,
         ),
-        sender=sender,
         job_id=real.job_id,
         round_id=real.round_id,
     ).pack()
@@ -318,14 +317,13 @@ def test_rogue_messages_are_refused_and_logged(tmp_path, mlp_artifact, digits, m
         rogue.publish(real.sender, b"\xc1garbage")  # malformed
         rogue.publish(real.sender, b"\x00" * (16 * 1024 * 1024 + 1))  # oversized
         rogue.publish(real.sender, real_bytes)  # replayed
-        rogue.publish(victim, forged_update(real, victim, wrong_shape))  # wrong shape
-        rogue.publish(victim, forged_update(real, victim, nan_values))  # NaN values
+        rogue.publish(victim, forged_update(real, wrong_shape))  # wrong shape
+        rogue.publish(victim, forged_update(real, nan_values))  # NaN values
         nan_body = list(real.body)
         nan_body[m.UPDATE_FIELDS.index("metrics")] = np.array([np.nan, 0.5, 1.0], "<f2").tobytes()
         nan_metrics = Envelope(
             type="update",
             body=nan_body,
-            sender=victim,
             job_id=real.job_id,
             round_id=real.round_id,
         ).pack()

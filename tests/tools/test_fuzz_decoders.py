@@ -131,7 +131,7 @@ MESSAGES: list[m.Message] = [
     m.JobState(state="finished"),
     m.RoundOpen(round=3, wake_probability=0.25),
 ]
-ENVELOPES = [m.make(msg, sender="dev-0001", job_id="job", round_id=1).pack() for msg in MESSAGES]
+ENVELOPES = [m.make(msg, job_id="job", round_id=1).pack() for msg in MESSAGES]
 RAW_ENVELOPES = [msgpack.unpackb(e, raw=False) for e in ENVELOPES]  # positional arrays
 BODIES = [(msg.TYPE, raw[HEADER_FIELDS.index("body")])
           for msg, raw in zip(MESSAGES, RAW_ENVELOPES, strict=True)]
@@ -183,8 +183,7 @@ def test_envelope_headers_with_fields_of_any_type(raw: Any) -> None:
     lambda tb: st.tuples(st.just(tb[0]), perturbed(tb[1], FIELD_NAMES, FIELD_VALUES))))
 def test_message_bodies_with_fields_of_any_type(typed_body: tuple[str, Any]) -> None:
     msg_type, body = typed_body
-    envelope = Envelope(type=msg_type, body=body if isinstance(body, dict | list) else [body],
-                        sender="dev-0001")
+    envelope = Envelope(type=msg_type, body=body if isinstance(body, dict | list) else [body])
     decode_envelope(envelope.pack())
 
 

@@ -132,7 +132,7 @@ def update_messages(payloads: Sequence[bytes], device_ids: Sequence[str],
                           base_weights=m.base_digest(base_weights),
                           metrics=m.TrainMetrics(loss=0.5, accuracy=0.5, examples=32,
                                                  train_time_s=0.01))
-        envelope = m.make(update, sender=device_id, job_id=JOB, round_id=round_id)
+        envelope = m.make(update, job_id=JOB, round_id=round_id)
         out.append((topics.device_up(BENCH_FLEET, device_id), envelope.pack()))
     return out
 
