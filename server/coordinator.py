@@ -18,12 +18,7 @@ from edge_client.artifact import Artifact
 from edge_client.errors import CodecError, FedgeError, ProtocolError, SecAggError
 from edge_client.protocol import messages as m
 from edge_client.protocol import topics
-from edge_client.protocol.envelope import (
-    DEFAULT_LIMITS,
-    Limits,
-    ReplayGuard,
-    unpack,
-)
+from edge_client.protocol.envelope import DEFAULT_LIMITS, Limits, ReplayGuard, unpack
 from edge_client.signing import sign_blob
 from edge_client.trainer import LocalTrainer
 from edge_client.weights import pack_weights, unpack_weights
