@@ -18,10 +18,11 @@ import msgpack
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_client import codec
-from edge_client.artifact import Artifact
-from edge_client.config import DeviceConfig, EligibilityRules
-from edge_client.errors import (
+from fedge.edge_client import codec
+from fedge.edge_client.artifact import Artifact
+from fedge.edge_client.config import DeviceConfig
+from fedge.edge_client.eligibility import ineligibility
+from fedge.edge_client.errors import (
     ArtifactError,
     CodecError,
     DataError,
@@ -29,23 +30,23 @@ from edge_client.errors import (
     ProtocolError,
     SecAggError,
 )
-from edge_client.fetch import BlobFetcher
-from edge_client.identity import (
+from fedge.edge_client.fetch import BlobFetcher
+from fedge.edge_client.identity import (
     IdentityCertificate,
     load_enrolment_public_key,
     load_or_create_identity,
     public_key_bytes,
 )
-from edge_client.mqtt_link import LinkSettings, MqttLink
-from edge_client.privacy import DistributedDPParams, clip_update, encode_distributed
-from edge_client.probe import probe_eligibility
-from edge_client.protocol import messages as m
-from edge_client.protocol import topics
-from edge_client.protocol.envelope import DEFAULT_LIMITS, SERVER_ID, ReplayGuard, unpack
-from edge_client.runtime import runtime_name, runtime_version
-from edge_client.secagg import SecAggClient, SecAggConfig, decode_message
-from edge_client.trainer import EvalResult, LocalTrainer, TrainResult
-from edge_client.weights import pack_weights, unpack_weights
+from fedge.edge_client.mqtt_link import LinkSettings, MqttLink
+from fedge.edge_client.privacy import clip_update, encode_distributed
+from fedge.edge_client.probe import probe_eligibility
+from fedge.edge_client.protocol import messages as m
+from fedge.edge_client.protocol import topics
+from fedge.edge_client.protocol.envelope import DEFAULT_LIMITS, SERVER_ID, ReplayGuard, unpack
+from fedge.edge_client.runtime import runtime_name, runtime_version
+from fedge.edge_client.secagg import SecAggClient, decode_message
+from fedge.edge_client.trainer import EvalResult, LocalTrainer, TrainResult
+from fedge.edge_client.weights import pack_weights, unpack_weights
 
 log = logging.getLogger("fedge.device")
 T = TypeVar("T")
@@ -159,21 +160,6 @@ class TrainerCache:
         if key not in self._trainers:
             self._trainers[key] = LocalTrainer(artifact)
         return self._trainers[key]
-
-
-def eligible_by_own_rules(e: m.Eligibility, rules: EligibilityRules) -> str | None:
-    """Why the device's owner does not want it to train now (None: it may)."""
-    if rules.require_charging and not e.charging:
-        return "not charging"
-    if rules.require_unmetered and not e.unmetered:
-        return "metered network"
-    if rules.require_idle and not e.idle:
-        return "busy"
-    if e.battery < rules.min_battery:
-        return "battery low"
-    if e.free_memory_mb < rules.min_free_memory_mb:
-        return "memory low"
-    return None
 
 
 class DeviceAgent:
@@ -397,7 +383,7 @@ class DeviceAgent:
                 await self._pause(1.0)
                 continue
             eligibility = self.hooks.eligibility()
-            why = eligible_by_own_rules(eligibility, self.config.eligibility)
+            why = ineligibility(eligibility, self.config.eligibility)
             if why is not None:
                 self._set(AgentState.WAITING)
                 await self._pause(30.0)
@@ -630,7 +616,7 @@ class DeviceAgent:
             return None
         within_clip = None
         if task.dp is not None:  # clip on the device: DP bounds each device's contribution
-            clipped = clip_update(delta, float(task.dp.get("clip", 0.0)))
+            clipped = clip_update(delta, task.dp.clip)
             delta, within_clip = list(clipped.arrays), bool(clipped.within_clip)
         encoded = encoder.encode(delta, round_seed=task.round_seed, rng_seed=seed)
         metrics = m.TrainMetrics(
@@ -655,15 +641,11 @@ class DeviceAgent:
         round_id: int | None,
     ) -> bool:
         """Train, then run the client half of SecAgg+; True once the task is over."""
-        settings = task.secagg or {}
-        try:
-            config = SecAggConfig.from_wire(settings.get("config"))
-            max_weight = int(settings["max_weight"])
-            stage_timeout = float(settings["stage_timeout_s"])
-            secagg_round = str(settings["round_id"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SecAggError(f"bad secure-aggregation settings in the task: {exc}") from exc
-        encode = self._secure_encoder(task, artifact, settings, config)
+        settings = task.secagg
+        assert settings is not None
+        config, max_weight = settings.config, settings.max_weight
+        stage_timeout, secagg_round = settings.stage_timeout_s, settings.round_id
+        encode = self._secure_encoder(task, artifact, settings)
         delta, result, seed = await self._local_update(task, artifact, weights)
         weight = min(max(int(result.examples), 1), max_weight)
         vector = encode(delta, weight / max_weight, seed)
@@ -729,7 +711,7 @@ class DeviceAgent:
                 return True
 
     def _secure_encoder(
-        self, task: m.Task, artifact: Artifact, settings: dict[str, Any], config: SecAggConfig
+        self, task: m.Task, artifact: Artifact, settings: m.SecAggTask
     ) -> Callable[[list[np.ndarray], float, int], np.ndarray]:
         """How this task turns (delta, weight fraction, rounding seed) into its ring vector.
 
@@ -738,27 +720,24 @@ class DeviceAgent:
         ring codec of the task's spec, with its error-feedback residual in the state dir.
         """
         shapes = [tuple(t.shape) for t in artifact.manifest.tensors]
-        if task.dp is not None and task.dp.get("mode") == "distributed":
-            params = DistributedDPParams.from_dict(task.dp.get("params", {}))
-            if config.dimension != params.padded_dim + 1:
+        if task.dp is not None and task.dp.params is not None:
+            params = task.dp.params
+            if settings.config.dimension != params.padded_dim + 1:
                 raise PrivacyError(
-                    f"secure-aggregation dimension {config.dimension} does not fit the "
+                    f"secure-aggregation dimension {settings.config.dimension} does not fit the "
                     f"distributed DP vector of {params.padded_dim} (+1)"
                 )
             return lambda delta, _fraction, _seed: encode_distributed(
                 delta, params, task.round_seed
             )
-        try:
-            ring = codec.RingCodec(
-                codec.parse_spec(task.codec),
-                shapes,
-                float(settings["clip"]),
-                int(settings["bits"]),
-                int(settings["n_max"]),
-                residual_path=self.state_dir / "residual-secure.npz",
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SecAggError(f"bad secure-aggregation settings in the task: {exc}") from exc
+        ring = codec.RingCodec(
+            codec.parse_spec(task.codec),
+            shapes,
+            settings.clip,
+            settings.bits,
+            settings.n_max,
+            residual_path=self.state_dir / "residual-secure.npz",
+        )
         return lambda delta, fraction, seed: (
             ring.encode(
                 [d * np.float32(fraction) for d in delta], round_seed=task.round_seed, rng_seed=seed

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_client.errors import ArtifactError
-from edge_client.runtime import Signature, make_interpreter
+from fedge.edge_client.errors import ArtifactError
+from fedge.edge_client.runtime import Signature, make_interpreter
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.tflite"

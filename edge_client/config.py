@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from edge_client.errors import ConfigError, ProtocolError
-from edge_client.protocol.topics import check_name
+from fedge.edge_client.eligibility import EligibilityRules
+from fedge.edge_client.errors import ConfigError, ProtocolError
+from fedge.edge_client.protocol.topics import check_name
 
 # MQTT keepalive of a device: an idle session pings once a minute (paho's default, and short of
 # the 2-5 minute idle timeouts of carrier NATs). Dropouts are noticed by round deadlines, so a
@@ -41,17 +42,6 @@ class BrokerConfig:
     @property
     def tls(self) -> bool:
         return urlparse(self.url).scheme == "mqtts"
-
-
-@dataclass(frozen=True)
-class EligibilityRules:
-    """When the device is willing to train (checked before every check-in)."""
-
-    require_charging: bool = False
-    require_unmetered: bool = False
-    require_idle: bool = False
-    min_battery: float = 0.0
-    min_free_memory_mb: int = 0
 
 
 @dataclass(frozen=True)

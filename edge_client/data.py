@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_client.errors import DataError
+from fedge.edge_client.errors import DataError
 
 # IDX type byte -> big-endian numpy dtype
 _IDX_DTYPES: dict[int, str] = {

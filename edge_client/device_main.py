@@ -7,11 +7,11 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from edge_client.agent import DeviceAgent, LocalData
-from edge_client.config import DeviceConfig, load_device_config
-from edge_client.data import load_local_dataset
-from edge_client.errors import ConfigError
-from edge_client.signing import load_public_key
+from fedge.edge_client.agent import DeviceAgent, LocalData
+from fedge.edge_client.config import DeviceConfig, load_device_config
+from fedge.edge_client.data import load_local_dataset
+from fedge.edge_client.errors import ConfigError
+from fedge.edge_client.signing import load_public_key
 
 log = logging.getLogger("fedge.device")
 

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 import h11
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_client.errors import ArtifactError
-from edge_client.protocol.messages import BlobRef
-from edge_client.signing import verify_blob
+from fedge.edge_client.errors import ArtifactError
+from fedge.edge_client.protocol.messages import BlobRef
+from fedge.edge_client.signing import verify_blob
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edge_client.protocol.messages import Eligibility
+from fedge.edge_client.protocol.messages import Eligibility
 
 POWER_SUPPLY = Path("/sys/class/power_supply")
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from edge_client.errors import ArtifactError
+from fedge.edge_client.errors import ArtifactError
 
 # (import path of the module holding `Interpreter`, distribution name, runtime name)
 _CANDIDATES: tuple[tuple[str, str, str], ...] = (

@@ -11,7 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge_client.errors import ArtifactError
+from fedge.edge_client.errors import ArtifactError
 
 _DOMAIN = b"fedge-blob-v1\x00"
 

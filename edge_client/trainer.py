@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_client.artifact import Artifact, Manifest
-from edge_client.errors import ArtifactError, ConfigError, DataError
+from fedge.edge_client.artifact import Artifact, Manifest
+from fedge.edge_client.errors import ArtifactError, ConfigError, DataError
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import msgpack
 import numpy as np
 
-from edge_client.errors import ArtifactError, ProtocolError
-from edge_client.protocol.messages import decode_tensor, encode_tensor
+from fedge.edge_client.errors import ArtifactError, ProtocolError
+from fedge.edge_client.protocol.messages import decode_tensor, encode_tensor
 
 _FORMAT = "fedge-weights-v1"
 

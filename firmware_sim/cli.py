@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edge_client.errors import ConfigError
+from fedge.edge_client.errors import ConfigError
 
 
 def add_sim_arguments(p: argparse.ArgumentParser) -> None:
@@ -80,7 +80,7 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> object:
     """Build a SimConfig from parsed arguments."""
-    from firmware_sim.sim import SimConfig
+    from fedge.firmware_sim.sim import SimConfig
 
     return SimConfig(
         out=Path(args.out),
@@ -120,7 +120,7 @@ def config_from_args(args: argparse.Namespace) -> object:
 
 def run_sim_command(args: argparse.Namespace) -> int:
     """`fedge sim`: run, then print the final accuracy and where the plots are."""
-    from firmware_sim.sim import run_sim
+    from fedge.firmware_sim.sim import run_sim
 
     config = config_from_args(args)
     summary = run_sim(config)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ import math
 import time
 from typing import Protocol
 
-from edge_client.errors import ConfigError
+from fedge.edge_client.errors import ConfigError
 
 
 class Clock(Protocol):

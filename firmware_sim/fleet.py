@@ -15,14 +15,14 @@ from typing import Any
 import aiomqtt
 import numpy as np
 
-from edge_client import event_loop
-from edge_client.agent import TrainerCache
-from edge_client.config import load_device_config
-from edge_client.device_main import build_agent
-from firmware_sim.availability import Availability, pattern_availability
-from firmware_sim.clock import ScaledClock
-from firmware_sim.hooks import SimHooks
-from firmware_sim.profiles import get_profile
+from fedge.edge_client import event_loop
+from fedge.edge_client.agent import TrainerCache
+from fedge.edge_client.config import load_device_config
+from fedge.edge_client.device_main import build_agent
+from fedge.firmware_sim.availability import Availability, pattern_availability
+from fedge.firmware_sim.clock import ScaledClock
+from fedge.firmware_sim.hooks import SimHooks
+from fedge.firmware_sim.profiles import get_profile
 
 log = logging.getLogger("fedge.sim")
 

@@ -8,12 +8,12 @@ from typing import TypeVar
 
 import numpy as np
 
-from edge_client.agent import AgentHooks
-from edge_client.protocol.messages import Eligibility
-from firmware_sim.availability import Availability
-from firmware_sim.clock import Clock
-from firmware_sim.network import download_time, upload_time
-from firmware_sim.profiles import Charging, DeviceProfile
+from fedge.edge_client.agent import AgentHooks
+from fedge.edge_client.protocol.messages import Eligibility
+from fedge.firmware_sim.availability import Availability
+from fedge.firmware_sim.clock import Clock
+from fedge.firmware_sim.network import download_time, upload_time
+from fedge.firmware_sim.profiles import Charging, DeviceProfile
 
 T = TypeVar("T")
 SECURE_STAGES = ("secagg-advertise", "secagg-share", "secagg-masked", "secagg-unmask")

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from edge_client.errors import ConfigError
-from firmware_sim.profiles import DeviceProfile
+from fedge.edge_client.errors import ConfigError
+from fedge.firmware_sim.profiles import DeviceProfile
 
 
 def transfer_time(

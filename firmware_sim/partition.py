@@ -8,7 +8,7 @@ from enum import Enum
 
 import numpy as np
 
-from edge_client.errors import ConfigError, DataError
+from fedge.edge_client.errors import ConfigError, DataError
 
 Seed = int | Sequence[int]
 

@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from edge_client.errors import DataError
+from fedge.edge_client.errors import DataError
 
 ROUND_COLUMNS = (
     "round",

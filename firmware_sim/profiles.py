@@ -9,8 +9,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from edge_client.errors import ConfigError
-from firmware_sim.partition import apportion
+from fedge.edge_client.errors import ConfigError
+from fedge.firmware_sim.partition import apportion
 
 
 class Charging(Enum):

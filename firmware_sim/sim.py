@@ -17,22 +17,22 @@ import msgpack
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_client import event_loop
-from edge_client.artifact import load_artifact
-from edge_client.data import save_npz_dataset
-from edge_client.errors import ConfigError, PrivacyError
-from edge_client.identity import issue_identity_certificate, load_or_create_identity
-from edge_client.privacy import parse_dp_spec
-from edge_client.protocol.envelope import PROTOCOL_VERSION
-from edge_client.signing import load_or_create_signing_key
-from firmware_sim.availability import load_trace
-from firmware_sim.fleet import DeviceSpec, Fleet, WorkerArgs
-from firmware_sim.partition import parse_partition_spec, partition, split_local
-from firmware_sim.plots import plot_summary, write_rounds_csv
-from firmware_sim.profiles import assign_profiles, profile_mix
-from server.app import FedgeServer, ServerSettings
-from server.broker import EmbeddedBroker, free_port
-from server.job import (
+from fedge.edge_client import event_loop
+from fedge.edge_client.artifact import load_artifact
+from fedge.edge_client.data import save_npz_dataset
+from fedge.edge_client.errors import ConfigError, PrivacyError
+from fedge.edge_client.identity import issue_identity_certificate, load_or_create_identity
+from fedge.edge_client.privacy import parse_dp_spec
+from fedge.edge_client.protocol.envelope import PROTOCOL_VERSION
+from fedge.edge_client.signing import load_or_create_signing_key
+from fedge.firmware_sim.availability import load_trace
+from fedge.firmware_sim.fleet import DeviceSpec, Fleet, WorkerArgs
+from fedge.firmware_sim.partition import parse_partition_spec, partition, split_local
+from fedge.firmware_sim.plots import plot_summary, write_rounds_csv
+from fedge.firmware_sim.profiles import assign_profiles, profile_mix
+from fedge.server.app import FedgeServer, ServerSettings
+from fedge.server.broker import EmbeddedBroker, free_port
+from fedge.server.job import (
     EvaluationConfig,
     JobConfig,
     SelectionConfig,
@@ -131,7 +131,7 @@ def validate_sim_config(c: SimConfig) -> None:
 
 
 def _load_dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from model_export.datasets import load_digits_arrays, load_fashion_mnist
+    from fedge.model_export.datasets import load_digits_arrays, load_fashion_mnist
 
     return load_digits_arrays() if name == "digits" else load_fashion_mnist()
 
@@ -151,7 +151,7 @@ def _artifact_dir(c: SimConfig, model: str) -> Path:
         return c.artifact
     target = cached_artifact_dir(model, c.batch_size, c.seed)
     if not (target / "manifest.json").exists():
-        from model_export import export_model
+        from fedge.model_export import export_model
 
         log.info("exporting %s into %s", model, target)
         export_model(model, target, batch_size=c.batch_size, seed=c.seed)
@@ -432,7 +432,7 @@ def run_sim(c: SimConfig) -> dict[str, Any]:
             status = event_loop.run(main())
         finally:
             device_stats = fleet.stop()
-        from server.store import Store
+        from fedge.server.store import Store
 
         store = Store(settings.state_dir / "fedge.db")
         rows = store.rounds(plan.job.name)

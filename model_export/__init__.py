@@ -1,7 +1,13 @@
 """Turn model definitions into verified, builtin-ops-only trainable TFLite artifacts."""
 
-from model_export.exporter import EXPORTER_VERSION, convert, export_model, export_spec, op_names
-from model_export.zoo import FrozenStack, ModelSpec, available_models, build, register
+from fedge.model_export.exporter import (
+    EXPORTER_VERSION,
+    convert,
+    export_model,
+    export_spec,
+    op_names,
+)
+from fedge.model_export.zoo import FrozenStack, ModelSpec, available_models, build, register
 
 __all__ = [
     "EXPORTER_VERSION",

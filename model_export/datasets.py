@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_client.data import read_idx
-from edge_client.errors import DataError
+from fedge.edge_client.data import read_idx
+from fedge.edge_client.errors import DataError
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 _FMNIST_FILES = {

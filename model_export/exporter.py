@@ -14,13 +14,13 @@ import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
-from edge_client.artifact import MANIFEST_FILE, MODEL_FILE, SET_WEIGHTS_OUTPUT, Manifest
-from edge_client.errors import ArtifactError
-from model_export import layers as L
-from model_export import zoo
-from model_export.int8_weights import store_kernels_as_int8
-from model_export.verify import verify_artifact
-from model_export.zoo import ModelSpec
+from fedge.edge_client.artifact import MANIFEST_FILE, MODEL_FILE, SET_WEIGHTS_OUTPUT, Manifest
+from fedge.edge_client.errors import ArtifactError
+from fedge.model_export import layers as L
+from fedge.model_export import zoo
+from fedge.model_export.int8_weights import store_kernels_as_int8
+from fedge.model_export.verify import verify_artifact
+from fedge.model_export.zoo import ModelSpec
 
 EXPORTER_VERSION = "fedge-export 1 (tensorflow " + tf.__version__ + ")"
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}

@@ -9,7 +9,7 @@ import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
 
-from edge_client.errors import ArtifactError
+from fedge.edge_client.errors import ArtifactError
 
 # DEQUANTIZE reads per-channel int8 (several scales, a quantized dimension) from version 4.
 DEQUANTIZE_VERSION = 4

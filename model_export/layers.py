@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow as tf
 
-from edge_client.errors import ArtifactError
+from fedge.edge_client.errors import ArtifactError
 
 Shape = tuple[int, ...]
 GradFn = Callable[..., Any]

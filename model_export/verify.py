@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from edge_client.artifact import Artifact, Manifest
-from edge_client.errors import ArtifactError
-from model_export import layers as L
-from model_export.zoo import ModelSpec
+from fedge.edge_client.artifact import Artifact, Manifest
+from fedge.edge_client.errors import ArtifactError
+from fedge.model_export import layers as L
+from fedge.model_export.zoo import ModelSpec
 
 TOLERANCE = 1e-5
 # The verification step's lr is set so the largest weight change is MAX_STEP: the

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from edge_client.artifact import TensorSpec
-from edge_client.errors import ArtifactError
-from model_export import layers as L
-from model_export.datasets import FASHION_MNIST_ROOT, load_fashion_mnist
+from fedge.edge_client.artifact import TensorSpec
+from fedge.edge_client.errors import ArtifactError
+from fedge.model_export import layers as L
+from fedge.model_export.datasets import FASHION_MNIST_ROOT, load_fashion_mnist
 
 Builder = Callable[[int], "ModelSpec"]
 _REGISTRY: dict[str, Builder] = {}

@@ -1,5 +1,5 @@
 """fedge server: round scheduling, aggregation, persistence, HTTP API (runs on a VM)."""
 
-from server.job import JobConfig, load_job_config, parse_job_config
+from fedge.server.job import JobConfig, load_job_config, parse_job_config
 
 __all__ = ["JobConfig", "load_job_config", "parse_job_config"]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_client.errors import CodecError
+from fedge.edge_client.errors import CodecError
 
 FRACTION_BITS = 24
 _SCALE = float(1 << FRACTION_BITS)

@@ -23,11 +23,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edge_client.artifact import Artifact, load_artifact
-from edge_client.errors import ConfigError, FedgeError
-from edge_client.trainer import LocalTrainer
-from edge_client.weights import pack_weights, unpack_weights
-from server.api_models import (
+from fedge.edge_client.artifact import Artifact, load_artifact
+from fedge.edge_client.errors import ConfigError, FedgeError
+from fedge.edge_client.trainer import LocalTrainer
+from fedge.edge_client.weights import pack_weights, unpack_weights
+from fedge.server.api_models import (
     DEVICE_STATUSES,
     ActiveJob,
     CurrentRound,
@@ -46,17 +46,17 @@ from server.api_models import (
     device_status,
     timings,
 )
-from server.job import JobConfig, parse_job_config
-from server.metrics import metrics_registry
-from server.model_files import bake_weights, model_zip, weights_npz
-from server.rounds import RoundRun
-from server.store import Store
+from fedge.server.job import JobConfig, parse_job_config
+from fedge.server.metrics import metrics_registry
+from fedge.server.model_files import bake_weights, model_zip, weights_npz
+from fedge.server.rounds import RoundRun
+from fedge.server.store import Store
 
 if TYPE_CHECKING:
-    from edge_client.mqtt_link import MqttLink
-    from server.app import ServerSettings
-    from server.coordinator import Coordinator
-    from server.http_app import TrafficCounter
+    from fedge.edge_client.mqtt_link import MqttLink
+    from fedge.server.app import ServerSettings
+    from fedge.server.coordinator import Coordinator
+    from fedge.server.http_app import TrafficCounter
 
 log = logging.getLogger("fedge.api")
 

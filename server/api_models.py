@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
-from server.rounds import RoundRun, RoundState
+from fedge.server.rounds import RoundRun, RoundState
 
 T = TypeVar("T")
 

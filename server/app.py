@@ -13,19 +13,19 @@ from urllib.parse import urlparse
 
 import uvicorn
 
-from edge_client.artifact import load_artifact
-from edge_client.data import load_local_dataset
-from edge_client.errors import ConfigError
-from edge_client.mqtt_link import LinkSettings, MqttLink
-from edge_client.protocol import messages as m
-from edge_client.protocol import topics
-from edge_client.signing import load_or_create_signing_key
-from server.blobs import BlobStore
-from server.broker import EmbeddedBroker, free_port
-from server.coordinator import Coordinator
-from server.http_app import TrafficCounter, create_app
-from server.job import JobConfig
-from server.store import Store
+from fedge.edge_client.artifact import load_artifact
+from fedge.edge_client.data import load_local_dataset
+from fedge.edge_client.errors import ConfigError
+from fedge.edge_client.mqtt_link import LinkSettings, MqttLink
+from fedge.edge_client.protocol import messages as m
+from fedge.edge_client.protocol import topics
+from fedge.edge_client.signing import load_or_create_signing_key
+from fedge.server.blobs import BlobStore
+from fedge.server.broker import EmbeddedBroker, free_port
+from fedge.server.coordinator import Coordinator
+from fedge.server.http_app import TrafficCounter, create_app
+from fedge.server.job import JobConfig
+from fedge.server.store import Store
 
 log = logging.getLogger("fedge.server")
 
@@ -233,7 +233,7 @@ class FedgeServer:
         link_stop = asyncio.Event()
         self.link = MqttLink(self._link_settings(broker_url), logger=log)
         app = create_app(self._blobs, self.traffic)
-        from server.api import mount_api  # the management API and dashboard
+        from fedge.server.api import mount_api  # the management API and dashboard
 
         mount_api(app.api, self._store, self, s.api_tokens)
         tls: dict[str, Any] = {}

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from edge_client.signing import sha256_hex
+from fedge.edge_client.signing import sha256_hex
 
 
 class BlobStore:

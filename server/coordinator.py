@@ -13,24 +13,24 @@ from typing import Any, Protocol
 import msgpack
 import numpy as np
 
-from edge_client import codec
-from edge_client.artifact import Artifact
-from edge_client.errors import CodecError, FedgeError, ProtocolError, SecAggError
-from edge_client.protocol import messages as m
-from edge_client.protocol import topics
-from edge_client.protocol.envelope import DEFAULT_LIMITS, Limits, ReplayGuard, unpack
-from edge_client.signing import sign_blob
-from edge_client.trainer import LocalTrainer
-from edge_client.weights import pack_weights, unpack_weights
-from server.aggregator import StreamingMean
-from server.blobs import BlobStore
-from server.dp_controller import CentralDP, DistributedDP, privacy_for_job
-from server.job import JobConfig
-from server.optimizers import ServerOptimizer
-from server.rounds import ParticipantReport, RoundRun, RoundState
-from server.secure_round import SecureRound, secure_settings
-from server.selection import SelectionPool, ineligibility, round_rng, round_seed
-from server.store import Store
+from fedge.edge_client import codec
+from fedge.edge_client.artifact import Artifact
+from fedge.edge_client.errors import CodecError, FedgeError, ProtocolError, SecAggError
+from fedge.edge_client.protocol import messages as m
+from fedge.edge_client.protocol import topics
+from fedge.edge_client.protocol.envelope import DEFAULT_LIMITS, Limits, ReplayGuard, unpack
+from fedge.edge_client.signing import sign_blob
+from fedge.edge_client.trainer import LocalTrainer
+from fedge.edge_client.weights import pack_weights, unpack_weights
+from fedge.server.aggregator import StreamingMean
+from fedge.server.blobs import BlobStore
+from fedge.server.dp_controller import CentralDP, DistributedDP, privacy_for_job
+from fedge.server.job import JobConfig
+from fedge.server.optimizers import ServerOptimizer
+from fedge.server.rounds import ParticipantReport, RoundRun, RoundState
+from fedge.server.secure_round import SecureRound, secure_settings
+from fedge.server.selection import SelectionPool, ineligibility, round_rng, round_seed
+from fedge.server.store import Store
 
 log = logging.getLogger("fedge.server")
 

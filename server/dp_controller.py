@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_client.errors import ConfigError, PrivacyError
-from edge_client.privacy import (
+from fedge.edge_client.errors import ConfigError, PrivacyError
+from fedge.edge_client.privacy import (
     DistributedDPParams,
     DPMode,
     DPSpec,
@@ -18,8 +18,9 @@ from edge_client.privacy import (
     parse_dp_spec,
     select_distributed_params,
 )
-from server.job import JobConfig
-from server.privacy import (
+from fedge.edge_client.protocol.messages import DPTask
+from fedge.server.job import JobConfig
+from fedge.server.privacy import (
     AdaptiveClipper,
     RoundAccountant,
     accountant_from_spec,
@@ -27,7 +28,7 @@ from server.privacy import (
     decode_noisy_sum,
     update_noise_multiplier,
 )
-from server.secure_round import secure_settings
+from fedge.server.secure_round import secure_settings
 
 log = logging.getLogger("fedge.server.dp")
 
@@ -94,9 +95,9 @@ class CentralDP(JobPrivacy):
             return self.spec.noise_multiplier
         return update_noise_multiplier(self.spec.noise_multiplier, self.clipper.bit_noise)
 
-    def task_settings(self) -> dict[str, object]:
+    def task_settings(self) -> DPTask:
         """What devices need: clip locally to this norm and report whether they were under it."""
-        return {"mode": "central", "clip": self.clip}
+        return DPTask(mode="central", clip=self.clip)
 
     def bound(self, delta: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Re-clip a decoded update on the server: the sensitivity bound holds whatever a device sent."""
@@ -172,9 +173,9 @@ class DistributedDP(JobPrivacy):
         """The clip norm devices use."""
         return self.spec.clip
 
-    def task_settings(self) -> dict[str, object]:
+    def task_settings(self) -> DPTask:
         """What devices need: the exact parameters (the rotation seed is the round seed)."""
-        return {"mode": "distributed", "clip": self.clip, "params": self.params.to_dict()}
+        return DPTask(mode="distributed", clip=self.clip, params=self.params)
 
     def decode_mean(
         self, ring_sum: np.ndarray, rotation_seed: int, shapes: Sequence[tuple[int, ...]]

@@ -13,7 +13,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from server.blobs import BlobStore
+from fedge.server.blobs import BlobStore
 
 log = logging.getLogger("fedge.server.http")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")

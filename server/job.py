@@ -9,10 +9,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_client.codec import parse_spec
-from edge_client.errors import CodecError, ConfigError, PrivacyError, ProtocolError
-from edge_client.privacy import parse_dp_spec
-from edge_client.protocol.topics import check_name
+from fedge.edge_client.codec import parse_spec
+from fedge.edge_client.eligibility import EligibilityRules
+from fedge.edge_client.errors import CodecError, ConfigError, PrivacyError, ProtocolError
+from fedge.edge_client.privacy import parse_dp_spec
+from fedge.edge_client.protocol.topics import check_name
 
 OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
 LR_SCHEDULES = ("constant", "exponential", "step", "inverse_sqrt")
@@ -36,6 +37,17 @@ class SelectionConfig:
     retry_window_s: float = 10.0
     quiet_period_s: float = 0.5
     wake_all: bool = False  # every round-open wakes every waiting device (not a sample)
+
+    @property
+    def eligibility(self) -> EligibilityRules:
+        """The job's eligibility rules (the same rules a device's owner can set)."""
+        return EligibilityRules(
+            require_charging=self.require_charging,
+            require_unmetered=self.require_unmetered,
+            require_idle=self.require_idle,
+            min_battery=self.min_battery,
+            min_free_memory_mb=self.min_free_memory_mb,
+        )
 
     @property
     def selected_per_round(self) -> int:

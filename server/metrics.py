@@ -14,11 +14,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from server.api_models import LIVE_STATES
-from server.store import Store
+from fedge.server.api_models import LIVE_STATES
+from fedge.server.store import Store
 
 if TYPE_CHECKING:
-    from server.api import ServerView
+    from fedge.server.api import ServerView
 
 ROUND_SECONDS_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 AGGREGATION_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)

@@ -15,10 +15,10 @@ from flatbuffers import number_types as fbn
 from flatbuffers.builder import Builder
 from flatbuffers.table import Table
 
-from edge_client.artifact import MANIFEST_FILE, MODEL_FILE, Manifest
-from edge_client.errors import ArtifactError
-from edge_client.runtime import check_flatbuffer
-from edge_client.weights import pack_weights
+from fedge.edge_client.artifact import MANIFEST_FILE, MODEL_FILE, Manifest
+from fedge.edge_client.errors import ArtifactError
+from fedge.edge_client.runtime import check_flatbuffer
+from fedge.edge_client.weights import pack_weights
 
 WEIGHTS_FILE = "weights.msgpack"
 README_FILE = "README.txt"

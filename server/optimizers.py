@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.job import ServerOptimizerConfig
+from fedge.server.job import ServerOptimizerConfig
 
 Arrays = list[np.ndarray]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from server.aggregator import StreamingMean
+from fedge.server.aggregator import StreamingMean
 
 
 class RoundState(StrEnum):

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_client import codec
-from edge_client.errors import ConfigError, SecAggError
-from edge_client.privacy import check_wraparound
-from edge_client.secagg import GraphKind, SecAggConfig, decode_message
+from fedge.edge_client import codec
+from fedge.edge_client.errors import ConfigError, SecAggError
+from fedge.edge_client.privacy import check_wraparound
+from fedge.edge_client.protocol.messages import SecAggTask
+from fedge.edge_client.secagg import GraphKind, SecAggConfig, decode_message
 
 if TYPE_CHECKING:
-    from server.dp_controller import DistributedDP
+    from fedge.server.dp_controller import DistributedDP
 
 log = logging.getLogger("fedge.server.secagg")
 
@@ -77,7 +78,7 @@ class SecureRound:
         enrolment_key: Any = None,
         dp: DistributedDP | None = None,
     ):
-        from server.secagg import SecAggServer
+        from fedge.server.secagg import SecAggServer
 
         self.settings = settings
         self.round_seed = round_seed
@@ -110,17 +111,17 @@ class SecureRound:
         self.progress = asyncio.Event()
         self.stage_log: list[tuple[str, float, int]] = []  # (stage, seconds, devices)
 
-    def task_settings(self) -> dict[str, Any]:
+    def task_settings(self) -> SecAggTask:
         """What every selected device needs to take part."""
-        return {
-            "round_id": self.round_id,
-            "config": self.config.to_wire(),
-            "clip": self.settings.clip,
-            "bits": self.settings.bits,
-            "n_max": self.selected,
-            "max_weight": self.max_weight,
-            "stage_timeout_s": self.settings.stage_timeout_s,
-        }
+        return SecAggTask(
+            round_id=self.round_id,
+            config=self.config,
+            clip=self.settings.clip,
+            bits=self.settings.bits,
+            n_max=self.selected,
+            max_weight=self.max_weight,
+            stage_timeout_s=self.settings.stage_timeout_s,
+        )
 
     def receive(self, device_id: str, data: dict[str, Any]) -> None:
         """One stage message from a device (SecAggError: refused, nothing changed)."""

@@ -9,9 +9,10 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from edge_client.protocol import topics
-from edge_client.protocol.messages import CheckIn
-from server.job import SelectionConfig
+from fedge.edge_client.eligibility import ineligibility as device_ineligibility
+from fedge.edge_client.protocol import topics
+from fedge.edge_client.protocol.messages import CheckIn
+from fedge.server.job import SelectionConfig
 
 # Check-ins wanted per device wanted: selection closes at this many waiting (choice for the
 # seeded draw), and wakes a little more (`WAKE_SLACK`) so that the count is usually reached.
@@ -36,22 +37,12 @@ def round_seed(seed: int, job_id: str, round_number: int, attempt: int) -> int:
     return round_rng(seed, job_id, round_number, attempt, "round-seed").getrandbits(62)
 
 
-def ineligibility(checkin: CheckIn, rules: SelectionConfig) -> str | None:
-    """Why a device may not train now, or None when it may."""
-    e = checkin.eligibility
-    if rules.require_charging and not e.charging:
-        return "not charging"
-    if rules.require_unmetered and not e.unmetered:
-        return "on a metered network"
-    if rules.require_idle and not e.idle:
-        return "not idle"
-    if e.battery < rules.min_battery:
-        return f"battery {e.battery:.0%} below {rules.min_battery:.0%}"
-    if e.free_memory_mb < rules.min_free_memory_mb:
-        return f"free memory {e.free_memory_mb} MB below {rules.min_free_memory_mb} MB"
-    if checkin.examples <= 0:
+def ineligibility(checkin: CheckIn, selection: SelectionConfig) -> str | None:
+    """Why a checked-in device may not train in this job now, or None when it may."""
+    why = device_ineligibility(checkin.eligibility, selection.eligibility)
+    if why is None and checkin.examples <= 0:
         return "no local training examples"
-    return None
+    return why
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from fedge_testing import MosquittoProcess
 
-from edge_client.signing import load_or_create_signing_key
+from fedge.edge_client.signing import load_or_create_signing_key
 
 
 @pytest.fixture(scope="session")
 def mlp_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`mlp-digits` exported once per test session."""
-    from model_export import export_model
+    from fedge.model_export import export_model
 
     out = tmp_path_factory.mktemp("mlp-digits")
     export_model("mlp-digits", out, batch_size=32, seed=0)
@@ -25,7 +25,7 @@ def mlp_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from model_export.datasets import load_digits_arrays
+    from fedge.model_export.datasets import load_digits_arrays
 
     return load_digits_arrays(test_fraction=0.25, seed=0)
 

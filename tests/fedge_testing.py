@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_client.agent import AgentHooks, DeviceAgent, LocalData, TrainerCache
-from edge_client.config import DeviceConfig, parse_device_config
-from edge_client.signing import load_public_key
+from fedge.edge_client.agent import AgentHooks, DeviceAgent, LocalData, TrainerCache
+from fedge.edge_client.config import DeviceConfig, parse_device_config
+from fedge.edge_client.signing import load_public_key
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -106,7 +106,7 @@ def device_configs(
     fleet: str = "test",
 ) -> list[DeviceConfig]:
     """Write each device's shard and build its config (as device.toml would)."""
-    from edge_client.data import save_npz_dataset
+    from fedge.edge_client.data import save_npz_dataset
 
     configs = []
     for i in range(n):
@@ -137,7 +137,7 @@ class DeviceFleet:
     _futures: list[Any] = field(default_factory=list)
 
     def start(self) -> None:
-        from edge_client.data import load_local_dataset
+        from fedge.edge_client.data import load_local_dataset
 
         self._loop = LoopThread("devices")
         key = load_public_key(self.key_pub.read_bytes())
@@ -218,7 +218,7 @@ class ServerThread:
 
 
 def start_server(job: Any, settings: Any) -> ServerThread:
-    from server.app import FedgeServer
+    from fedge.server.app import FedgeServer
 
     loop = LoopThread("server")
     server = FedgeServer(job, settings)

@@ -10,8 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from edge_client import event_loop
-from edge_client.errors import FedgeError
+from fedge.edge_client import event_loop
+from fedge.edge_client.errors import FedgeError
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -36,7 +36,7 @@ def _run_until_signal(main: Callable[[asyncio.Event], object]) -> object:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a zoo model as a trainable TFLite artifact."""
-    from model_export import export_model
+    from fedge.model_export import export_model
 
     manifest = export_model(args.model, Path(args.out), batch_size=args.batch_size, seed=args.seed)
     print(
@@ -48,8 +48,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_server(args: argparse.Namespace) -> int:
     """Run the federated server for one job."""
-    from server.app import FedgeServer, ServerSettings, load_server_settings
-    from server.job import load_job_config
+    from fedge.server.app import FedgeServer, ServerSettings, load_server_settings
+    from fedge.server.job import load_job_config
 
     job = load_job_config(Path(args.job)) if args.job else None
     host, _, port = (args.http or "127.0.0.1:8080").rpartition(":")
@@ -80,28 +80,28 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 def cmd_device(args: argparse.Namespace) -> int:
     """Run the device agent from a device.toml."""
-    from edge_client.device_main import run_device
+    from fedge.edge_client.device_main import run_device
 
     return run_device(Path(args.config), _run_until_signal)
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
     """Simulate a fleet locally."""
-    from firmware_sim.cli import run_sim_command
+    from fedge.firmware_sim.cli import run_sim_command
 
     return run_sim_command(args)
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
     """Create CA, certificates, broker config and device folders."""
-    from tools.provision import main as provision_main
+    from fedge.tools.provision import main as provision_main
 
     return int(provision_main(args.rest) or 0)
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     """Build a flashable device bundle."""
-    from tools.bundle import main as bundle_main
+    from fedge.tools.bundle import main as bundle_main
 
     return int(bundle_main(args.rest) or 0)
 
@@ -110,8 +110,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Run one benchmark of tools/bench."""
     import runpy
 
-    sys.argv = [f"tools.bench.{args.name}", *args.rest]
-    runpy.run_module(f"tools.bench.{args.name.replace('-', '_')}", run_name="__main__")
+    sys.argv = [f"fedge.tools.bench.{args.name}", *args.rest]
+    runpy.run_module(f"fedge.tools.bench.{args.name.replace('-', '_')}", run_name="__main__")
     return 0
 
 
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_device)
 
     p = sub.add_parser("sim", help=cmd_sim.__doc__)
-    from firmware_sim.cli import add_sim_arguments
+    from fedge.firmware_sim.cli import add_sim_arguments
 
     add_sim_arguments(p)
     p.set_defaults(func=cmd_sim)

@@ -1,22 +1,22 @@
 """Update codec: clip, sparsify, rotate, quantize and pack model updates (plain and ring mode)."""
 
-from edge_client.codec.downlink import (
+from fedge.edge_client.codec.downlink import (
     ModelDelta,
     apply_model_delta,
     decode_model_delta,
     encode_model_delta,
 )
-from edge_client.codec.encoder import EncodedUpdate, UpdateEncoder
-from edge_client.codec.error_feedback import ErrorFeedback, ResidualStatus
-from edge_client.codec.layout import dense_float32_bytes
-from edge_client.codec.pipeline import (
+from fedge.edge_client.codec.encoder import EncodedUpdate, UpdateEncoder
+from fedge.edge_client.codec.error_feedback import ErrorFeedback, ResidualStatus
+from fedge.edge_client.codec.layout import dense_float32_bytes
+from fedge.edge_client.codec.pipeline import (
     decode_update,
     encode_update,
     payload_bound,
     predicted_weights,
 )
-from edge_client.codec.ring import RingCodec, RingUpdate
-from edge_client.codec.spec import CodecSpec, Sparsifier, parse_spec
+from fedge.edge_client.codec.ring import RingCodec, RingUpdate
+from fedge.edge_client.codec.spec import CodecSpec, Sparsifier, parse_spec
 
 __all__ = [
     "CodecSpec",

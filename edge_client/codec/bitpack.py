@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_client.errors import CodecError
+from fedge.edge_client.errors import CodecError
 
 MAX_WIDTH = 32
 

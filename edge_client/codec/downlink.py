@@ -17,11 +17,11 @@ from functools import cached_property
 import msgpack
 import numpy as np
 
-from edge_client.codec.layout import Shapes, check_shapes
-from edge_client.codec.pipeline import decode_flat, encode_flat, flatten, unflatten
-from edge_client.codec.seeds import check_seed
-from edge_client.codec.spec import CodecSpec, parse_spec
-from edge_client.errors import CodecError
+from fedge.edge_client.codec.layout import Shapes, check_shapes
+from fedge.edge_client.codec.pipeline import decode_flat, encode_flat, flatten, unflatten
+from fedge.edge_client.codec.seeds import check_seed
+from fedge.edge_client.codec.spec import CodecSpec, parse_spec
+from fedge.edge_client.errors import CodecError
 
 DOWNLINK_VERSION = 1
 _DIGEST_BYTES = 16

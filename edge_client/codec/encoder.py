@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_client.codec.error_feedback import ErrorFeedback, ResidualStatus
-from edge_client.codec.layout import check_shapes
-from edge_client.codec.pipeline import decode_flat, encode_flat, flatten, unflatten
-from edge_client.codec.seeds import check_seed
-from edge_client.codec.spec import CodecSpec
+from fedge.edge_client.codec.error_feedback import ErrorFeedback, ResidualStatus
+from fedge.edge_client.codec.layout import check_shapes
+from fedge.edge_client.codec.pipeline import decode_flat, encode_flat, flatten, unflatten
+from fedge.edge_client.codec.seeds import check_seed
+from fedge.edge_client.codec.spec import CodecSpec
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from edge_client.codec.layout import check_shapes, tensor_sizes
+from fedge.edge_client.codec.layout import check_shapes, tensor_sizes
 
 log = logging.getLogger(__name__)
 

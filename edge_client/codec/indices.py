@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_client.codec.bitpack import pack_uint, packed_size, unpack_uint
-from edge_client.errors import CodecError
+from fedge.edge_client.codec.bitpack import pack_uint, packed_size, unpack_uint
+from fedge.edge_client.errors import CodecError
 
 
 def _low_bits(universe: int, count: int) -> int:

@@ -7,10 +7,10 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edge_client.codec.rotation import padded_length
-from edge_client.codec.sparsify import keep_count
-from edge_client.codec.spec import CodecSpec, Sparsifier
-from edge_client.errors import CodecError
+from fedge.edge_client.codec.rotation import padded_length
+from fedge.edge_client.codec.sparsify import keep_count
+from fedge.edge_client.codec.spec import CodecSpec, Sparsifier
+from fedge.edge_client.errors import CodecError
 
 Shapes = tuple[tuple[int, ...], ...]
 

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 import msgpack
 import numpy as np
 
-from edge_client.codec.bitpack import pack_uint, packed_size, unpack_uint
-from edge_client.codec.indices import coded_size, decode_indices, encode_indices
-from edge_client.codec.layout import (
+from fedge.edge_client.codec.bitpack import pack_uint, packed_size, unpack_uint
+from fedge.edge_client.codec.indices import coded_size, decode_indices, encode_indices
+from fedge.edge_client.codec.layout import (
     Section,
     Shapes,
     check_shapes,
@@ -24,7 +24,7 @@ from edge_client.codec.layout import (
     sections,
     tensor_sizes,
 )
-from edge_client.codec.quantize import (
+from fedge.edge_client.codec.quantize import (
     block_count,
     block_max,
     dequantize,
@@ -32,11 +32,11 @@ from edge_client.codec.quantize import (
     stochastic_round,
     storable_scales,
 )
-from edge_client.codec.rotation import rotate, unrotate
-from edge_client.codec.seeds import check_seed
-from edge_client.codec.sparsify import random_indices, topk_indices
-from edge_client.codec.spec import CodecSpec, Sparsifier
-from edge_client.errors import CodecError
+from fedge.edge_client.codec.rotation import rotate, unrotate
+from fedge.edge_client.codec.seeds import check_seed
+from fedge.edge_client.codec.sparsify import random_indices, topk_indices
+from fedge.edge_client.codec.spec import CodecSpec, Sparsifier
+from fedge.edge_client.errors import CodecError
 
 FORMAT_VERSION = 1
 _SECTION_OVERHEAD = 16  # msgpack array header + three bin/nil headers

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_client.codec.error_feedback import ErrorFeedback
-from edge_client.codec.layout import check_shapes, sections
-from edge_client.codec.pipeline import clip_l2, flatten, unflatten
-from edge_client.codec.quantize import dequantize, level_count, stochastic_round
-from edge_client.codec.rotation import chunk_sizes, rotate, unrotate
-from edge_client.codec.seeds import check_seed
-from edge_client.codec.sparsify import random_indices
-from edge_client.codec.spec import CodecSpec, Sparsifier
-from edge_client.errors import CodecError
+from fedge.edge_client.codec.error_feedback import ErrorFeedback
+from fedge.edge_client.codec.layout import check_shapes, sections
+from fedge.edge_client.codec.pipeline import clip_l2, flatten, unflatten
+from fedge.edge_client.codec.quantize import dequantize, level_count, stochastic_round
+from fedge.edge_client.codec.rotation import chunk_sizes, rotate, unrotate
+from fedge.edge_client.codec.seeds import check_seed
+from fedge.edge_client.codec.sparsify import random_indices
+from fedge.edge_client.codec.spec import CodecSpec, Sparsifier
+from fedge.edge_client.errors import CodecError
 
 DELTA = 1e-9
 RING = 1 << 32

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_client.codec.seeds import Purpose, shared_raw
+from fedge.edge_client.codec.seeds import Purpose, shared_raw
 
 PAD_QUANTUM = 64
 

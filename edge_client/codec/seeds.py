@@ -6,7 +6,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from edge_client.errors import CodecError
+from fedge.edge_client.errors import CodecError
 
 MAX_SEED = (1 << 64) - 1
 

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from edge_client.codec.seeds import Purpose, shared_raw
+from fedge.edge_client.codec.seeds import Purpose, shared_raw
 
 
 def keep_count(fraction: float, size: int) -> int:

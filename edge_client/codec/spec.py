@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 
-from edge_client.errors import CodecError
+from fedge.edge_client.errors import CodecError
 
 ALLOWED_BITS = (1, 2, 4, 8, 16)
 MIN_BLOCK = 16

@@ -1,15 +1,15 @@
 """Device-side differential privacy: spec, clipping, integer noise, distributed-DP encoding."""
 
-from edge_client.privacy.clipping import ClippedUpdate, clip_update, l2_norm
-from edge_client.privacy.ddp_params import (
+from fedge.edge_client.privacy.clipping import ClippedUpdate, clip_update, l2_norm
+from fedge.edge_client.privacy.ddp_params import (
     DistributedDPParams,
     check_wraparound,
     select_distributed_params,
     wraparound_sigmas,
 )
-from edge_client.privacy.distributed import encode_distributed
-from edge_client.privacy.sampling import discrete_gaussian, discrete_laplace, skellam
-from edge_client.privacy.spec import (
+from fedge.edge_client.privacy.distributed import encode_distributed
+from fedge.edge_client.privacy.sampling import discrete_gaussian, discrete_laplace, skellam
+from fedge.edge_client.privacy.spec import (
     AccountingMethod,
     DistributedNoise,
     DPMode,

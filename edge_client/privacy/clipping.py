@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_client.errors import PrivacyError
+from fedge.edge_client.errors import PrivacyError
 
 # Clipped updates are scaled to C * (1 - margin) so that float32 rounding of the scaled
 # values (relative error <= 2**-24 per element) can never push the norm above C.

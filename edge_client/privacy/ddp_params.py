@@ -6,10 +6,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from edge_client.errors import PrivacyError
-from edge_client.privacy.rotation import padded_length
-from edge_client.privacy.rounding import rounded_norm_bound
-from edge_client.privacy.spec import DEFAULT_BETA, MAX_BITS, MIN_BITS, DistributedNoise
+from fedge.edge_client.errors import PrivacyError
+from fedge.edge_client.privacy.rotation import padded_length
+from fedge.edge_client.privacy.rounding import rounded_norm_bound
+from fedge.edge_client.privacy.spec import DEFAULT_BETA, MAX_BITS, MIN_BITS, DistributedNoise
 
 DEFAULT_WRAP_PROBABILITY = 1e-6
 # Quantization may inflate the L2 sensitivity by at most this factor before the parameters

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_client.errors import PrivacyError
-from edge_client.privacy.clipping import clip_update
-from edge_client.privacy.ddp_params import DistributedDPParams
-from edge_client.privacy.rotation import rotate
-from edge_client.privacy.rounding import conditional_round
-from edge_client.privacy.sampling import discrete_gaussian, noise_generator, skellam
-from edge_client.privacy.spec import DistributedNoise
+from fedge.edge_client.errors import PrivacyError
+from fedge.edge_client.privacy.clipping import clip_update
+from fedge.edge_client.privacy.ddp_params import DistributedDPParams
+from fedge.edge_client.privacy.rotation import rotate
+from fedge.edge_client.privacy.rounding import conditional_round
+from fedge.edge_client.privacy.sampling import discrete_gaussian, noise_generator, skellam
+from fedge.edge_client.privacy.spec import DistributedNoise
 
 
 def encode_distributed(

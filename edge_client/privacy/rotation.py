@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from edge_client.errors import PrivacyError
+from fedge.edge_client.errors import PrivacyError
 
 
 def padded_length(dim: int) -> int:

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from edge_client.errors import PrivacyError
+from fedge.edge_client.errors import PrivacyError
 
 # With beta < 1 each try succeeds with probability >= 1 - beta; 1,000 tries never all fail.
 _MAX_TRIES = 1000

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from edge_client.errors import PrivacyError
+from fedge.edge_client.errors import PrivacyError
 
 # Rejection rounds of the discrete Gaussian sampler; each round accepts a constant
 # fraction (>= ~0.3) of the pending draws, so 1,000 rounds are never reached in practice.

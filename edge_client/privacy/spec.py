@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, fields
 from enum import Enum
 
-from edge_client.errors import PrivacyError
+from fedge.edge_client.errors import PrivacyError
 
 DEFAULT_DELTA = 1e-5
 DEFAULT_CLIP_LEARNING_RATE = 0.2

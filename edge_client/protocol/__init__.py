@@ -1,7 +1,7 @@
 """The fedge wire protocol: topics, envelopes and typed messages."""
 
-from edge_client.protocol import topics
-from edge_client.protocol.envelope import (
+from fedge.edge_client.protocol import topics
+from fedge.edge_client.protocol.envelope import (
     DEFAULT_LIMITS,
     PROTOCOL_VERSION,
     Envelope,
@@ -9,7 +9,7 @@ from edge_client.protocol.envelope import (
     ReplayGuard,
     unpack,
 )
-from edge_client.protocol.messages import (
+from fedge.edge_client.protocol.messages import (
     Ack,
     BlobRef,
     CheckIn,

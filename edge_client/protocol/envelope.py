@@ -4,7 +4,8 @@ Since protocol 2 the header is packed positionally, to keep the fixed cost of a 
 (docs/protocol.md explains each choice). Protocol 5 packs ``[version, type code, id, job, round,
 ts, body]``: the sender is not packed, because the MQTT topic a message arrives on names it
 (a device's own topics; the broker's ACLs decide who may publish there), and ``ts`` is whole
-Unix seconds.
+Unix seconds. Protocol 6 keeps that header; a task's ``secagg`` and ``dp`` settings became
+typed sub-messages with a fixed set of checked fields.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import Any
 
 import msgpack
 
-from edge_client.errors import ProtocolError
+from fedge.edge_client.errors import ProtocolError
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 MSG_ID_BYTES = 8
 SERVER_ID = "server"  # the sender of everything a device reads
 HEADER_FIELDS = ("version", "type", "id", "job", "round", "ts", "body")

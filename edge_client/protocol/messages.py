@@ -10,8 +10,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from edge_client.errors import ProtocolError
-from edge_client.protocol.envelope import DEFAULT_LIMITS, Envelope, Limits
+from fedge.edge_client.errors import PrivacyError, ProtocolError, SecAggError
+from fedge.edge_client.privacy.ddp_params import DistributedDPParams
+from fedge.edge_client.protocol.envelope import DEFAULT_LIMITS, Envelope, Limits
+from fedge.edge_client.secagg.config import SecAggConfig
 
 ALLOWED_DTYPES = {"float32", "float16", "int32", "uint32", "int8", "uint8", "int64"}
 SHA256_BYTES = 32
@@ -268,6 +270,102 @@ class TrainingPlan:
         )
 
 
+MAX_STAGE_TIMEOUT_S = 3600.0  # the longest a secure-aggregation stage may wait for replies
+MAX_RING_BITS = 24  # quantization bits of a secure update (the ring is 32 bits wide)
+MAX_COHORT = 100_000  # the most devices one secure round may hold
+
+
+@dataclass(frozen=True)
+class SecAggTask:
+    """How a device takes part in a round's secure aggregation (protocol 6: typed, checked).
+
+    ``round_id`` names the SecAgg+ instance; ``config`` its parameters; ``clip``, ``bits``
+    and ``n_max`` size the ring codec; ``max_weight`` caps the example weight a device adds
+    in the last ring element; ``stage_timeout_s`` is how long each stage waits.
+    """
+
+    round_id: str
+    config: SecAggConfig
+    clip: float
+    bits: int
+    n_max: int
+    max_weight: int
+    stage_timeout_s: float
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "round_id": self.round_id,
+            "config": self.config.to_wire(),
+            "clip": self.clip,
+            "bits": self.bits,
+            "n_max": self.n_max,
+            "max_weight": self.max_weight,
+            "stage_timeout_s": self.stage_timeout_s,
+        }
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> SecAggTask:
+        F.known(body, cls)
+        try:
+            config = SecAggConfig.from_wire(F.get(body, "config", dict))
+        except SecAggError as exc:
+            raise ProtocolError(f"secagg.config: {exc}") from exc
+        clip = F.get(body, "clip", float)
+        if clip <= 0:
+            raise ProtocolError(f"field 'clip'={clip} must be positive")
+        return cls(
+            round_id=F.get(body, "round_id", str),
+            config=config,
+            clip=clip,
+            bits=int(F.in_range("bits", F.get(body, "bits", int), 1, MAX_RING_BITS)),
+            n_max=int(F.in_range("n_max", F.get(body, "n_max", int), 1, MAX_COHORT)),
+            max_weight=int(F.in_range("max_weight", F.get(body, "max_weight", int), 1, 1 << 31)),
+            stage_timeout_s=F.in_range(
+                "stage_timeout_s", F.get(body, "stage_timeout_s", float), 1e-3, MAX_STAGE_TIMEOUT_S
+            ),
+        )
+
+
+DP_MODES = ("central", "distributed")
+
+
+@dataclass(frozen=True)
+class DPTask:
+    """How a device bounds (and, in distributed mode, noises) its update (protocol 6: typed).
+
+    ``clip`` is the L2 norm a device clips its update to; ``params`` (distributed mode only)
+    are the exact distributed-DP parameters: scale, ring bits, noise per device.
+    """
+
+    mode: str
+    clip: float
+    params: DistributedDPParams | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"mode": self.mode, "clip": self.clip}
+        if self.params is not None:
+            body["params"] = self.params.to_dict()
+        return body
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> DPTask:
+        F.known(body, cls)
+        mode = F.get(body, "mode", str)
+        if mode not in DP_MODES:
+            raise ProtocolError(f"field 'mode' must be one of {DP_MODES}, got {mode!r:.40}")
+        clip = F.get(body, "clip", float)
+        if clip <= 0:
+            raise ProtocolError(f"field 'clip'={clip} must be positive")
+        raw = F.get(body, "params", dict, optional=True)
+        if (raw is None) != (mode == "central"):
+            raise ProtocolError("distributed DP tasks carry 'params', central ones do not")
+        try:
+            params = DistributedDPParams.from_dict(raw) if raw is not None else None
+        except PrivacyError as exc:
+            raise ProtocolError(f"dp.params: {exc}") from exc
+        return cls(mode=mode, clip=clip, params=params)
+
+
 @dataclass(frozen=True)
 class Task(Message):
     """Server -> device: train (or evaluate) this model in this round."""
@@ -281,10 +379,16 @@ class Task(Message):
     codec: str
     deadline: float
     round_seed: int
-    secagg: dict[str, Any] | None = None
-    dp: dict[str, Any] | None = None
+    secagg: SecAggTask | None = None
+    dp: DPTask | None = None
     weights_delta: BlobRef | None = None
     delta_base: str | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        body = as_map(self)
+        body["secagg"] = self.secagg.to_body() if self.secagg is not None else None
+        body["dp"] = self.dp.to_body() if self.dp is not None else None
+        return body
 
     @classmethod
     def from_body(cls, body: dict[str, Any], limits: Limits) -> Task:
@@ -296,6 +400,8 @@ class Task(Message):
         kind = F.get(body, "kind", str)
         if kind not in ("train", "evaluate"):
             raise ProtocolError(f"task kind must be train or evaluate, got {kind!r}")
+        secagg = F.get(body, "secagg", dict, optional=True)
+        dp = F.get(body, "dp", dict, optional=True)
         return cls(
             kind=kind,
             model=BlobRef.from_body(F.get(body, "model", dict)),
@@ -305,8 +411,8 @@ class Task(Message):
             codec=F.get(body, "codec", str),
             deadline=F.get(body, "deadline", float),
             round_seed=int(F.in_range("round_seed", F.get(body, "round_seed", int), 0, 2**63 - 1)),
-            secagg=F.get(body, "secagg", dict, optional=True),
-            dp=F.get(body, "dp", dict, optional=True),
+            secagg=SecAggTask.from_body(secagg) if secagg is not None else None,
+            dp=DPTask.from_body(dp) if dp is not None else None,
             weights_delta=BlobRef.from_body(delta) if delta is not None else None,
             delta_base=base,
         )

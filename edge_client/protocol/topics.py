@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import zlib
 
-from edge_client.errors import ProtocolError
+from fedge.edge_client.errors import ProtocolError
 
 PREFIX = "fedge/v1"
 # The fleet is split into this many wake groups by a hash of the device id, so that a round

@@ -1,14 +1,14 @@
 """Secure aggregation (SecAgg / SecAgg+), device half: state machine, messages, parameters."""
 
-from edge_client.secagg.client import CLIENT_TRANSITIONS, ClientState, SecAggClient
-from edge_client.secagg.config import GraphKind, SecAggConfig
-from edge_client.secagg.graph import (
+from fedge.edge_client.secagg.client import CLIENT_TRANSITIONS, ClientState, SecAggClient
+from fedge.edge_client.secagg.config import GraphKind, SecAggConfig
+from fedge.edge_client.secagg.graph import (
     choose_graph_params,
     complete_graph_params,
     neighbourhoods,
     neighbours_of,
 )
-from edge_client.secagg.messages import (
+from fedge.edge_client.secagg.messages import (
     AdvertiseKeys,
     MaskedInput,
     MaskedInputRequest,

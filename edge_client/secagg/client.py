@@ -12,16 +12,16 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge_client.errors import ProtocolError, SecAggError
-from edge_client.identity import (
+from fedge.edge_client.errors import ProtocolError, SecAggError
+from fedge.edge_client.identity import (
     IdentityCertificate,
     public_key_bytes,
     verify_identity_certificate,
 )
-from edge_client.protocol.topics import check_name
-from edge_client.secagg.config import SecAggConfig
-from edge_client.secagg.graph import neighbours_of
-from edge_client.secagg.keys import (
+from fedge.edge_client.protocol.topics import check_name
+from fedge.edge_client.secagg.config import SecAggConfig
+from fedge.edge_client.secagg.graph import neighbours_of
+from fedge.edge_client.secagg.keys import (
     agree,
     decrypt_shares,
     encrypt_shares,
@@ -33,7 +33,7 @@ from edge_client.secagg.keys import (
     x25519_private_bytes,
     x25519_public_bytes,
 )
-from edge_client.secagg.messages import (
+from fedge.edge_client.secagg.messages import (
     AdvertiseKeys,
     MaskedInput,
     MaskedInputRequest,
@@ -42,8 +42,8 @@ from edge_client.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from edge_client.secagg.prg import apply_masks
-from edge_client.secagg.shamir import decode_share_value, encode_share_value, split_secret
+from fedge.edge_client.secagg.prg import apply_masks
+from fedge.edge_client.secagg.shamir import decode_share_value, encode_share_value, split_secret
 
 _T = TypeVar("_T")
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Self
 
-from edge_client.errors import ProtocolError, SecAggError
-from edge_client.protocol.topics import check_name
-from edge_client.secagg.graph import choose_graph_params, complete_graph_params
+from fedge.edge_client.errors import ProtocolError, SecAggError
+from fedge.edge_client.protocol.topics import check_name
+from fedge.edge_client.secagg.graph import choose_graph_params, complete_graph_params
 
 MAX_DIMENSION = 1 << 28  # 1 GiB of uint32: far above any model a device trains
 _PPM = 1_000_000

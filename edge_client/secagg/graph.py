@@ -7,8 +7,8 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 
-from edge_client.errors import SecAggError
-from edge_client.identity import canonical_bytes
+from fedge.edge_client.errors import SecAggError
+from fedge.edge_client.identity import canonical_bytes
 
 GRAPH_DOMAIN = b"fedge/secagg/v1/graph"
 

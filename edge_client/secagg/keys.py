@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from edge_client.errors import SecAggError
-from edge_client.identity import canonical_bytes
-from edge_client.secagg.shamir import SHARE_BYTES
+from fedge.edge_client.errors import SecAggError
+from fedge.edge_client.identity import canonical_bytes
+from fedge.edge_client.secagg.shamir import SHARE_BYTES
 
 KEY_BYTES = 32
 NONCE_BYTES = 12

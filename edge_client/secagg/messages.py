@@ -9,17 +9,17 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_client.errors import ProtocolError, SecAggError
-from edge_client.identity import (
+from fedge.edge_client.errors import ProtocolError, SecAggError
+from fedge.edge_client.identity import (
     PUBLIC_KEY_BYTES,
     SIGNATURE_BYTES,
     IdentityCertificate,
     canonical_bytes,
     verify_identity_certificate,
 )
-from edge_client.protocol.topics import check_name
-from edge_client.secagg.keys import KEY_BYTES, SHARE_CIPHERTEXT_BYTES
-from edge_client.secagg.shamir import SHARE_BYTES
+from fedge.edge_client.protocol.topics import check_name
+from fedge.edge_client.secagg.keys import KEY_BYTES, SHARE_CIPHERTEXT_BYTES
+from fedge.edge_client.secagg.shamir import SHARE_BYTES
 
 MAX_DEVICES = 100_000
 ADVERTISE_DOMAIN = b"fedge/secagg/v1/advertise"

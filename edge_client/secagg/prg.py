@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
-from edge_client.errors import SecAggError
+from fedge.edge_client.errors import SecAggError
 
 CHUNK_WORDS = 1 << 14  # 64 KiB of keystream: the buffer and the target slice stay in L2
 GROUP = 512  # encryptors alive at once (bounds memory; each holds an AES key schedule)

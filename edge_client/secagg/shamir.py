@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from edge_client.errors import SecAggError
+from fedge.edge_client.errors import SecAggError
 
 PRIME = (1 << 521) - 1
 SHARE_BYTES = 66  # ceil(521 / 8): one field element, big-endian

@@ -1,15 +1,15 @@
 """Server-side differential privacy: central noise, adaptive clipping, decoding, accounting."""
 
-from server.privacy.accountant import (
+from fedge.server.privacy.accountant import (
     MAX_ROUNDS,
     DistributedPrivacyAccountant,
     PrivacyAccountant,
     RoundAccountant,
     accountant_from_spec,
 )
-from server.privacy.adaptive import AdaptiveClipper, update_noise_multiplier
-from server.privacy.central import add_gaussian_noise, central_dp_mean
-from server.privacy.distributed import decode_noisy_sum
+from fedge.server.privacy.adaptive import AdaptiveClipper, update_noise_multiplier
+from fedge.server.privacy.central import add_gaussian_noise, central_dp_mean
+from fedge.server.privacy.distributed import decode_noisy_sum
 
 __all__ = [
     "MAX_ROUNDS",

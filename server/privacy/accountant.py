@@ -11,10 +11,10 @@ import numpy as np
 from dp_accounting.pld import privacy_loss_distribution
 from dp_accounting.rdp import rdp_privacy_accountant
 
-from edge_client.errors import PrivacyError
-from edge_client.privacy.ddp_params import DistributedDPParams
-from edge_client.privacy.spec import AccountingMethod, DistributedNoise, DPMode, DPSpec
-from server.privacy.rdp_bounds import (
+from fedge.edge_client.errors import PrivacyError
+from fedge.edge_client.privacy.ddp_params import DistributedDPParams
+from fedge.edge_client.privacy.spec import AccountingMethod, DistributedNoise, DPMode, DPSpec
+from fedge.server.privacy.rdp_bounds import (
     DISTRIBUTED_RDP_ORDERS,
     ddgauss_sum_rdp,
     poisson_subsampled_rdp,

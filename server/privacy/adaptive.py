@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
-from edge_client.errors import PrivacyError
-from edge_client.privacy.sampling import noise_generator
-from edge_client.privacy.spec import DPSpec
+from fedge.edge_client.errors import PrivacyError
+from fedge.edge_client.privacy.sampling import noise_generator
+from fedge.edge_client.privacy.spec import DPSpec
 
 
 def update_noise_multiplier(noise_multiplier: float, bit_noise: float) -> float:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_client.errors import PrivacyError
-from edge_client.privacy.sampling import noise_generator
+from fedge.edge_client.errors import PrivacyError
+from fedge.edge_client.privacy.sampling import noise_generator
 
 
 def add_gaussian_noise(

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edge_client.errors import PrivacyError
-from edge_client.privacy.ddp_params import DistributedDPParams
-from edge_client.privacy.rotation import unrotate
+from fedge.edge_client.errors import PrivacyError
+from fedge.edge_client.privacy.ddp_params import DistributedDPParams
+from fedge.edge_client.privacy.rotation import unrotate
 
 
 def decode_noisy_sum(

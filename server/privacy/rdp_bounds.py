@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from edge_client.errors import PrivacyError
+from fedge.edge_client.errors import PrivacyError
 
 # Integer orders only: the general subsampling bound below is stated for them.
 DISTRIBUTED_RDP_ORDERS: tuple[int, ...] = tuple(range(2, 65)) + (80, 96, 128, 192, 256)

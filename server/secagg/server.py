@@ -11,11 +11,11 @@ from enum import Enum
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_client.errors import ProtocolError, SecAggError
-from edge_client.protocol.topics import check_name
-from edge_client.secagg.config import SecAggConfig
-from edge_client.secagg.graph import neighbourhoods
-from edge_client.secagg.messages import (
+from fedge.edge_client.errors import ProtocolError, SecAggError
+from fedge.edge_client.protocol.topics import check_name
+from fedge.edge_client.secagg.config import SecAggConfig
+from fedge.edge_client.secagg.graph import neighbourhoods
+from fedge.edge_client.secagg.messages import (
     AdvertiseKeys,
     MaskedInput,
     MaskedInputRequest,
@@ -25,9 +25,9 @@ from edge_client.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from edge_client.secagg.prg import apply_masks
-from edge_client.secagg.shamir import decode_share_value
-from server.secagg.unmask import UnmaskInputs, mask_plan
+from fedge.edge_client.secagg.prg import apply_masks
+from fedge.edge_client.secagg.shamir import decode_share_value
+from fedge.server.secagg.unmask import UnmaskInputs, mask_plan
 
 
 class ServerState(Enum):

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge_client.errors import SecAggError
-from edge_client.secagg.keys import (
+from fedge.edge_client.errors import SecAggError
+from fedge.edge_client.secagg.keys import (
     agree,
     pair_mask_key,
     pair_mask_sign,
@@ -16,8 +16,8 @@ from edge_client.secagg.keys import (
     self_mask_key,
     x25519_public_bytes,
 )
-from edge_client.secagg.messages import AdvertiseKeys
-from edge_client.secagg.shamir import Share, reconstruct_secret
+from fedge.edge_client.secagg.messages import AdvertiseKeys
+from fedge.edge_client.secagg.shamir import Share, reconstruct_secret
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from fedge_testing import LoopThread, MosquittoProcess, ServerThread, start_server
 
-from edge_client.agent import (
+from fedge.edge_client.agent import (
     PENDING_TASK,
     TRANSITIONS,
     AgentHooks,
@@ -25,14 +25,14 @@ from edge_client.agent import (
     DeviceAgent,
     LocalData,
 )
-from edge_client.config import load_device_config, parse_device_config
-from edge_client.data import load_local_dataset, save_npz_dataset
-from edge_client.device_main import build_agent
-from edge_client.errors import ConfigError
-from edge_client.signing import load_or_create_signing_key
-from server.app import ServerSettings
-from server.job import EvaluationConfig, JobConfig, SelectionConfig, TrainingConfig, validate
-from server.store import Store
+from fedge.edge_client.config import load_device_config, parse_device_config
+from fedge.edge_client.data import load_local_dataset, save_npz_dataset
+from fedge.edge_client.device_main import build_agent
+from fedge.edge_client.errors import ConfigError
+from fedge.edge_client.signing import load_or_create_signing_key
+from fedge.server.app import ServerSettings
+from fedge.server.job import EvaluationConfig, JobConfig, SelectionConfig, TrainingConfig, validate
+from fedge.server.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 S = AgentState
@@ -154,9 +154,9 @@ def test_unreadable_device_config_files(tmp_path: Path) -> None:
 FROZEN_DEVICE = """
 import asyncio, sys
 from pathlib import Path
-from edge_client.agent import AgentHooks
-from edge_client.config import load_device_config
-from edge_client.device_main import build_agent
+from fedge.edge_client.agent import AgentHooks
+from fedge.edge_client.config import load_device_config
+from fedge.edge_client.device_main import build_agent
 
 class Freeze(AgentHooks):
     async def after_compute(self, wall_s):

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edge_client.data import load_local_dataset, read_idx, save_npz_dataset
-from edge_client.errors import DataError
+from fedge.edge_client.data import load_local_dataset, read_idx, save_npz_dataset
+from fedge.edge_client.errors import DataError
 
 IDX_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D}
 

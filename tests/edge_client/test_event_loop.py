@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from edge_client import event_loop
+from fedge.edge_client import event_loop
 
 
 def test_closed_socket_callback_is_one_info_line(caplog: pytest.LogCaptureFixture) -> None:

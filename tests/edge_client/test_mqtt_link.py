@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from edge_client import mqtt_link
-from edge_client.mqtt_link import LinkSettings, MqttLink
+from fedge.edge_client import mqtt_link
+from fedge.edge_client.mqtt_link import LinkSettings, MqttLink
 from tests.fedge_testing import MosquittoProcess
 
 

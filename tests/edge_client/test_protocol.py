@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from paho.mqtt.client import topic_matches_sub
 
-from edge_client.errors import ArtifactError, ProtocolError
-from edge_client.protocol import messages as m
-from edge_client.protocol import topics
-from edge_client.protocol.envelope import (
+from fedge.edge_client.errors import ArtifactError, ProtocolError
+from fedge.edge_client.privacy import select_distributed_params
+from fedge.edge_client.protocol import messages as m
+from fedge.edge_client.protocol import topics
+from fedge.edge_client.protocol.envelope import (
     DEFAULT_LIMITS,
     HEADER_FIELDS,
     PROTOCOL_VERSION,
@@ -28,7 +29,8 @@ from edge_client.protocol.envelope import (
     ReplayGuard,
     unpack,
 )
-from edge_client.weights import pack_weights, unpack_weights
+from fedge.edge_client.secagg import SecAggConfig
+from fedge.edge_client.weights import pack_weights, unpack_weights
 
 # --- strategies ---------------------------------------------------------------------------
 
@@ -61,6 +63,17 @@ PLAN = st.builds(m.TrainingPlan, epochs=st.integers(0, 1000), lr=unit_floats(0.0
 METRICS = st.builds(m.TrainMetrics, loss=unit_floats(0.0, 1e9), accuracy=unit_floats(0.0, 1.0),
                     examples=st.integers(0, 1 << 40), train_time_s=unit_floats(0.0, 1e7))
 
+SECAGG_TASK = st.builds(
+    m.SecAggTask, round_id=TEXT,
+    config=st.builds(SecAggConfig, fleet=st.sampled_from(["lab", "sim"]),
+                     dimension=st.integers(1, 1 << 20), dropout_rate=unit_floats(0.0, 0.9),
+                     min_clients=st.integers(2, 100)),
+    clip=unit_floats(1e-6, 1e6), bits=st.integers(1, 24), n_max=st.integers(1, 100_000),
+    max_weight=st.integers(1, 1 << 31), stage_timeout_s=unit_floats(1e-3, 3600.0))
+DP_PARAMS = select_distributed_params(1.0, 10, 100, 1.0, bits=20)
+DP_TASK = st.builds(m.DPTask, mode=st.just("central"), clip=unit_floats(1e-6, 1e6)) | st.builds(
+    m.DPTask, mode=st.just("distributed"), clip=st.just(1.0), params=st.just(DP_PARAMS))
+
 MESSAGE_STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     m.CheckIn: st.builds(
         m.CheckIn, eligibility=ELIGIBILITY, runtime=TEXT, runtime_version=TEXT,
@@ -70,8 +83,8 @@ MESSAGE_STRATEGIES: dict[type[m.Message], st.SearchStrategy[Any]] = {
     m.Task: st.builds(
         m.Task, kind=st.sampled_from(["train", "evaluate"]), model=BLOB_REF, manifest=BLOB_REF,
         weights=BLOB_REF, plan=PLAN, codec=TEXT, deadline=unit_floats(-1e12, 1e12),
-        round_seed=st.integers(0, 2**63 - 1), secagg=st.none() | FREE_DICT,
-        dp=st.none() | FREE_DICT),
+        round_seed=st.integers(0, 2**63 - 1), secagg=st.none() | SECAGG_TASK,
+        dp=st.none() | DP_TASK),
     m.RetryLater: st.builds(m.RetryLater, reason=TEXT, retry_after_s=unit_floats(0.0, 7 * 86400)),
     m.Update: st.builds(m.Update, payload=st.binary(max_size=512), base_weights=UPDATE_DIGEST,
                         metrics=METRICS, within_clip=st.none() | st.booleans()),
@@ -95,7 +108,10 @@ EXAMPLES: dict[str, m.Message] = {
                          runtime_version="2.14.0", examples=100, cached_artifacts=["cd" * 32]),
     "task": m.Task(kind="train", model=REF, manifest=REF, weights=REF,
                    plan=m.TrainingPlan(epochs=1, lr=0.1, max_steps=10), codec="none",
-                   deadline=time.time() + 60, round_seed=7, secagg={"threshold": 3}),
+                   deadline=time.time() + 60, round_seed=7,
+                   secagg=m.SecAggTask(round_id="r.1.1", config=SecAggConfig(fleet="f", dimension=9),
+                                       clip=1.0, bits=16, n_max=5, max_weight=100,
+                                       stage_timeout_s=15.0)),
     "retry": m.RetryLater(reason="busy", retry_after_s=5.0),
     "update": m.Update(payload=b"\x01\x02", base_weights="ef" * 8,
                        metrics=m.TrainMetrics(loss=0.5, accuracy=0.8, examples=10,
@@ -193,11 +209,12 @@ def test_round_trip_make_pack_unpack_parse(message: m.Message, sender: str, job_
 # --- malformed envelopes ------------------------------------------------------------------
 
 ENVELOPE_CASES = [
-    ("version 1", {"version": 1}, r"unsupported protocol version 1 \(this side speaks 5\)"),
-    ("version 2", {"version": 2}, r"unsupported protocol version 2 \(this side speaks 5\)"),
-    ("version 3", {"version": 3}, r"unsupported protocol version 3 \(this side speaks 5\)"),
-    ("version 4", {"version": 4}, r"unsupported protocol version 4 \(this side speaks 5\)"),
-    ("version 6", {"version": 6}, "unsupported protocol version 6"),
+    ("version 1", {"version": 1}, r"unsupported protocol version 1 \(this side speaks 6\)"),
+    ("version 2", {"version": 2}, r"unsupported protocol version 2 \(this side speaks 6\)"),
+    ("version 3", {"version": 3}, r"unsupported protocol version 3 \(this side speaks 6\)"),
+    ("version 4", {"version": 4}, r"unsupported protocol version 4 \(this side speaks 6\)"),
+    ("version 5", {"version": 5}, r"unsupported protocol version 5 \(this side speaks 6\)"),
+    ("version 7", {"version": 7}, "unsupported protocol version 7"),
     ("missing version", {"version": None}, "field 'version' has type NoneType, expected int"),
     ("bool version", {"version": True}, "field 'version' must be int, got bool"),
     ("type as a name", {"type": "ack"}, "field 'type' has type str, expected int"),
@@ -280,7 +297,7 @@ def test_version_1_envelope_is_refused_with_a_clear_message() -> None:
     v1 = {"v": 1, "t": "checkin", "id": os.urandom(12), "from": "dev-1", "job": "job",
           "round": 1, "ts": time.time(), "body": asdict(EXAMPLES["checkin"])}
     with pytest.raises(ProtocolError,
-                       match=r"unsupported protocol version 1 \(a map envelope; this side speaks 5"):
+                       match=r"unsupported protocol version 1 \(a map envelope; this side speaks 6"):
         unpack(packed(v1), "dev-1")
     array_v1 = m.Envelope(type="ack", body={}, version=1).pack()
     with pytest.raises(ProtocolError, match="unsupported protocol version 1"):

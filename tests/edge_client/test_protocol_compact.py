@@ -14,9 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_client.errors import ProtocolError
-from edge_client.protocol import messages as m
-from edge_client.protocol.envelope import DEFAULT_LIMITS, MSG_ID_BYTES, PROTOCOL_VERSION, unpack
+from fedge.edge_client.errors import ProtocolError
+from fedge.edge_client.protocol import messages as m
+from fedge.edge_client.protocol.envelope import (
+    DEFAULT_LIMITS,
+    MSG_ID_BYTES,
+    PROTOCOL_VERSION,
+    unpack,
+)
 
 DIGEST = "0f" * 32
 UPDATE_LIMIT = 47  # bytes of the update below, payload excluded (1: 274, 2: 104, 3 and 4: 75)
@@ -34,7 +39,8 @@ ROUND_TRAFFIC: dict[str, m.Message] = {
                          identity_key=bytes(32), identity_cert=bytes(150)),
     "task": m.Task(kind="train", model=REF, manifest=REF, weights=REF,
                    plan=m.TrainingPlan(epochs=1, lr=0.05, max_steps=100), codec="topk:0.03+q2",
-                   deadline=time.time() + 60, round_seed=123456789, dp={"clip": 1.0}),
+                   deadline=time.time() + 60, round_seed=123456789,
+                   dp=m.DPTask(mode="central", clip=1.0)),
     "ack": m.Ack(accepted=True),
     "ack_with_window": m.Ack(accepted=True, retry_after_s=42.5),  # the last ack of a task
     "retry": m.RetryLater(reason="not selected", retry_after_s=12.5),
@@ -165,7 +171,7 @@ def test_secagg_metrics_keep_their_map_form() -> None:
 
 def test_header_is_positional_without_the_sender() -> None:
     raw: list[Any] = msgpack.unpackb(wire(m.Ack(accepted=True)), raw=False)
-    assert raw[0] == PROTOCOL_VERSION == 5 and raw[1] == 6 and raw[3:5] == ["sim", 12]
+    assert raw[0] == PROTOCOL_VERSION == 6 and raw[1] == 6 and raw[3:5] == ["sim", 12]
     assert abs(raw[5] - time.time()) < 60 and type(raw[5]) is int  # whole Unix seconds
     assert raw[6] == {"accepted": True, "reason": ""}
     assert SENDER not in repr(raw)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_client.errors import ArtifactError
-from edge_client.runtime import (
+from fedge.edge_client.errors import ArtifactError
+from fedge.edge_client.runtime import (
     Signature,
     check_flatbuffer,
     make_interpreter,
@@ -34,8 +34,8 @@ def test_tflite_runtime_is_preferred_and_reports_its_version() -> None:
 
 def test_edge_runtime_does_not_import_tensorflow() -> None:
     code = (
-        "import sys, edge_client.runtime as r, edge_client.artifact, edge_client.trainer, "
-        "edge_client.data; r.backend(); print('tensorflow' in sys.modules)"
+        "import sys, fedge.edge_client.runtime as r, fedge.edge_client.artifact, "
+        "fedge.edge_client.trainer, fedge.edge_client.data; r.backend(); print('tensorflow' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
@@ -120,8 +120,8 @@ def test_flatbuffer_check_names_what_is_wrong(model_bytes: bytes) -> None:
 
 _SWEEP = """
 import sys
-from edge_client.errors import ArtifactError
-from edge_client.runtime import make_interpreter
+from fedge.edge_client.errors import ArtifactError
+from fedge.edge_client.runtime import make_interpreter
 model = open(sys.argv[1], "rb").read()
 lengths = sorted(set(range(0, 600)) | set(range(600, len(model), 53)))
 refused = loaded = 0

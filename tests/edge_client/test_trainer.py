@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_client.artifact import load_artifact
-from edge_client.errors import ArtifactError, ConfigError, DataError
-from edge_client.trainer import LocalTrainer
+from fedge.edge_client.artifact import load_artifact
+from fedge.edge_client.errors import ArtifactError, ConfigError, DataError
+from fedge.edge_client.trainer import LocalTrainer
 
 Digits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -22,7 +22,7 @@ def trainer(mlp_artifact: Path) -> LocalTrainer:
 
 @pytest.fixture(scope="module")
 def cnn_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model_export import export_model
+    from fedge.model_export import export_model
 
     out = tmp_path_factory.mktemp("cnn-fmnist")
     export_model("cnn-fmnist", out, seed=0)
@@ -46,7 +46,7 @@ def test_mlp_digits_reaches_90_percent_on_held_out_digits(
 
 
 def test_cnn_fmnist_loss_falls(cnn_artifact: Path) -> None:
-    from model_export.datasets import load_fashion_mnist
+    from fedge.model_export.datasets import load_fashion_mnist
 
     x_tr, y_tr, x_te, y_te = load_fashion_mnist()
     trainer = LocalTrainer(load_artifact(cnn_artifact))
@@ -62,8 +62,8 @@ def test_partial_last_batch_is_masked_exactly_like_tf(
     trainer: LocalTrainer, digits: Digits
 ) -> None:
     """Two steps (32 + 8 rows) match the same two SGD steps computed by TF autodiff."""
-    from model_export import build
-    from model_export.verify import reference_gradients
+    from fedge.model_export import build
+    from fedge.model_export.verify import reference_gradients
 
     x, y = digits[0][:40], digits[1][:40]
     spec = build("mlp-digits")

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_client.errors import ConfigError
-from firmware_sim.availability import DAY_S, Availability, load_trace, pattern_availability
+from fedge.edge_client.errors import ConfigError
+from fedge.firmware_sim.availability import DAY_S, Availability, load_trace, pattern_availability
 
 H = 3600.0
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from edge_client.errors import ConfigError
-from firmware_sim.clock import ManualClock, ScaledClock
+from fedge.edge_client.errors import ConfigError
+from fedge.firmware_sim.clock import ManualClock, ScaledClock
 
 
 def test_manual_clock_wakes_sleepers_in_deadline_order() -> None:

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
-from edge_client.errors import ConfigError, DataError
-from firmware_sim.partition import (
+from fedge.edge_client.errors import ConfigError, DataError
+from fedge.firmware_sim.partition import (
     LabelSkew,
     SizeDistribution,
     apportion,

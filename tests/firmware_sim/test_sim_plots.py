@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from edge_client.errors import DataError
-from firmware_sim.plots import (
+from fedge.edge_client.errors import DataError
+from fedge.firmware_sim.plots import (
     ROUND_COLUMNS,
     plot_accuracy_vs_bytes,
     plot_accuracy_vs_epsilon,

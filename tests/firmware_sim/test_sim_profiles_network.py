@@ -8,10 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from edge_client.errors import ConfigError
-from firmware_sim.availability import pattern_availability
-from firmware_sim.network import download_time, first_disconnect, transfer_time, upload_time
-from firmware_sim.profiles import (
+from fedge.edge_client.errors import ConfigError
+from fedge.firmware_sim.availability import pattern_availability
+from fedge.firmware_sim.network import download_time, first_disconnect, transfer_time, upload_time
+from fedge.firmware_sim.profiles import (
     MIXES,
     PROFILES,
     Charging,

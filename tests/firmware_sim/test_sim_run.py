@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firmware_sim.availability import pattern_availability
-from firmware_sim.clock import ScaledClock
-from firmware_sim.hooks import SimHooks
-from firmware_sim.profiles import get_profile
-from firmware_sim.sim import SimConfig, run_sim
+from fedge.firmware_sim.availability import pattern_availability
+from fedge.firmware_sim.clock import ScaledClock
+from fedge.firmware_sim.hooks import SimHooks
+from fedge.firmware_sim.profiles import get_profile
+from fedge.firmware_sim.sim import SimConfig, run_sim
 
 TIMING_KEYS = {"duration_s", "wall_time_s", "sim_compute_s", "sim_upload_s"}
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_export import ModelSpec, build, export_spec
-from model_export.datasets import load_fashion_mnist
+from fedge.model_export import ModelSpec, build, export_spec
+from fedge.model_export.datasets import load_fashion_mnist
 
 ZOO = ("mlp-digits", "cnn-fmnist", "transfer-fmnist")
 

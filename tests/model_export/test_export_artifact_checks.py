@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edge_client.artifact import Artifact, Manifest, TensorSpec, load_artifact
-from edge_client.errors import ArtifactError
-from edge_client.runtime import make_interpreter
-from model_export import ModelSpec, build, op_names
-from model_export import layers as L
-from model_export.exporter import _ArtifactModule
+from fedge.edge_client.artifact import Artifact, Manifest, TensorSpec, load_artifact
+from fedge.edge_client.errors import ArtifactError
+from fedge.edge_client.runtime import make_interpreter
+from fedge.model_export import ModelSpec, build, op_names
+from fedge.model_export import layers as L
+from fedge.model_export.exporter import _ArtifactModule
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def flex_model() -> bytes:
     spec = ModelSpec("flexy", (6,), 3, (L.Dense(4), _CumprodLayer(), L.Dense(3)), batch_size=4)
     module = _ArtifactModule(spec, spec.init_params(0), 4)
     with pytest.raises(ArtifactError, match="conversion"):
-        from model_export.exporter import convert
+        from fedge.model_export.exporter import convert
 
         convert(spec, spec.init_params(0), 4)
     ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
@@ -208,8 +208,8 @@ def test_flex_ops_hidden_from_the_manifest_are_found_in_the_flatbuffer(
 
 _DEVICE_SCRIPT = """
 import sys
-from edge_client.errors import ArtifactError
-from edge_client.runtime import Signature, backend
+from fedge.edge_client.errors import ArtifactError
+from fedge.edge_client.runtime import Signature, backend
 assert "tensorflow" not in sys.modules
 model = open(sys.argv[1], "rb").read()
 interpreter = backend().interpreter_cls(model_content=model, num_threads=1)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edge_client.errors import ArtifactError
-from edge_client.runtime import Signature, make_interpreter
-from model_export import layers as L
-from model_export.exporter import op_names
+from fedge.edge_client.errors import ArtifactError
+from fedge.edge_client.runtime import Signature, make_interpreter
+from fedge.model_export import layers as L
+from fedge.model_export.exporter import op_names
 
 Fn = Callable[[tf.Tensor, Sequence[tf.Tensor]], tf.Tensor]
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edge_client.artifact import Manifest, load_artifact
-from edge_client.errors import ArtifactError, DataError
-from model_export import available_models, build, export_spec, register
-from model_export import layers as L
-from model_export.datasets import load_digits_arrays, load_fashion_mnist
-from model_export.verify import reference_gradients, verification_batch
-from model_export.zoo import ModelSpec, pretrain
+from fedge.edge_client.artifact import Manifest, load_artifact
+from fedge.edge_client.errors import ArtifactError, DataError
+from fedge.model_export import available_models, build, export_spec, register
+from fedge.model_export import layers as L
+from fedge.model_export.datasets import load_digits_arrays, load_fashion_mnist
+from fedge.model_export.verify import reference_gradients, verification_batch
+from fedge.model_export.zoo import ModelSpec, pretrain
 
 GradFn = Any
 
@@ -133,7 +133,7 @@ def test_transfer_model_stores_frozen_weights_as_int8(zoo_artifacts: dict[str, P
 def test_transfer_model_starts_from_its_pretrained_head(
     zoo_artifacts: dict[str, Path], fmnist: tuple[np.ndarray, ...]
 ) -> None:
-    from edge_client.trainer import LocalTrainer
+    from fedge.edge_client.trainer import LocalTrainer
 
     _, _, x_te, y_te = fmnist
     trainer = LocalTrainer(load_artifact(zoo_artifacts["transfer-fmnist"]))
@@ -176,7 +176,7 @@ def test_bad_batch_size_is_refused(batch_size: Any, tmp_path: Path) -> None:
 
 
 def test_unknown_model_names_the_available_ones(tmp_path: Path) -> None:
-    from model_export import export_model
+    from fedge.model_export import export_model
 
     with pytest.raises(ArtifactError, match="mlp-digits"):
         export_model("resnet-152", tmp_path)
@@ -221,7 +221,7 @@ def test_models_built_from_the_layer_library_can_be_registered_and_exported(
             batch_size=5,
         )
 
-    from model_export import export_model
+    from fedge.model_export import export_model
 
     manifest = export_model("test-tiny-cnn", tmp_path)
     assert manifest.batch_size == 5 and manifest.input_shape == (9, 9, 2)

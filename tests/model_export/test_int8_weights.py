@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edge_client.errors import ArtifactError
-from edge_client.runtime import Signature, make_interpreter
-from model_export import layers as L
-from model_export.exporter import op_names
-from model_export.int8_weights import store_kernels_as_int8
+from fedge.edge_client.errors import ArtifactError
+from fedge.edge_client.runtime import Signature, make_interpreter
+from fedge.model_export import layers as L
+from fedge.model_export.exporter import op_names
+from fedge.model_export.int8_weights import store_kernels_as_int8
 
 RNG = np.random.default_rng(5)
 CONV = L.quantize_per_channel(RNG.normal(size=(3, 3, 4, 16)).astype(np.float32))

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from dp_accounting.rdp import rdp_privacy_accountant
 
-from edge_client.errors import PrivacyError
-from edge_client.privacy import DistributedNoise, parse_dp_spec, select_distributed_params
-from server.privacy import (
+from fedge.edge_client.errors import PrivacyError
+from fedge.edge_client.privacy import DistributedNoise, parse_dp_spec, select_distributed_params
+from fedge.server.privacy import (
     DistributedPrivacyAccountant,
     PrivacyAccountant,
     accountant_from_spec,
 )
-from server.privacy.rdp_bounds import (
+from fedge.server.privacy.rdp_bounds import (
     DISTRIBUTED_RDP_ORDERS,
     ddgauss_sum_rdp,
     poisson_subsampled_rdp,

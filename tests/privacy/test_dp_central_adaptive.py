@@ -8,9 +8,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from edge_client.errors import PrivacyError
-from edge_client.privacy import parse_dp_spec
-from server.privacy import (
+from fedge.edge_client.errors import PrivacyError
+from fedge.edge_client.privacy import parse_dp_spec
+from fedge.server.privacy import (
     AdaptiveClipper,
     add_gaussian_noise,
     central_dp_mean,

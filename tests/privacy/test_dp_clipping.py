@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edge_client.errors import PrivacyError
-from edge_client.privacy import clip_update, l2_norm
+from fedge.edge_client.errors import PrivacyError
+from fedge.edge_client.privacy import clip_update, l2_norm
 
 _arrays = hnp.arrays(
     np.float32,

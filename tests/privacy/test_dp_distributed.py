@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from edge_client.errors import PrivacyError
-from edge_client.privacy import (
+from fedge.edge_client.errors import PrivacyError
+from fedge.edge_client.privacy import (
     DistributedDPParams,
     DistributedNoise,
     check_wraparound,
@@ -17,8 +17,8 @@ from edge_client.privacy import (
     select_distributed_params,
     wraparound_sigmas,
 )
-from edge_client.privacy.rounding import conditional_round, rounded_norm_bound
-from server.privacy import decode_noisy_sum
+from fedge.edge_client.privacy.rounding import conditional_round, rounded_norm_bound
+from fedge.server.privacy import decode_noisy_sum
 
 SHAPES = [(30, 50), (500,), (1000,)]  # 3,000 values -> 4,096 after padding
 DIM = 3000

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_client.errors import ConfigError
-from firmware_sim.sim import SimConfig, prepare, run_sim
-from server.dp_controller import job_privacy_for, privacy_for_job
-from server.job import JobConfig, validate
+from fedge.edge_client.errors import ConfigError
+from fedge.firmware_sim.sim import SimConfig, prepare, run_sim
+from fedge.server.dp_controller import job_privacy_for, privacy_for_job
+from fedge.server.job import JobConfig, validate
 
 DEVICES = 20
 CLIENTS = 8

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.linalg import hadamard
 
-from edge_client.errors import PrivacyError
-from edge_client.privacy.rotation import fwht, padded_length, random_signs, rotate, unrotate
+from fedge.edge_client.errors import PrivacyError
+from fedge.edge_client.privacy.rotation import fwht, padded_length, random_signs, rotate, unrotate
 
 
 @pytest.mark.parametrize("n", [1, 2, 8, 64])

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from edge_client.errors import PrivacyError
-from edge_client.privacy import discrete_gaussian, discrete_laplace, skellam
+from fedge.edge_client.errors import PrivacyError
+from fedge.edge_client.privacy import discrete_gaussian, discrete_laplace, skellam
 
 N = 200_000
 # scipy 1.9's distributions call a numpy 1.25 deprecated helper; not ours to fix.

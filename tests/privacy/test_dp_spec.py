@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_client.errors import PrivacyError
-from edge_client.privacy import (
+from fedge.edge_client.errors import PrivacyError
+from fedge.edge_client.privacy import (
     AccountingMethod,
     DistributedNoise,
     DPMode,

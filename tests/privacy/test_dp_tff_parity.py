@@ -16,8 +16,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.aggregators import differential_privacy as tff_dp
 
-from edge_client.privacy import parse_dp_spec
-from server.privacy import PrivacyAccountant, central_dp_mean, update_noise_multiplier
+from fedge.edge_client.privacy import parse_dp_spec
+from fedge.server.privacy import PrivacyAccountant, central_dp_mean, update_noise_multiplier
 
 # dp-accounting's PLD calls scipy 1.9 code that uses a numpy 1.25 deprecated helper.
 pytestmark = pytest.mark.filterwarnings("ignore:np.find_common_type:DeprecationWarning")

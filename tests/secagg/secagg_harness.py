@@ -9,11 +9,11 @@ import msgpack
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_client.errors import SecAggError
-from edge_client.identity import IdentityCertificate, issue_identity_certificate
-from edge_client.secagg import SecAggClient, SecAggConfig, decode_message, neighbourhoods
-from edge_client.secagg.messages import Message
-from server.secagg import SecAggServer, ServerState
+from fedge.edge_client.errors import SecAggError
+from fedge.edge_client.identity import IdentityCertificate, issue_identity_certificate
+from fedge.edge_client.secagg import SecAggClient, SecAggConfig, decode_message, neighbourhoods
+from fedge.edge_client.secagg.messages import Message
+from fedge.server.secagg import SecAggServer, ServerState
 
 STAGES = ("advertise", "share", "masked", "unmask")
 

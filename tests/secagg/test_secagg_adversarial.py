@@ -9,9 +9,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from secagg_harness import Fleet, random_inputs, wire
 
-from edge_client.errors import SecAggError
-from edge_client.identity import issue_identity_certificate, public_key_bytes
-from edge_client.secagg import (
+from fedge.edge_client.errors import SecAggError
+from fedge.edge_client.identity import issue_identity_certificate, public_key_bytes
+from fedge.edge_client.secagg import (
     AdvertiseKeys,
     ClientState,
     GraphKind,
@@ -22,7 +22,7 @@ from edge_client.secagg import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from server.secagg import SecAggServer, ServerState
+from fedge.server.secagg import SecAggServer, ServerState
 
 D = 16
 CONFIG = SecAggConfig("fleet", D, graph=GraphKind.COMPLETE)

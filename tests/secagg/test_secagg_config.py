@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge_client.errors import SecAggError
-from edge_client.secagg import GraphKind, SecAggConfig
+from fedge.edge_client.errors import SecAggError
+from fedge.edge_client.secagg import GraphKind, SecAggConfig
 
 
 def test_config_round_trips_and_computes_params() -> None:

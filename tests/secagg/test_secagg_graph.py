@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_client.errors import SecAggError
-from edge_client.secagg import (
+from fedge.edge_client.errors import SecAggError
+from fedge.edge_client.secagg import (
     choose_graph_params,
     complete_graph_params,
     neighbourhoods,
     neighbours_of,
 )
-from edge_client.secagg.graph import binomial_tails
+from fedge.edge_client.secagg.graph import binomial_tails
 
 
 def _ids(n: int) -> list[str]:

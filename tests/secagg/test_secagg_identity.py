@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge_client.errors import ConfigError, ProtocolError, SecAggError
-from edge_client.identity import (
+from fedge.edge_client.errors import ConfigError, ProtocolError, SecAggError
+from fedge.edge_client.identity import (
     IdentityCertificate,
     canonical_bytes,
     issue_identity_certificate,

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from secagg_harness import Fleet, random_inputs, wire
 
-from edge_client.errors import SecAggError
-from edge_client.secagg import GraphKind, MaskedInput, SecAggConfig, decode_message
-from edge_client.secagg.messages import AdvertiseKeys
+from fedge.edge_client.errors import SecAggError
+from fedge.edge_client.secagg import GraphKind, MaskedInput, SecAggConfig, decode_message
+from fedge.edge_client.secagg.messages import AdvertiseKeys
 
 
 def _transcript() -> list[dict[str, Any]]:

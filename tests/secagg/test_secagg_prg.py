@@ -9,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from edge_client.errors import SecAggError
-from edge_client.secagg import keys, prg
+from fedge.edge_client.errors import SecAggError
+from fedge.edge_client.secagg import keys, prg
 
 
 def reference_mask(key: bytes, d: int) -> np.ndarray:

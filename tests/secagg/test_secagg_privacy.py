@@ -20,7 +20,7 @@ import numpy as np
 from scipy.special import chdtrc  # chi-square survival function
 from secagg_harness import Fleet, run_round
 
-from edge_client.secagg import GraphKind, SecAggConfig
+from fedge.edge_client.secagg import GraphKind, SecAggConfig
 
 D = 1 << 14
 ALPHA = 1e-6  # false alarm rate per test; a real bias of the masks is caught far below

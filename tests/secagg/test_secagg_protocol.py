@@ -15,9 +15,9 @@ from secagg_harness import (
     wire,
 )
 
-from edge_client.errors import SecAggError
-from edge_client.secagg import ClientState, GraphKind, SecAggConfig
-from server.secagg import ServerState
+from fedge.edge_client.errors import SecAggError
+from fedge.edge_client.secagg import ClientState, GraphKind, SecAggConfig
+from fedge.server.secagg import ServerState
 
 D = 37  # odd on purpose: no chunk or word alignment is assumed
 
@@ -206,7 +206,7 @@ def test_server_refuses_wrong_length_masked_input() -> None:
     for u in fleet.ids:
         server.receive(u, wire(fleet.clients[u].share_keys(wire(rosters[u]))))
     server.close_stage()
-    from edge_client.secagg import MaskedInput
+    from fedge.edge_client.secagg import MaskedInput
 
     with pytest.raises(SecAggError, match="expected 37"):
         server.receive("dev-000", MaskedInput("round-1", np.zeros(D + 1, dtype=np.uint32)))
@@ -216,7 +216,7 @@ def test_client_refuses_out_of_order_calls_without_failing() -> None:
     config = SecAggConfig("fleet", D, graph=GraphKind.COMPLETE)
     fleet = Fleet.create(config, 3)
     client = fleet.clients["dev-000"]
-    from edge_client.secagg import MaskedInputRequest, UnmaskRequest
+    from fedge.edge_client.secagg import MaskedInputRequest, UnmaskRequest
 
     with pytest.raises(SecAggError, match="out of order"):
         client.masked_input(MaskedInputRequest("round-1", {}), np.zeros(D, dtype=np.uint32))

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_client.errors import SecAggError
-from edge_client.secagg.shamir import (
+from fedge.edge_client.errors import SecAggError
+from fedge.edge_client.secagg.shamir import (
     PRIME,
     SHARE_BYTES,
     Share,

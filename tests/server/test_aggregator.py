@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edge_client.errors import CodecError
-from server.aggregator import StreamingMean
+from fedge.edge_client.errors import CodecError
+from fedge.server.aggregator import StreamingMean
 
 SHAPES = [(3,), (2, 2), (0,)]
 MAX_WEIGHT = 100.0

@@ -20,20 +20,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_client.artifact import load_artifact
-from edge_client.mqtt_link import LinkSettings, MqttLink
-from edge_client.signing import load_or_create_signing_key
-from edge_client.trainer import LocalTrainer
-from edge_client.weights import pack_weights, unpack_weights
-from server.api import mount_api
-from server.app import ServerSettings
-from server.blobs import BlobStore
-from server.broker import free_port
-from server.coordinator import Coordinator
-from server.http_app import TrafficCounter, create_app
-from server.job import JobConfig, parse_job_config
-from server.rounds import ParticipantReport, RoundRun, RoundState
-from server.store import Store
+from fedge.edge_client.artifact import load_artifact
+from fedge.edge_client.mqtt_link import LinkSettings, MqttLink
+from fedge.edge_client.signing import load_or_create_signing_key
+from fedge.edge_client.trainer import LocalTrainer
+from fedge.edge_client.weights import pack_weights, unpack_weights
+from fedge.server.api import mount_api
+from fedge.server.app import ServerSettings
+from fedge.server.blobs import BlobStore
+from fedge.server.broker import free_port
+from fedge.server.coordinator import Coordinator
+from fedge.server.http_app import TrafficCounter, create_app
+from fedge.server.job import JobConfig, parse_job_config
+from fedge.server.rounds import ParticipantReport, RoundRun, RoundState
+from fedge.server.store import Store
 
 TOKENS = {"admin-token": "admin", "read-token": "read"}
 ADMIN = {"Authorization": "Bearer admin-token"}
@@ -520,8 +520,8 @@ def test_weights_msgpack_and_npz(env: Env) -> None:
 
 def test_model_tflite_has_the_weights_baked_in(env: Env) -> None:
     """Load the served model alone; it must predict like the artifact with set_weights."""
-    from edge_client.artifact import Artifact
-    from server.model_files import baked_manifest
+    from fedge.edge_client.artifact import Artifact
+    from fedge.server.model_files import baked_manifest
 
     original = load_artifact(env.artifact)
     for query, weights in (("", env.weights[3]), ("?round=1", env.weights[1])):
@@ -568,8 +568,8 @@ def test_model_zip_is_an_artifact_starting_at_the_weights(env: Env, tmp_path: Pa
 
 
 def test_bake_refuses_bad_input(env: Env) -> None:
-    from edge_client.errors import ArtifactError
-    from server.model_files import bake_weights
+    from fedge.edge_client.errors import ArtifactError
+    from fedge.server.model_files import bake_weights
 
     art = load_artifact(env.artifact)
     w = env.weights[3]
@@ -583,7 +583,7 @@ def test_bake_refuses_bad_input(env: Env) -> None:
 
 
 def test_unknown_token_role_is_a_config_error(env: Env) -> None:
-    from edge_client.errors import ConfigError
+    from fedge.edge_client.errors import ConfigError
 
     app = create_app(env.server.blobs, env.server.traffic)
     with pytest.raises(ConfigError, match="root"):
@@ -631,7 +631,7 @@ def test_metrics_survive_a_restart(env: Env) -> None:
     """A new app over the reopened database reports the same stored totals."""
     from prometheus_client import generate_latest
 
-    from server.metrics import metrics_registry
+    from fedge.server.metrics import metrics_registry
 
     before = scrape(env.http)
     reopened = Store(env.server.store.path)

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_client import codec
-from edge_client.artifact import load_artifact
-from edge_client.signing import load_or_create_signing_key
-from edge_client.weights import unpack_weights
-from server.aggregator import StreamingMean
-from server.blobs import BlobStore
-from server.coordinator import Coordinator
-from server.job import parse_job_config
-from server.rounds import RoundRun, RoundState
-from server.store import Store
+from fedge.edge_client import codec
+from fedge.edge_client.artifact import load_artifact
+from fedge.edge_client.signing import load_or_create_signing_key
+from fedge.edge_client.weights import unpack_weights
+from fedge.server.aggregator import StreamingMean
+from fedge.server.blobs import BlobStore
+from fedge.server.coordinator import Coordinator
+from fedge.server.job import parse_job_config
+from fedge.server.rounds import RoundRun, RoundState
+from fedge.server.store import Store
 
 
 async def _published(topic: str, data: bytes) -> bool:

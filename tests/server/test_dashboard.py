@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from fedge_testing import DeviceFleet, ServerThread, device_configs, iid_shards, start_server
 
-from edge_client.data import save_npz_dataset
-from edge_client.signing import load_or_create_signing_key
-from edge_client.weights import unpack_weights
-from server.app import ServerSettings
-from server.job import EvaluationConfig, JobConfig, SelectionConfig, TrainingConfig, validate
+from fedge.edge_client.data import save_npz_dataset
+from fedge.edge_client.signing import load_or_create_signing_key
+from fedge.edge_client.weights import unpack_weights
+from fedge.server.app import ServerSettings
+from fedge.server.job import EvaluationConfig, JobConfig, SelectionConfig, TrainingConfig, validate
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TOKENS = {"admin-token": "admin", "read-token": "read"}

@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from fedge_testing import LoopThread, free_tcp_port
 
-from edge_client.errors import ArtifactError
-from edge_client.fetch import BlobFetcher
-from edge_client.protocol.messages import BlobRef
-from edge_client.signing import (
+from fedge.edge_client.errors import ArtifactError
+from fedge.edge_client.fetch import BlobFetcher
+from fedge.edge_client.protocol.messages import BlobRef
+from fedge.edge_client.signing import (
     load_or_create_signing_key,
     load_public_key,
     public_pem,
@@ -30,8 +30,8 @@ from edge_client.signing import (
     sign_blob,
     verify_blob,
 )
-from server.blobs import BlobStore
-from server.http_app import TrafficCounter, create_app
+from fedge.server.blobs import BlobStore
+from fedge.server.http_app import TrafficCounter, create_app
 
 KEEP_ALIVE_S = 1  # the test server closes idle connections after this
 DATA = random.Random(0).randbytes(200_000)

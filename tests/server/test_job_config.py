@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from edge_client.errors import ConfigError
-from edge_client.protocol import messages as m
-from server.job import (
+from fedge.edge_client.errors import ConfigError
+from fedge.edge_client.protocol import messages as m
+from fedge.server.job import (
     JobConfig,
     SelectionConfig,
     TrainingConfig,

@@ -6,9 +6,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge_client.protocol.messages import decode_tensor, encode_tensor
-from server.job import ServerOptimizerConfig
-from server.optimizers import ServerOptimizer
+from fedge.edge_client.protocol.messages import decode_tensor, encode_tensor
+from fedge.server.job import ServerOptimizerConfig
+from fedge.server.optimizers import ServerOptimizer
 
 SHAPES = [(4, 3), (3,), (2, 2, 2)]
 

@@ -14,15 +14,15 @@ import paho.mqtt.client as paho
 import pytest
 from fedge_testing import DeviceFleet, device_configs, free_tcp_port, iid_shards
 
-from edge_client import codec
-from edge_client.agent import AgentHooks
-from edge_client.artifact import load_artifact
-from edge_client.data import save_npz_dataset
-from edge_client.protocol import messages as m
-from edge_client.protocol import topics
-from edge_client.protocol.envelope import Envelope, unpack
-from edge_client.signing import load_or_create_signing_key
-from server.store import Store
+from fedge.edge_client import codec
+from fedge.edge_client.agent import AgentHooks
+from fedge.edge_client.artifact import load_artifact
+from fedge.edge_client.data import save_npz_dataset
+from fedge.edge_client.protocol import messages as m
+from fedge.edge_client.protocol import topics
+from fedge.edge_client.protocol.envelope import Envelope, unpack
+from fedge.edge_client.signing import load_or_create_signing_key
+from fedge.server.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,7 +75,7 @@ def start_server_process(
             [
                 sys.executable,
                 "-m",
-                "tools.cli",
+                "fedge.tools.cli",
                 "server",
                 "--job",
                 str(job),

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from fedge_testing import DeviceFleet, device_configs, iid_shards, start_server
 
-from edge_client.agent import AgentHooks
-from edge_client.data import save_npz_dataset
-from server.app import ServerSettings
-from server.broker import EmbeddedBroker
-from server.job import EvaluationConfig, JobConfig, SelectionConfig, TrainingConfig, validate
-from server.store import Store
+from fedge.edge_client.agent import AgentHooks
+from fedge.edge_client.data import save_npz_dataset
+from fedge.server.app import ServerSettings
+from fedge.server.broker import EmbeddedBroker
+from fedge.server.job import EvaluationConfig, JobConfig, SelectionConfig, TrainingConfig, validate
+from fedge.server.store import Store
 
 
 def digits_job(artifact: Path, central: Path, rounds: int = 5, **selection: object) -> JobConfig:
@@ -56,7 +56,7 @@ def run_job(
     job = digits_job(artifact, central, rounds=rounds, **(job_kwargs or {}))
     state = tmp_path / "server"
     key_file = state / "signing.key"
-    from edge_client.signing import load_or_create_signing_key
+    from fedge.edge_client.signing import load_or_create_signing_key
 
     load_or_create_signing_key(key_file)
     # round 1 starts once the whole fleet is online (the tests count on every device being there)

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_client.errors import ProtocolError
-from edge_client.protocol.messages import CheckIn, Eligibility
-from edge_client.protocol.topics import WAKE_GROUPS, wake, wake_group
-from server.job import SelectionConfig
-from server.selection import (
+from fedge.edge_client.errors import ProtocolError
+from fedge.edge_client.protocol.messages import CheckIn, Eligibility
+from fedge.edge_client.protocol.topics import WAKE_GROUPS, wake, wake_group
+from fedge.server.job import SelectionConfig
+from fedge.server.selection import (
     CLOSE_FACTOR,
     WAKE_ALL_SHARE,
     WAKE_SLACK,

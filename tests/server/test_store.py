@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from server.rounds import TRANSITIONS, IllegalTransition, ParticipantReport, RoundRun, RoundState
-from server.store import Store
+from fedge.server.rounds import (
+    TRANSITIONS,
+    IllegalTransition,
+    ParticipantReport,
+    RoundRun,
+    RoundState,
+)
+from fedge.server.store import Store
 
 R = RoundState
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from fedge_testing import DeviceFleet, MosquittoProcess, device_configs, iid_shards, start_server
 
-from edge_client.artifact import load_artifact
-from edge_client.signing import load_or_create_signing_key
-from edge_client.trainer import LocalTrainer
-from server.app import ServerSettings
-from tools.bench.tff_parity import (
+from fedge.edge_client.artifact import load_artifact
+from fedge.edge_client.signing import load_or_create_signing_key
+from fedge.edge_client.trainer import LocalTrainer
+from fedge.server.app import ServerSettings
+from fedge.tools.bench.tff_parity import (
     ParitySetup,
     committed_round_weights,
     max_abs_diff,

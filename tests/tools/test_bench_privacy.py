@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge_client.errors import ConfigError
-from tools.bench.privacy import QUICK, calibrate_z, epsilon_function
+from fedge.edge_client.errors import ConfigError
+from fedge.tools.bench.privacy import QUICK, calibrate_z, epsilon_function
 
 
 @pytest.mark.parametrize("mode", ["central", "distributed"])

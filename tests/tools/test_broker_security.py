@@ -16,8 +16,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_client.protocol import topics
-from tools.provision import ProvisionResult, add_devices, provision_fleet
+from fedge.edge_client.protocol import topics
+from fedge.tools.provision import ProvisionResult, add_devices, provision_fleet
 
 pytestmark = pytest.mark.mosquitto
 

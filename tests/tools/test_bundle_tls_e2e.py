@@ -23,12 +23,12 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from edge_client.data import save_npz_dataset
-from edge_client.errors import ConfigError
-from server.store import Store
-from tools import cli
-from tools.bundle import build_bundle, main
-from tools.provision import ProvisionResult, provision_fleet
+from fedge.edge_client.data import save_npz_dataset
+from fedge.edge_client.errors import ConfigError
+from fedge.server.store import Store
+from fedge.tools import cli
+from fedge.tools.bundle import build_bundle, main
+from fedge.tools.provision import ProvisionResult, provision_fleet
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 
@@ -315,7 +315,7 @@ def test_installed_device_trains_a_round_over_tls_with_acls(
     job = write_job(tmp_path / "job.toml", mlp_artifact)
     with server_log.open("wb") as sink:
         server = subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "server", "--config", str(fleet.server_config),
+            [sys.executable, "-m", "fedge.tools.cli", "server", "--config", str(fleet.server_config),
              "--job", str(job), "--state-dir", str(state)],
             cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
     processes.append(server)

@@ -26,18 +26,18 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from edge_client.artifact import MANIFEST_FILE, MODEL_FILE, Artifact
-from edge_client.codec import decode_update, encode_update, parse_spec
-from edge_client.codec.layout import check_shapes, fingerprint
-from edge_client.errors import FedgeError
-from edge_client.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
-from edge_client.protocol import messages as m
-from edge_client.protocol.envelope import HEADER_FIELDS, Envelope, unpack
-from edge_client.secagg import decode_message
-from edge_client.secagg.keys import KEY_BYTES, SHARE_CIPHERTEXT_BYTES
-from edge_client.secagg.shamir import SHARE_BYTES
-from edge_client.weights import pack_weights, unpack_weights
-from server.job import parse_job_config
+from fedge.edge_client.artifact import MANIFEST_FILE, MODEL_FILE, Artifact
+from fedge.edge_client.codec import decode_update, encode_update, parse_spec
+from fedge.edge_client.codec.layout import check_shapes, fingerprint
+from fedge.edge_client.errors import FedgeError
+from fedge.edge_client.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
+from fedge.edge_client.protocol import messages as m
+from fedge.edge_client.protocol.envelope import HEADER_FIELDS, Envelope, unpack
+from fedge.edge_client.secagg import SecAggConfig, decode_message
+from fedge.edge_client.secagg.keys import KEY_BYTES, SHARE_CIPHERTEXT_BYTES
+from fedge.edge_client.secagg.shamir import SHARE_BYTES
+from fedge.edge_client.weights import pack_weights, unpack_weights
+from fedge.server.job import parse_job_config
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -117,7 +117,10 @@ MESSAGES: list[m.Message] = [
               examples=300, cached_artifacts=[DIGEST], identity_key=bytes(32)),
     m.Task(kind="train", model=REF, manifest=REF, weights=REF,
            plan=m.TrainingPlan(epochs=1, lr=0.1, max_steps=50), codec="topk:0.1+q8",
-           deadline=time.time() + 60, round_seed=SEED, secagg={"k": 4}, dp={"clip": 1.0},
+           deadline=time.time() + 60, round_seed=SEED,
+           secagg=m.SecAggTask(round_id="r.1.1", config=SecAggConfig(fleet="f", dimension=9),
+                               clip=1.0, bits=16, n_max=5, max_weight=100, stage_timeout_s=15.0),
+           dp=m.DPTask(mode="central", clip=1.0),
            weights_delta=REF, delta_base=DIGEST),
     m.RetryLater(reason="not selected", retry_after_s=5.0),
     m.Update(payload=b"\x93\x01\xc4\x00\x90", base_weights=m.base_digest(DIGEST),
@@ -361,8 +364,8 @@ def test_job_config_with_values_of_any_type(tmp_path: Path, raw: dict[str, Any])
 
 WORKER = """
 import struct, sys
-from edge_client.artifact import Artifact
-from edge_client.errors import FedgeError
+from fedge.edge_client.artifact import Artifact
+from fedge.edge_client.errors import FedgeError
 read, write = sys.stdin.buffer.read, sys.stdout.buffer.write
 while header := read(8):
     n_manifest, n_model = struct.unpack("<II", header)

@@ -18,10 +18,16 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_client.config import load_device_config
-from edge_client.errors import ConfigError
-from tools.provision import ProvisionResult, add_devices, main, provision_fleet, server_account
-from tools.provision.mosquitto import (
+from fedge.edge_client.config import load_device_config
+from fedge.edge_client.errors import ConfigError
+from fedge.tools.provision import (
+    ProvisionResult,
+    add_devices,
+    main,
+    provision_fleet,
+    server_account,
+)
+from fedge.tools.provision.mosquitto import (
     hash_password,
     read_password_file,
     render_password_file,

@@ -14,15 +14,15 @@ import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_client.artifact import MANIFEST_FILE, MODEL_FILE, Artifact
-from edge_client.errors import ArtifactError
-from edge_client.fetch import BlobFetcher
-from edge_client.protocol.messages import BlobRef
-from edge_client.signing import load_or_create_signing_key, load_public_key, sign_blob
-from edge_client.weights import pack_weights, unpack_weights
-from server.blobs import BlobStore
-from server.http_app import TrafficCounter, create_app
-from tools.provision import ProvisionResult, pki, provision_fleet
+from fedge.edge_client.artifact import MANIFEST_FILE, MODEL_FILE, Artifact
+from fedge.edge_client.errors import ArtifactError
+from fedge.edge_client.fetch import BlobFetcher
+from fedge.edge_client.protocol.messages import BlobRef
+from fedge.edge_client.signing import load_or_create_signing_key, load_public_key, sign_blob
+from fedge.edge_client.weights import pack_weights, unpack_weights
+from fedge.server.blobs import BlobStore
+from fedge.server.http_app import TrafficCounter, create_app
+from fedge.tools.provision import ProvisionResult, pki, provision_fleet
 
 DEVICE = "pi-7"
 

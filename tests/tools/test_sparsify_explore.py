@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tools.bench.sparsify_explore import (
+from fedge.tools.bench.sparsify_explore import (
     DEFAULT_SCHEMES,
     Scheme,
     index_bits,

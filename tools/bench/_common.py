@@ -23,11 +23,11 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from edge_client.errors import ConfigError
-from edge_client.protocol.envelope import PROTOCOL_VERSION
+from fedge.edge_client.errors import ConfigError
+from fedge.edge_client.protocol.envelope import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
-    from firmware_sim.sim import SimConfig
+    from fedge.firmware_sim.sim import SimConfig
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 Section = tuple[str, Sequence[str], Sequence[Sequence[object]], str]  # title, columns, rows, note
@@ -55,7 +55,7 @@ QUICK_FLEET: dict[str, Any] = {"devices": 10, "rounds": 2, "clients_per_round": 
 def run_or_reuse(cfg: SimConfig, reuse: bool) -> dict[str, Any]:
     """Simulate ``cfg``, or with ``reuse`` return a finished run with the identical config
     (and wire protocol, which its byte counts depend on)."""
-    from firmware_sim.sim import run_sim
+    from fedge.firmware_sim.sim import run_sim
 
     done = cfg.out / "summary.json"
     if reuse and done.exists():
@@ -327,8 +327,8 @@ def bench_mlp_artifact(hidden: int, cache_dir: Path | None = None) -> Path:
     if (target / "manifest.json").exists():
         return target
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from model_export import ModelSpec, export_spec
-    from model_export import layers as L
+    from fedge.model_export import ModelSpec, export_spec
+    from fedge.model_export import layers as L
 
     spec = ModelSpec(f"bench-mlp784-{hidden}", (28, 28, 1), 10,
                      (L.Flatten(), L.Dense(hidden), L.ReLU(), L.Dense(10)))

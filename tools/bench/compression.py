@@ -46,11 +46,11 @@ from typing import Any
 
 import numpy as np
 
-from edge_client.codec import UpdateEncoder, dense_float32_bytes, parse_spec
-from edge_client.errors import ConfigError
-from firmware_sim.plots import plot_accuracy_vs_bytes
-from firmware_sim.sim import SimConfig, cached_artifact_dir
-from tools.bench._common import (
+from fedge.edge_client.codec import UpdateEncoder, dense_float32_bytes, parse_spec
+from fedge.edge_client.errors import ConfigError
+from fedge.firmware_sim.plots import plot_accuracy_vs_bytes
+from fedge.firmware_sim.sim import SimConfig, cached_artifact_dir
+from fedge.tools.bench._common import (
     QUICK_FLEET,
     FleetSetting,
     command_line,
@@ -135,7 +135,7 @@ def run_spec(s: Setting, spec: str, runs_dir: Path, reuse: bool) -> dict[str, An
 
 def schedule(run_dir: Path) -> list[list[int]]:
     """Device indices that reported in each committed training round of a finished run."""
-    from server.store import Store
+    from fedge.server.store import Store
 
     store = Store(run_dir / "server" / "fedge.db")
     try:
@@ -159,9 +159,9 @@ def client_overlap(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> fl
 
 def sample_delta(artifact: Path, device_dir: Path, s: Setting) -> list[np.ndarray]:
     """A real update: device 0's weights after one local round from the initial weights."""
-    from edge_client.artifact import load_artifact
-    from edge_client.data import load_local_dataset
-    from edge_client.trainer import LocalTrainer
+    from fedge.edge_client.artifact import load_artifact
+    from fedge.edge_client.data import load_local_dataset
+    from fedge.edge_client.trainer import LocalTrainer
 
     trainer = LocalTrainer(load_artifact(artifact))
     start = trainer.get_weights()
@@ -254,7 +254,7 @@ def run_tff_anchor(s: Setting, artifact: Path, plan: list[list[int]], quantize_a
     result.unlink(missing_ok=True)
     cfg_file.write_text(json.dumps(cfg))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    subprocess.run([sys.executable, "-m", "tools.bench.tff_compression_anchor",
+    subprocess.run([sys.executable, "-m", "fedge.tools.bench.tff_compression_anchor",
                     "--config", str(cfg_file), "--out", str(result)],
                    check=True, env=env, timeout=3600)
     return dict(json.loads(result.read_text()))

@@ -36,13 +36,13 @@ from typing import Any
 import paho.mqtt.client as paho
 import psutil
 
-from edge_client.errors import ConfigError, ProtocolError
-from edge_client.protocol import messages as m
-from edge_client.protocol import topics
-from edge_client.protocol.envelope import unpack
-from firmware_sim.fleet import DeviceSpec, Fleet, WorkerArgs
-from firmware_sim.sim import SimConfig, prepare
-from tools.bench._common import (
+from fedge.edge_client.errors import ConfigError, ProtocolError
+from fedge.edge_client.protocol import messages as m
+from fedge.edge_client.protocol import topics
+from fedge.edge_client.protocol.envelope import unpack
+from fedge.firmware_sim.fleet import DeviceSpec, Fleet, WorkerArgs
+from fedge.firmware_sim.sim import SimConfig, prepare
+from fedge.tools.bench._common import (
     Mosquitto,
     Section,
     bench_mlp_artifact,
@@ -54,7 +54,7 @@ from tools.bench._common import (
     usage,
     write_json,
 )
-from tools.bench.ingest import (
+from fedge.tools.bench.ingest import (
     ROUND_COLUMNS,
     SimOutcome,
     outcome_note,

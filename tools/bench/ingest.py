@@ -45,23 +45,23 @@ import numpy as np
 import paho.mqtt.client as paho
 import psutil
 
-from edge_client import codec
-from edge_client.artifact import load_artifact
-from edge_client.errors import ConfigError
-from edge_client.mqtt_link import LinkSettings, MqttLink
-from edge_client.protocol import messages as m
-from edge_client.protocol import topics
-from edge_client.protocol.envelope import DEFAULT_LIMITS, ReplayGuard, unpack
-from edge_client.signing import load_or_create_signing_key
-from firmware_sim.sim import SimConfig, run_sim
-from server.aggregator import StreamingMean
-from server.blobs import BlobStore
-from server.coordinator import Coordinator, Publish
-from server.job import JobConfig, SelectionConfig, validate
-from server.rounds import RoundRun, RoundState
-from server.selection import round_seed
-from server.store import Store
-from tools.bench._common import (
+from fedge.edge_client import codec
+from fedge.edge_client.artifact import load_artifact
+from fedge.edge_client.errors import ConfigError
+from fedge.edge_client.mqtt_link import LinkSettings, MqttLink
+from fedge.edge_client.protocol import messages as m
+from fedge.edge_client.protocol import topics
+from fedge.edge_client.protocol.envelope import DEFAULT_LIMITS, ReplayGuard, unpack
+from fedge.edge_client.signing import load_or_create_signing_key
+from fedge.firmware_sim.sim import SimConfig, run_sim
+from fedge.server.aggregator import StreamingMean
+from fedge.server.blobs import BlobStore
+from fedge.server.coordinator import Coordinator, Publish
+from fedge.server.job import JobConfig, SelectionConfig, validate
+from fedge.server.rounds import RoundRun, RoundState
+from fedge.server.selection import round_seed
+from fedge.server.store import Store
+from fedge.tools.bench._common import (
     BENCH_FLEET,
     CpuSampler,
     Mosquitto,

@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from edge_client.errors import ConfigError
-from firmware_sim.plots import plot_accuracy_vs_epsilon
-from firmware_sim.sim import SimConfig
-from server.dp_controller import job_privacy_for
-from tools.bench._common import (
+from fedge.edge_client.errors import ConfigError
+from fedge.firmware_sim.plots import plot_accuracy_vs_epsilon
+from fedge.firmware_sim.sim import SimConfig
+from fedge.server.dp_controller import job_privacy_for
+from fedge.tools.bench._common import (
     QUICK_FLEET,
     FleetSetting,
     command_line,

@@ -65,9 +65,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from rich.console import Console
 from rich.table import Table
 
-from edge_client.errors import SecAggError
-from edge_client.identity import issue_identity_certificate
-from edge_client.secagg import (
+from fedge.edge_client.errors import SecAggError
+from fedge.edge_client.identity import issue_identity_certificate
+from fedge.edge_client.secagg import (
     MaskedInput,
     MaskedInputRequest,
     Roster,
@@ -76,8 +76,8 @@ from edge_client.secagg import (
     UnmaskRequest,
     decode_message,
 )
-from edge_client.secagg.messages import Message
-from server.secagg import SecAggServer
+from fedge.edge_client.secagg.messages import Message
+from fedge.server.secagg import SecAggServer
 
 FLOWER_PYTHON = Path("/tmp/flwr-venv/bin/python")
 ROUND = "bench-1"

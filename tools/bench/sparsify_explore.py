@@ -65,11 +65,11 @@ from typing import Any
 
 import numpy as np
 
-from edge_client.codec.pipeline import unflatten
-from edge_client.codec.quantize import dequantize, stochastic_round
-from firmware_sim.partition import parse_partition_spec, partition, split_local
-from model_export.datasets import load_fashion_mnist
-from tools.bench._common import command_line, machine_load, markdown_table, print_table
+from fedge.edge_client.codec.pipeline import unflatten
+from fedge.edge_client.codec.quantize import dequantize, stochastic_round
+from fedge.firmware_sim.partition import parse_partition_spec, partition, split_local
+from fedge.model_export.datasets import load_fashion_mnist
+from fedge.tools.bench._common import command_line, machine_load, markdown_table, print_table
 
 MODULE = "tools.bench.sparsify_explore"
 DEVICES, PER_ROUND, EPOCHS, LR, BATCH = 100, 20, 2, 0.1, 32

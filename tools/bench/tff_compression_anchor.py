@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from edge_client.errors import ArtifactError, ConfigError
+from fedge.edge_client.errors import ArtifactError, ConfigError
 
 STOCK_THRESHOLD = 20000  # the threshold compression_aggregator() passes to quantize_above_threshold
 QUANT_BITS = 8
@@ -113,8 +113,8 @@ def check_schedule(schedule: Sequence[Sequence[int]], cfg: AnchorConfig) -> list
 def client_arrays(cfg: AnchorConfig) -> tuple[list[tuple[np.ndarray, np.ndarray]],
                                                tuple[np.ndarray, np.ndarray]]:
     """Per-device local train splits and the central test set, exactly as the simulator."""
-    from firmware_sim.partition import parse_partition_spec, partition, split_local
-    from model_export.datasets import load_fashion_mnist
+    from fedge.firmware_sim.partition import parse_partition_spec, partition, split_local
+    from fedge.model_export.datasets import load_fashion_mnist
 
     x_train, y_train, x_test, y_test = load_fashion_mnist()
     parts = partition(y_train, cfg.devices, parse_partition_spec(cfg.partition), cfg.seed,
@@ -222,8 +222,8 @@ def run_anchor(cfg: AnchorConfig,
     import tensorflow as tf
     import tensorflow_federated as tff
 
-    from edge_client.artifact import load_artifact
-    from edge_client.trainer import LocalTrainer
+    from fedge.edge_client.artifact import load_artifact
+    from fedge.edge_client.trainer import LocalTrainer
 
     t_start = time.time()
     plan = check_schedule(schedule, cfg) if schedule is not None else seeded_schedule(

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import psutil
 
-from edge_client.errors import ConfigError
-from server.blobs import BlobStore
-from server.job import (
+from fedge.edge_client.errors import ConfigError
+from fedge.server.blobs import BlobStore
+from fedge.server.job import (
     EvaluationConfig,
     JobConfig,
     SelectionConfig,
@@ -42,7 +42,7 @@ from server.job import (
     TrainingConfig,
     validate,
 )
-from server.store import Store
+from fedge.server.store import Store
 
 MODULE = "tools.bench.tff_parity"
 TFF_WORKER = "worker_binary"
@@ -99,7 +99,7 @@ def committed_round_weights(state_dir: Path, job_name: str,
     ConfigError
         If the job is unknown, or its checkpoint is not its last committed round's weights.
     """
-    from edge_client.weights import unpack_weights
+    from fedge.edge_client.weights import unpack_weights
 
     store = Store(Path(state_dir) / "fedge.db")
     try:
@@ -214,11 +214,11 @@ def max_abs_diff(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
 
 async def _run_fedge_async(job: JobConfig, shards: Sequence[Shard], workdir: Path,
                            broker_url: str, timeout_s: float) -> str:
-    from edge_client.agent import DeviceAgent, LocalData, TrainerCache
-    from edge_client.config import parse_device_config
-    from edge_client.data import save_npz_dataset
-    from edge_client.signing import load_or_create_signing_key, load_public_key
-    from server.app import FedgeServer, ServerSettings
+    from fedge.edge_client.agent import DeviceAgent, LocalData, TrainerCache
+    from fedge.edge_client.config import parse_device_config
+    from fedge.edge_client.data import save_npz_dataset
+    from fedge.edge_client.signing import load_or_create_signing_key, load_public_key
+    from fedge.server.app import FedgeServer, ServerSettings
 
     key_file = workdir / "server" / "signing.key"
     load_or_create_signing_key(key_file)
@@ -270,11 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup = ParitySetup(devices=args.devices, rounds=args.rounds, epochs=args.epochs,
                         client_lr=args.lr, server_lr=args.server_lr)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from edge_client.artifact import load_artifact
-    from edge_client.trainer import LocalTrainer
-    from model_export import export_model
-    from model_export.datasets import load_digits_arrays
-    from tools.bench._common import Mosquitto, command_line, machine_load, print_table
+    from fedge.edge_client.artifact import load_artifact
+    from fedge.edge_client.trainer import LocalTrainer
+    from fedge.model_export import export_model
+    from fedge.model_export.datasets import load_digits_arrays
+    from fedge.tools.bench._common import Mosquitto, command_line, machine_load, print_table
 
     x_tr, y_tr, _, _ = load_digits_arrays(test_fraction=0.25, seed=0)
     shards = iid_shards(x_tr, y_tr, setup.devices)

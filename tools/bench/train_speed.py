@@ -71,9 +71,9 @@ def _batches(input_shape: tuple[int, ...], n: int, seed: int) -> tuple[np.ndarra
 
 
 def _worker_tflite(artifact_dir: Path, seconds: float, xnnpack: bool) -> dict[str, Any]:
-    from edge_client.artifact import load_artifact
-    from edge_client.runtime import runtime_name, runtime_version
-    from edge_client.trainer import LocalTrainer
+    from fedge.edge_client.artifact import load_artifact
+    from fedge.edge_client.runtime import runtime_name, runtime_version
+    from fedge.edge_client.trainer import LocalTrainer
 
     base = _rss_mb()
     trainer = LocalTrainer(load_artifact(artifact_dir), num_threads=1, xnnpack=xnnpack)
@@ -110,7 +110,7 @@ def _worker_tf(spec_file: Path, seconds: float, threads: int) -> dict[str, Any]:
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-    from model_export import layers as L
+    from fedge.model_export import layers as L
 
     base = _rss_mb()
     spec = pickle.loads(spec_file.read_bytes())
@@ -150,7 +150,7 @@ def _worker_tf(spec_file: Path, seconds: float, threads: int) -> dict[str, Any]:
 
 def _run_worker(args: list[str]) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.bench.train_speed", "--worker", *args],
+        [sys.executable, "-m", "fedge.tools.bench.train_speed", "--worker", *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -163,7 +163,7 @@ def _run_worker(args: list[str]) -> dict[str, Any]:
 
 
 def _prepare(models: list[str], root: Path) -> dict[str, dict[str, Any]]:
-    from model_export import build, export_spec
+    from fedge.model_export import build, export_spec
 
     out = {}
     for name in models:

@@ -2,6 +2,6 @@
 
 import sys
 
-from tools.bundle import main
+from fedge.tools.bundle import main
 
 sys.exit(main())

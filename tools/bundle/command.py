@@ -14,13 +14,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edge_client.errors import FedgeError
-from tools.bundle.archive import Entry, checksums, write_tar_gz
-from tools.bundle.device import read_device_folder
-from tools.bundle.platforms import PLATFORMS, PYTHON_VERSION, get_platform
-from tools.bundle.source import REPO_ROOT, build_fedge_wheel
-from tools.bundle.templates import UNIT_NAME, render_install_script, render_unit
-from tools.bundle.wheels import collect_wheels, default_cache_dir
+from fedge.edge_client.errors import FedgeError
+from fedge.tools.bundle.archive import Entry, checksums, write_tar_gz
+from fedge.tools.bundle.device import read_device_folder
+from fedge.tools.bundle.platforms import PLATFORMS, PYTHON_VERSION, get_platform
+from fedge.tools.bundle.source import REPO_ROOT, build_fedge_wheel
+from fedge.tools.bundle.templates import UNIT_NAME, render_install_script, render_unit
+from fedge.tools.bundle.wheels import collect_wheels, default_cache_dir
 
 BUNDLE_FORMAT = 1
 EXECUTABLE_MODE = 0o755

@@ -6,9 +6,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_client.config import DeviceConfig, load_device_config
-from edge_client.errors import ConfigError, ProtocolError
-from edge_client.protocol.topics import check_name
+from fedge.edge_client.config import DeviceConfig, load_device_config
+from fedge.edge_client.errors import ConfigError, ProtocolError
+from fedge.edge_client.protocol.topics import check_name
 
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge_client.errors import ConfigError
+from fedge.edge_client.errors import ConfigError
 
 PYTHON_VERSION = "3.11"
 IMPLEMENTATION = "cp"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from edge_client.errors import ConfigError, ProtocolError
-from edge_client.protocol.topics import check_name
-from tools.bundle.platforms import PYTHON_VERSION, Platform
+from fedge.edge_client.errors import ConfigError, ProtocolError
+from fedge.edge_client.protocol.topics import check_name
+from fedge.tools.bundle.platforms import PYTHON_VERSION, Platform
 
 UNIT_NAME = "fedge-device.service"
 SERVICE_USER = "fedge"

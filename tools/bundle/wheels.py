@@ -15,8 +15,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from edge_client.errors import ConfigError
-from tools.bundle.platforms import IMPLEMENTATION, PYTHON_VERSION, Platform
+from fedge.edge_client.errors import ConfigError
+from fedge.tools.bundle.platforms import IMPLEMENTATION, PYTHON_VERSION, Platform
 
 DOWNLOAD_TIMEOUT_S = 900
 _COLLECTING = re.compile(r"^Collecting (\S+)")

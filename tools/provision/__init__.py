@@ -1,7 +1,12 @@
 """Fleet provisioning: CA, TLS certificates, broker credentials and topic ACLs, device folders."""
 
-from tools.provision.command import build_parser, main
-from tools.provision.fleet import ProvisionResult, add_devices, provision_fleet, server_account
+from fedge.tools.provision.command import build_parser, main
+from fedge.tools.provision.fleet import (
+    ProvisionResult,
+    add_devices,
+    provision_fleet,
+    server_account,
+)
 
 __all__ = [
     "ProvisionResult",

@@ -1,5 +1,5 @@
 """`python -m tools.provision ...` runs `fedge provision` without the full CLI."""
 
-from tools.provision.command import main
+from fedge.tools.provision.command import main
 
 raise SystemExit(main())

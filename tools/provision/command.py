@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge_client.errors import FedgeError
-from tools.provision.fleet import add_devices, provision_fleet
-from tools.provision.layout import FleetLayout
+from fedge.edge_client.errors import FedgeError
+from fedge.tools.provision.fleet import add_devices, provision_fleet
+from fedge.tools.provision.layout import FleetLayout
 
 DEFAULT_BROKER_HOST = "127.0.0.1"
 DEFAULT_BROKER_PORT = 8883

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from edge_client.config import EligibilityRules
+from fedge.edge_client.eligibility import EligibilityRules
 
 TomlValue = str | int | float | bool
 TomlTables = dict[str, dict[str, TomlValue]]

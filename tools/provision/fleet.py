@@ -12,13 +12,13 @@ from urllib.parse import urlparse
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edge_client.errors import ConfigError, ProtocolError
-from edge_client.protocol.topics import check_name
-from tools.provision import pki
-from tools.provision.configs import device_toml, server_toml
-from tools.provision.files import PRIVATE_DIR_MODE, make_dir, write_file, write_secret
-from tools.provision.layout import FleetLayout
-from tools.provision.mosquitto import (
+from fedge.edge_client.errors import ConfigError, ProtocolError
+from fedge.edge_client.protocol.topics import check_name
+from fedge.tools.provision import pki
+from fedge.tools.provision.configs import device_toml, server_toml
+from fedge.tools.provision.files import PRIVATE_DIR_MODE, make_dir, write_file, write_secret
+from fedge.tools.provision.layout import FleetLayout
+from fedge.tools.provision.mosquitto import (
     AuthMode,
     BrokerFiles,
     hash_password,
@@ -27,7 +27,7 @@ from tools.provision.mosquitto import (
     render_conf,
     render_password_file,
 )
-from tools.provision.spec import FleetSpec, load_spec, save_spec
+from fedge.tools.provision.spec import FleetSpec, load_spec, save_spec
 
 DEVICE_ID_RE = re.compile(r"^dev-(\d+)$")
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edge_client.errors import ConfigError
-from edge_client.protocol.topics import PREFIX
+from fedge.edge_client.errors import ConfigError
+from fedge.edge_client.protocol.topics import PREFIX
 
 AuthMode = Literal["cert", "password"]
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge_client.errors import ConfigError
+from fedge.edge_client.errors import ConfigError
 
 CA_VALID_DAYS = 3650
 LEAF_VALID_DAYS = 1826

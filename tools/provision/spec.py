@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast, get_args
 
-from edge_client.errors import ConfigError
-from tools.provision.files import write_file
-from tools.provision.mosquitto import AuthMode
+from fedge.edge_client.errors import ConfigError
+from fedge.tools.provision.files import write_file
+from fedge.tools.provision.mosquitto import AuthMode
 
 SPEC_VERSION = 1
 

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_client.codec.bitpack import pack_uint, packed_size, unpack_uint
-from edge_client.codec.indices import coded_size, decode_indices, encode_indices
-from edge_client.errors import CodecError
+from fedge.edge_client.codec.bitpack import pack_uint, packed_size, unpack_uint
+from fedge.edge_client.codec.indices import coded_size, decode_indices, encode_indices
+from fedge.edge_client.errors import CodecError
 
 
 @settings(max_examples=60, deadline=None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_client.codec import UpdateEncoder, decode_update, dense_float32_bytes, parse_spec
+from fedge.edge_client.codec import UpdateEncoder, decode_update, dense_float32_bytes, parse_spec
 
 DIM, CLIENTS, SAMPLES, ROUNDS, LR = 200, 10, 500, 120, 0.4
 

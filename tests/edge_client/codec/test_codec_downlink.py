@@ -6,8 +6,13 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge_client.codec import apply_model_delta, decode_model_delta, encode_model_delta, parse_spec
-from edge_client.errors import CodecError
+from fedge.edge_client.codec import (
+    apply_model_delta,
+    decode_model_delta,
+    encode_model_delta,
+    parse_spec,
+)
+from fedge.edge_client.errors import CodecError
 
 SHAPES = [(64, 32), (32,), (32, 4), (4,)]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_client.codec import ErrorFeedback, ResidualStatus, UpdateEncoder, parse_spec
+from fedge.edge_client.codec import ErrorFeedback, ResidualStatus, UpdateEncoder, parse_spec
 
 SHAPES = [(50, 20), (20,)]
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_client.codec import (
+from fedge.edge_client.codec import (
     UpdateEncoder,
     decode_update,
     dense_float32_bytes,
@@ -19,8 +19,8 @@ from edge_client.codec import (
     payload_bound,
     predicted_weights,
 )
-from edge_client.codec.sparsify import random_indices
-from edge_client.errors import CodecError
+from fedge.edge_client.codec.sparsify import random_indices
+from fedge.edge_client.errors import CodecError
 
 SHAPES = [(40, 30), (30,), (30, 10), (10,)]
 MLP_SHAPES = [(784, 128), (128,), (128, 10), (10,)]  # 101,770 parameters

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_client.codec.quantize import (
+from fedge.edge_client.codec.quantize import (
     block_max,
     dequantize,
     expand_scales,
@@ -15,7 +15,7 @@ from edge_client.codec.quantize import (
     stochastic_round,
     storable_scales,
 )
-from edge_client.codec.spec import ALLOWED_BITS
+from fedge.edge_client.codec.spec import ALLOWED_BITS
 
 
 def _round_trip(x: np.ndarray, bits: int, block: int | None, seed: int) -> tuple[np.ndarray, ...]:

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_client.codec import RingCodec, parse_spec
-from edge_client.codec.ring import check_count
-from edge_client.codec.sparsify import random_indices
-from edge_client.errors import CodecError
+from fedge.edge_client.codec import RingCodec, parse_spec
+from fedge.edge_client.codec.ring import check_count
+from fedge.edge_client.codec.sparsify import random_indices
+from fedge.edge_client.errors import CodecError
 
 SHAPES = [(30, 20), (20,), (20, 5), (5,)]  # 725 parameters
 

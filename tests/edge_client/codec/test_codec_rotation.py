@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_client.codec.rotation import chunk_sizes, padded_length, rotate, unrotate
+from fedge.edge_client.codec.rotation import chunk_sizes, padded_length, rotate, unrotate
 
 
 @settings(max_examples=60, deadline=None)

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_client.codec.sparsify import keep_count, random_indices, topk_indices
+from fedge.edge_client.codec.sparsify import keep_count, random_indices, topk_indices
 
 
 @settings(max_examples=60, deadline=None)

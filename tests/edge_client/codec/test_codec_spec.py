@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_client.codec.spec import CodecSpec, Sparsifier, parse_spec
-from edge_client.errors import CodecError
+from fedge.edge_client.codec.spec import CodecSpec, Sparsifier, parse_spec
+from fedge.edge_client.errors import CodecError
 
 
 @pytest.mark.parametrize(
