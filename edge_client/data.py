@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import DataError
 
 # IDX type byte -> big-endian numpy dtype
@@ -24,7 +25,7 @@ _IDX_DTYPES: dict[int, str] = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> Array:
     """Read an IDX file (plain or gzip-compressed, detected by content).
 
     Raises
@@ -57,7 +58,7 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def _check_pair(x: np.ndarray, y: np.ndarray, where: str) -> None:
+def _check_pair(x: Array, y: Array, where: str) -> None:
     if x.ndim < 2:
         raise DataError(f"{where}: x must have a batch axis and a feature shape, got {x.shape}")
     if y.ndim != 1:
@@ -72,12 +73,12 @@ def _check_pair(x: np.ndarray, y: np.ndarray, where: str) -> None:
         raise DataError(f"{where}: labels must be in [0, 2^31), got {y.min()}..{y.max()}")
 
 
-def _as_dataset(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+def _as_dataset(x: Array, y: Array, where: str) -> tuple[Array, Array]:
     _check_pair(x, y, where)
     return x.astype(np.float32, copy=False), y.astype(np.int32, copy=False)
 
 
-def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _load_npz(path: Path) -> tuple[Array, Array]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "x" not in npz.files or "y" not in npz.files:
@@ -87,7 +88,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"cannot read {path} as .npz: {exc}") from exc
 
 
-def _load_idx_dir(directory: Path) -> tuple[np.ndarray, np.ndarray]:
+def _load_idx_dir(directory: Path) -> tuple[Array, Array]:
     files = sorted(p for p in directory.iterdir() if p.is_file())
     images = [p for p in files if "images" in p.name]
     labels = [p for p in files if "labels" in p.name]
@@ -102,7 +103,7 @@ def _load_idx_dir(directory: Path) -> tuple[np.ndarray, np.ndarray]:
     return _as_dataset(x, y, str(directory))
 
 
-def load_local_dataset(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_local_dataset(path: Path) -> tuple[Array, Array]:
     """Load ``(x float32, y int32)`` from a .npz file or a directory.
 
     A directory holds either ``.npz`` files (concatenated in sorted name order) or one
@@ -130,7 +131,7 @@ def load_local_dataset(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([x for x, _ in loaded]), np.concatenate([y for _, y in loaded])
 
 
-def save_npz_dataset(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+def save_npz_dataset(path: Path, x: Array, y: Array) -> None:
     """Write ``x``/``y`` to an uncompressed .npz file atomically.
 
     Raises

@@ -8,19 +8,28 @@ check-in with a retry window). Both ask `ineligibility` and get the same reason 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from fedge.edge_client.protocol.messages import Eligibility
+from fedge.edge_client.tables import Settings, check
 
 
 @dataclass(frozen=True)
-class EligibilityRules:
+class EligibilityRules(Settings):
     """What a device's state must be for it to train (all off by default)."""
 
+    SECTION: ClassVar[str] = "eligibility"
     require_charging: bool = False
     require_unmetered: bool = False
     require_idle: bool = False
     min_battery: float = 0.0
     min_free_memory_mb: int = 0
+
+    def check(self) -> None:
+        check(
+            0.0 <= self.min_battery <= 1.0 and self.min_free_memory_mb >= 0,
+            "eligibility.min_battery must be in [0, 1] and min_free_memory_mb >= 0",
+        )
 
 
 def ineligibility(state: Eligibility, rules: EligibilityRules) -> str | None:

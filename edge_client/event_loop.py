@@ -1,15 +1,11 @@
-"""Run a coroutine on uvloop when it is installed, else on asyncio's own loop.
-
-uvloop (libuv) runs the same asyncio code with far less overhead per callback, timer and
-socket event. That matters where one process drives thousands of MQTT sessions (a simulator
-worker) or serves a fleet (the server); a device with one session gains little, so the edge
-client does not require it.
-"""
+"""Run a coroutine on uvloop when it is installed (else asyncio's loop), or until a signal."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -18,7 +14,13 @@ log = logging.getLogger("fedge.loop")
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    """The fastest event loop this machine has: uvloop's, or asyncio's default."""
+    """The fastest event loop this machine has: uvloop's, or asyncio's default.
+
+    uvloop (libuv) runs the same asyncio code with far less overhead per callback, timer and
+    socket event. That matters where one process drives thousands of MQTT sessions (a simulator
+    worker) or serves a fleet (the server); a device with one session gains little, so the edge
+    client does not require it.
+    """
     try:
         import uvloop
     except ImportError:
@@ -50,3 +52,23 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on the loop of `loop_factory`, with `report_loop_error`."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(_with_error_handler(main))
+
+
+def run_until_signal(main: Callable[[asyncio.Event], object]) -> object:
+    """Run ``main(stop)`` with `run`; SIGINT/SIGTERM set ``stop`` so it can shut down cleanly.
+
+    ``main`` must return an awaitable (an ``async def`` taking the stop event). Typed loosely
+    so it fits the runner argument of ``run_device``. Returns what the awaitable returns.
+    """
+
+    async def runner() -> object:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        pending = main(stop)
+        if not inspect.isawaitable(pending):
+            raise TypeError(f"{main!r} returned {pending!r}, not an awaitable")
+        return await pending
+
+    return run(runner())

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from fedge.edge_client.errors import ConfigError, ProtocolError, SecAggError
-from fedge.edge_client.protocol.topics import check_name
+from fedge.edge_client.names import check_name
 
 CERT_DOMAIN = b"fedge/identity-certificate/v1"
 PUBLIC_KEY_BYTES = 32

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.artifact import Artifact, Manifest
 from fedge.edge_client.errors import ArtifactError, ConfigError, DataError
 
@@ -63,13 +64,13 @@ class LocalTrainer:
 
     # ------------------------------------------------------------ weights
 
-    def get_weights(self) -> list[np.ndarray]:
+    def get_weights(self) -> list[Array]:
         """Current trainable tensors, ordered as ``manifest.tensors``."""
         sig = self._model.get_weights
         sig.invoke()
         return [sig.get(name) for name in self._names]
 
-    def set_weights(self, weights: Sequence[np.ndarray]) -> None:
+    def set_weights(self, weights: Sequence[Array]) -> None:
         """Replace the trainable tensors.
 
         Raises
@@ -95,7 +96,7 @@ class LocalTrainer:
 
     # ------------------------------------------------------------ checks
 
-    def _check(self, x: np.ndarray, y: np.ndarray | None) -> int:
+    def _check(self, x: Array, y: Array | None) -> int:
         m = self.manifest
         if not isinstance(x, np.ndarray) or x.dtype != np.float32:
             got = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
@@ -123,8 +124,8 @@ class LocalTrainer:
 
     def fit(
         self,
-        x: np.ndarray,
-        y: np.ndarray,
+        x: Array,
+        y: Array,
         *,
         epochs: int,
         lr: float,
@@ -225,7 +226,7 @@ class LocalTrainer:
 
     # ------------------------------------------------------------ evaluation
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> EvalResult:
+    def evaluate(self, x: Array, y: Array) -> EvalResult:
         """Mean loss and accuracy over ``(x, y)`` via the ``evaluate`` signature.
 
         Raises
@@ -236,7 +237,7 @@ class LocalTrainer:
         self._check(x, y)
         return self._run_eval(x, y.astype(np.int32, copy=False))
 
-    def _run_eval(self, x: np.ndarray, y: np.ndarray) -> EvalResult:
+    def _run_eval(self, x: Array, y: Array) -> EvalResult:
         n, b = len(x), self.manifest.batch_size
         sig = self._model.evaluate
         set_x, set_y, set_mask = (sig.setter(k) for k in ("x", "y", "mask"))
@@ -259,7 +260,7 @@ class LocalTrainer:
             mask[:] = 1.0
         return EvalResult(loss=loss / n, accuracy=correct / n, examples=n)
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, x: Array) -> Array:
         """Logits ``[N, num_classes]`` via the ``infer`` signature.
 
         Raises

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 import msgpack
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import ArtifactError, ProtocolError
 from fedge.edge_client.protocol.messages import decode_tensor, encode_tensor
 
 _FORMAT = "fedge-weights-v1"
 
 
-def pack_weights(weights: Sequence[np.ndarray]) -> bytes:
+def pack_weights(weights: Sequence[Array]) -> bytes:
     """Serialise weights (manifest order) as msgpack tensors."""
     return msgpack.packb(
         {"format": _FORMAT, "tensors": [encode_tensor(np.asarray(w, np.float32)) for w in weights]},
@@ -21,7 +22,7 @@ def pack_weights(weights: Sequence[np.ndarray]) -> bytes:
     )
 
 
-def unpack_weights(data: bytes, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+def unpack_weights(data: bytes, shapes: Sequence[tuple[int, ...]]) -> list[Array]:
     """Parse a weights blob and check it has exactly the expected float32 shapes."""
     try:
         raw = msgpack.unpackb(data, raw=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fedge.edge_client.errors import ConfigError, ProtocolError
-from fedge.edge_client.protocol.topics import check_name
+from fedge.edge_client.names import check_name
 
 DAY_S = 86_400.0
 _H = 3600.0

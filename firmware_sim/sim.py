@@ -30,16 +30,10 @@ from fedge.firmware_sim.fleet import DeviceSpec, Fleet, WorkerArgs
 from fedge.firmware_sim.partition import parse_partition_spec, partition, split_local
 from fedge.firmware_sim.plots import plot_summary, write_rounds_csv
 from fedge.firmware_sim.profiles import assign_profiles, profile_mix
-from fedge.server.app import FedgeServer, ServerSettings
+from fedge.server.app import FedgeServer
 from fedge.server.broker import EmbeddedBroker, free_port
-from fedge.server.job import (
-    EvaluationConfig,
-    JobConfig,
-    SelectionConfig,
-    ServerOptimizerConfig,
-    TrainingConfig,
-    validate,
-)
+from fedge.server.job import JobConfig, parse_job_config
+from fedge.server.settings import ServerSettings
 
 log = logging.getLogger("fedge.sim")
 
@@ -226,17 +220,19 @@ def prepare(c: SimConfig, broker_url: str) -> SimPlan:
     central = out / "central_test.npz"
     save_npz_dataset(central, x_test, y_test)
     k = c.clients_per_round
-    job = validate(
-        JobConfig(
-            name="sim",
-            fleet=fleet,
-            artifact=artifact_dir,
-            rounds=c.rounds,
-            seed=c.seed,
-            codec=c.compression,
-            downlink=c.downlink,
-            dp=c.dp,
-            secagg={
+    job = parse_job_config(
+        {
+            "job": {
+                "name": "sim",
+                "fleet": fleet,
+                "artifact": str(Path(artifact_dir).resolve()),
+                "rounds": c.rounds,
+                "seed": c.seed,
+                "codec": c.compression,
+                **({"downlink": c.downlink} if c.downlink else {}),
+                **({"dp": c.dp} if c.dp else {}),
+            },
+            "secagg": {
                 "enabled": True,
                 "clip": c.secagg_clip,
                 "bits": c.secagg_bits,
@@ -245,25 +241,30 @@ def prepare(c: SimConfig, broker_url: str) -> SimPlan:
             }
             if c.secure
             else {},
-            selection=SelectionConfig(
-                target_reports=k,
-                over_selection=c.over_selection,
-                min_reports=max(1, math.ceil(k * c.min_report_fraction)),
-                selection_timeout_s=c.selection_timeout_s,
-                round_deadline_s=c.round_deadline_s,
-                retry_window_s=2.0,
-                wake_all=c.wake_all,
-            ),
+            "selection": {
+                "target_reports": k,
+                "over_selection": c.over_selection,
+                "min_reports": max(1, math.ceil(k * c.min_report_fraction)),
+                "selection_timeout_s": c.selection_timeout_s,
+                "round_deadline_s": c.round_deadline_s,
+                "retry_window_s": 2.0,
+                "wake_all": c.wake_all,
+            },
             # Secure mode scales each update by weight / max_example_weight into a fixed range, so
             # the cap is the largest shard (the default 10,000 would waste the ring's resolution).
-            training=TrainingConfig(
-                local_epochs=c.local_epochs, lr=c.lr, max_example_weight=max(len(p) for p in parts)
-            ),
-            optimizer=ServerOptimizerConfig(name=c.server_optimizer, lr=c.server_lr),
-            evaluation=EvaluationConfig(
-                central_every=1, central_data=str(central), federated_every=c.federated_eval_every
-            ),
-        )
+            "training": {
+                "local_epochs": c.local_epochs,
+                "lr": c.lr,
+                "max_example_weight": max(len(p) for p in parts),
+            },
+            "server_optimizer": {"name": c.server_optimizer, "lr": c.server_lr},
+            "evaluation": {
+                "central_every": 1,
+                "central_data": str(central),
+                "federated_every": c.federated_eval_every,
+            },
+        },
+        out,
     )
     return SimPlan(
         job=job,
@@ -355,9 +356,9 @@ async def _monitor(server: FedgeServer, c: SimConfig, runner: asyncio.Task[str])
     ) as progress:
         task = progress.add_task("starting", total=c.rounds)
         while not runner.done():
-            rows = [r for r in coordinator.store.rounds(coordinator.job.name, "train")]
+            rows = server.store.rounds(coordinator.job.name, "train")
             done = [r for r in rows if r["state"] == "committed"]
-            cur = coordinator.current
+            cur = coordinator.runtime.current
             last = done[-1] if done else None
             acc = (
                 f"{last['eval_accuracy']:.3f}"
@@ -432,9 +433,9 @@ def run_sim(c: SimConfig) -> dict[str, Any]:
             status = event_loop.run(main())
         finally:
             device_stats = fleet.stop()
-        from fedge.server.store import Store
+        from fedge.server.store import SQLiteStore
 
-        store = Store(settings.state_dir / "fedge.db")
+        store = SQLiteStore(settings.state_dir / "fedge.db")
         rows = store.rounds(plan.job.name)
         job_row = store.job(plan.job.name) or {}
         store.close()

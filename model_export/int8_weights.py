@@ -15,6 +15,19 @@ from fedge.edge_client.errors import ArtifactError
 DEQUANTIZE_VERSION = 4
 
 
+def quantize_per_channel(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 quantization with one float32 scale per output channel (last axis)."""
+    absmax = np.abs(weights).reshape(-1, weights.shape[-1]).max(axis=0)
+    scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(weights / scale), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``q * scale`` as float32: the weights the artifact's DEQUANTIZE ops produce."""
+    return q.astype(np.float32) * scale
+
+
 @dataclass(frozen=True)
 class _Layout:
     """One way the converter may have laid a kernel out: its int8 twin and channel axis."""

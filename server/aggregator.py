@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import CodecError
 
 FRACTION_BITS = 24
@@ -27,7 +28,7 @@ class StreamingMean:
         self.total_weight = 0.0
         self.count = 0
 
-    def add(self, delta: Sequence[np.ndarray], examples: int) -> float:
+    def add(self, delta: Sequence[Array], examples: int) -> float:
         """Add one device's delta weighted by its (capped) example count; returns the weight.
 
         Raises CodecError (and changes nothing) for a wrong tensor count or shape, NaN or
@@ -53,7 +54,7 @@ class StreamingMean:
         self.count += 1
         return weight
 
-    def mean(self) -> list[np.ndarray]:
+    def mean(self) -> list[Array]:
         """Weighted mean delta (float32)."""
         if self.total_weight <= 0:
             raise CodecError("no updates were aggregated")
@@ -62,6 +63,6 @@ class StreamingMean:
             for s in self._sums
         ]
 
-    def sums(self) -> list[np.ndarray]:
+    def sums(self) -> list[Array]:
         """The weighted sums as float64."""
         return [s.astype(np.float64) / _SCALE for s in self._sums]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from fedge.edge_client.signing import sha256_hex
+from fedge.edge_client.protocol.messages import BlobRef
+from fedge.edge_client.signing import sha256_hex, sign_blob
 
 
 class BlobStore:
@@ -44,3 +46,26 @@ class BlobStore:
             return self.path(digest).exists()
         except KeyError:
             return False
+
+
+class SignedBlobs:
+    """Puts blobs in the store and hands out signed references devices can download.
+
+    A reference carries the blob's digest, its URL under ``public_url`` and the server's
+    Ed25519 signature over (kind, digest), which devices check before using the bytes.
+    """
+
+    def __init__(self, blobs: BlobStore, signing_key: Any, public_url: str):
+        self.blobs = blobs
+        self.signing_key = signing_key
+        self.public_url = public_url.rstrip("/")
+
+    def ref(self, kind: str, data: bytes) -> BlobRef:
+        """Store ``data`` and return its signed reference as a blob of ``kind``."""
+        digest = self.blobs.put(data)
+        return BlobRef(
+            sha256=digest,
+            url=f"{self.public_url}/v1/blobs/{digest}",
+            signature=sign_blob(self.signing_key, kind, digest),
+            size=len(data),
+        )

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
-
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.artifact import Artifact
 from fedge.server.job import JobConfig
 
@@ -70,7 +69,7 @@ class ModelSnapshot:
     """A job's model after a committed round (or before its first one)."""
 
     artifact: Artifact
-    weights: Sequence[np.ndarray]
+    weights: Sequence[Array]
     description: str
 
 

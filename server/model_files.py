@@ -8,183 +8,34 @@ import io
 import struct
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from flatbuffers import number_types as fbn
 from flatbuffers.builder import Builder
-from flatbuffers.table import Table
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.artifact import MANIFEST_FILE, MODEL_FILE, Manifest
 from fedge.edge_client.errors import ArtifactError
-from fedge.edge_client.runtime import check_flatbuffer
+from fedge.edge_client.flatbuffer_check import check_flatbuffer
 from fedge.edge_client.weights import pack_weights
+from fedge.server.tflite_model import (
+    ASSIGN_VARIABLE,
+    DATA_ALIGN,
+    FLOAT32,
+    M_BUFFERS,
+    M_SUBGRAPHS,
+    OPT_ASSIGN_VARIABLE,
+    OPT_VAR_HANDLE,
+    VAR_HANDLE,
+    ModelView,
+    Variable,
+    scalar,
+    string,
+    tables,
+)
 
 WEIGHTS_FILE = "weights.msgpack"
 README_FILE = "README.txt"
-
-# TFLite schema v3: builtin operator codes, option-union tags, field slots used below.
-_CALL_ONCE, _VAR_HANDLE, _READ_VARIABLE, _ASSIGN_VARIABLE = 129, 142, 143, 144
-_OPT_VAR_HANDLE, _OPT_ASSIGN_VARIABLE = 111, 113
-_FLOAT32 = 0
-_DATA_ALIGN = 16  # the schema's force_align for Buffer.data
-_M_OPCODES, _M_SUBGRAPHS, _M_BUFFERS, _M_METADATA, _M_SIGNATURES = 1, 2, 4, 6, 7
-
-
-def _slot(t: Table, slot: int) -> int:
-    return int(t.Offset(4 + 2 * slot))
-
-
-def _scalar(t: Table, slot: int, flags: type, default: int = 0) -> int:
-    off = _slot(t, slot)
-    return default if off == 0 else int(t.Get(flags, t.Pos + off))
-
-
-def _vector(t: Table, slot: int) -> tuple[int, int]:
-    off = _slot(t, slot)
-    return (0, 0) if off == 0 else (int(t.Vector(off)), int(t.VectorLen(off)))
-
-
-def _tables(t: Table, slot: int) -> list[Table]:
-    start, n = _vector(t, slot)
-    return [Table(t.Bytes, t.Indirect(start + 4 * i)) for i in range(n)]
-
-
-def _ints(t: Table, slot: int) -> list[int]:
-    start, n = _vector(t, slot)
-    return [int(t.Get(fbn.Int32Flags, start + 4 * i)) for i in range(n)]
-
-
-def _string(t: Table, slot: int) -> bytes:
-    off = _slot(t, slot)
-    return b"" if off == 0 else bytes(t.String(t.Pos + off))
-
-
-def _child(t: Table, slot: int) -> Table | None:
-    off = _slot(t, slot)
-    return None if off == 0 else Table(t.Bytes, t.Indirect(t.Pos + off))
-
-
-@dataclass(frozen=True)
-class _Var:
-    """A resource variable as the init subgraph assigns it."""
-
-    key: tuple[bytes, bytes]  # (container, shared_name)
-    handle_name: bytes
-    value_name: bytes
-    value_shape: tuple[int, ...]
-    value_type: int
-    value_buffer: int
-
-
-class _Model:
-    """Read-only view of the parts of a TFLite flatbuffer that hold variable initial values."""
-
-    def __init__(self, data: bytes):
-        self.data = data
-        self.root = Table(data, int(struct.unpack_from("<I", data, 0)[0]))
-        self.codes = [
-            max(_scalar(c, 0, fbn.Int8Flags), _scalar(c, 3, fbn.Int32Flags))
-            for c in _tables(self.root, _M_OPCODES)
-        ]
-        self.subgraphs = _tables(self.root, _M_SUBGRAPHS)
-
-    def element(self, slot: int, index: int) -> int:
-        """Absolute position of element ``index`` of the root's table vector ``slot``."""
-        start, n = _vector(self.root, slot)
-        if not 0 <= index < n:
-            raise ArtifactError(f"model.tflite vector {slot} has no element {index}")
-        return start + 4 * index
-
-    def ops(self, sg: Table) -> list[Table]:
-        return _tables(sg, 3)
-
-    def code(self, op: Table) -> int:
-        return self.codes[_scalar(op, 0, fbn.Uint32Flags)]
-
-    def var_key(self, op: Table) -> tuple[bytes, bytes]:
-        options = _child(op, 4)
-        if options is None or _scalar(op, 3, fbn.Uint8Flags) != _OPT_VAR_HANDLE:
-            raise ArtifactError("cannot bake weights: a VAR_HANDLE op has no VarHandleOptions")
-        return _string(options, 0), _string(options, 1)
-
-    def handles(self, sg: Table) -> dict[int, tuple[bytes, bytes]]:
-        """Tensor index -> variable key, for every VAR_HANDLE output of a subgraph."""
-        return {
-            _ints(op, 2)[0]: self.var_key(op) for op in self.ops(sg) if self.code(op) == _VAR_HANDLE
-        }
-
-    def signature(self, key: str) -> tuple[int, dict[str, int]]:
-        """Subgraph index and output name -> tensor index of a signature."""
-        for sig in _tables(self.root, _M_SIGNATURES):
-            if _string(sig, 2).decode() == key:
-                outputs = {
-                    _string(m, 0).decode(): _scalar(m, 1, fbn.Uint32Flags) for m in _tables(sig, 1)
-                }
-                return _scalar(sig, 4, fbn.Uint32Flags), outputs
-        raise ArtifactError(f"cannot bake weights: the model has no {key!r} signature")
-
-    def init_subgraph(self) -> int:
-        """Index of the subgraph every CALL_ONCE op runs (the variables' initialiser)."""
-        found = set()
-        for sg in self.subgraphs:
-            for op in self.ops(sg):
-                options = _child(op, 4) if self.code(op) == _CALL_ONCE else None
-                if options is not None:
-                    found.add(_scalar(options, 0, fbn.Int32Flags))
-        if len(found) != 1:
-            raise ArtifactError(
-                f"cannot bake weights: expected one init subgraph, found {sorted(found)}"
-            )
-        return found.pop()
-
-    def variable_of_weights(self) -> dict[str, tuple[bytes, bytes]]:
-        """Manifest tensor name -> variable key, traced through the get_weights signature."""
-        index, outputs = self.signature("get_weights")
-        sg = self.subgraphs[index]
-        handles = self.handles(sg)
-        producers = {_ints(op, 2)[0]: op for op in self.ops(sg) if _ints(op, 2)}
-        out = {}
-        for name, tensor in outputs.items():
-            op = producers.get(tensor)
-            if op is None or self.code(op) != _READ_VARIABLE or _ints(op, 1)[0] not in handles:
-                raise ArtifactError(
-                    f"cannot bake weights: get_weights output {name!r} is not a variable read"
-                )
-            out[name] = handles[_ints(op, 1)[0]]
-        return out
-
-    def init_vars(self, sg: Table) -> list[_Var]:
-        """The variables an init subgraph assigns, in op order; refuses any other op."""
-        handles = self.handles(sg)
-        tensors = _tables(sg, 0)
-        out = []
-        for op in self.ops(sg):
-            code = self.code(op)
-            if code == _VAR_HANDLE:
-                continue
-            if code != _ASSIGN_VARIABLE:
-                raise ArtifactError(f"cannot bake weights: init subgraph runs builtin op {code}")
-            handle, value = _ints(op, 1)[:2]
-            t = tensors[value]
-            out.append(
-                _Var(
-                    handles[handle],
-                    _string(tensors[handle], 3),
-                    _string(t, 3),
-                    tuple(_ints(t, 0)),
-                    _scalar(t, 1, fbn.Int8Flags),
-                    _scalar(t, 2, fbn.Uint32Flags),
-                )
-            )
-        return out
-
-    def buffers_used_outside(self, skip: int) -> set[int]:
-        used = {_scalar(m, 1, fbn.Uint32Flags) for m in _tables(self.root, _M_METADATA)}
-        for i, sg in enumerate(self.subgraphs):
-            if i != skip:
-                used.update(_scalar(t, 2, fbn.Uint32Flags) for t in _tables(sg, 0))
-        return used | {0}
 
 
 def _int_vector(b: Builder, values: Sequence[int]) -> int:
@@ -194,9 +45,9 @@ def _int_vector(b: Builder, values: Sequence[int]) -> int:
     return int(b.EndVector())
 
 
-def _float_buffer(b: Builder, array: np.ndarray) -> int:
+def _float_buffer(b: Builder, array: Array) -> int:
     data = np.ascontiguousarray(array, dtype="<f4").tobytes()
-    b.StartVector(1, len(data), _DATA_ALIGN)
+    b.StartVector(1, len(data), DATA_ALIGN)
     b.head = b.Head() - len(data)
     b.Bytes[b.Head() : b.Head() + len(data)] = data
     vec = b.EndVector()
@@ -241,7 +92,7 @@ def _table_vector(b: Builder, offsets: Sequence[int]) -> int:
     return int(b.EndVector())
 
 
-def bake_weights(model_bytes: bytes, manifest: Manifest, weights: Sequence[np.ndarray]) -> bytes:
+def bake_weights(model_bytes: bytes, manifest: Manifest, weights: Sequence[Array]) -> bytes:
     """Return ``model.tflite`` whose variables start at ``weights`` instead of the export's values.
 
     A TFLite model sets its resource variables in an init subgraph (run once by CALL_ONCE)
@@ -264,14 +115,14 @@ def bake_weights(model_bytes: bytes, manifest: Manifest, weights: Sequence[np.nd
             )
     check_flatbuffer(model_bytes)
     try:
-        return _bake(_Model(model_bytes), manifest, weights)
+        return _bake(ModelView(model_bytes), manifest, weights)
     except (struct.error, IndexError, KeyError, UnicodeDecodeError) as exc:
         raise ArtifactError(
             f"cannot bake weights: unexpected model.tflite layout ({exc!r})"
         ) from exc
 
 
-def _bake(model: _Model, manifest: Manifest, weights: Sequence[np.ndarray]) -> bytes:
+def _bake(model: ModelView, manifest: Manifest, weights: Sequence[Array]) -> bytes:
     by_var = {
         model.variable_of_weights()[t.name]: np.asarray(w)
         for t, w in zip(manifest.tensors, weights, strict=True)
@@ -286,15 +137,31 @@ def _bake(model: _Model, manifest: Manifest, weights: Sequence[np.ndarray]) -> b
         )
     kept = {v.value_buffer for v in variables if v.key not in by_var}
     free = sorted(
-        {_scalar(t, 2, fbn.Uint32Flags) for t in _tables(old, 0)}
+        {scalar(t, 2, fbn.Uint32Flags) for t in tables(old, 0)}
         - kept
         - model.buffers_used_outside(init)
     )
     if len(free) < len(by_var):
         raise ArtifactError("cannot bake weights: the init subgraph's buffers are shared")
-    opcodes = {c: i for i, c in reversed(list(enumerate(model.codes)))}
-
     b = Builder(1024 + sum(a.nbytes for a in by_var.values()))
+    subgraph, new_buffers = _init_subgraph(b, model, variables, by_var, free, string(old, 4))
+    b.Finish(subgraph)
+    return _append(model, init, bytes(b.Output()), subgraph, new_buffers)
+
+
+def _init_subgraph(
+    b: Builder,
+    model: ModelView,
+    variables: list[Variable],
+    by_var: dict[tuple[bytes, bytes], Array],
+    free: list[int],
+    name: bytes,
+) -> tuple[int, dict[int, int]]:
+    """An init subgraph assigning ``by_var``'s values (other variables as before).
+
+    Returns the subgraph's builder offset and buffer index -> builder offset of new buffers.
+    """
+    opcodes = {c: i for i, c in reversed(list(enumerate(model.codes)))}
     new_buffers: dict[int, int] = {}
     tensors: list[int] = []
     ops: list[int] = []
@@ -302,7 +169,7 @@ def _bake(model: _Model, manifest: Manifest, weights: Sequence[np.ndarray]) -> b
         value_buffer, shape, ttype = var.value_buffer, var.value_shape, var.value_type
         if var.key in by_var:
             value = by_var[var.key]
-            if value.shape != shape or ttype != _FLOAT32:
+            if value.shape != shape or ttype != FLOAT32:
                 raise ArtifactError(
                     f"cannot bake weights: variable {var.key[1]!r} is initialised "
                     f"as type {ttype} {list(shape)}, weights are {list(value.shape)}"
@@ -318,43 +185,44 @@ def _bake(model: _Model, manifest: Manifest, weights: Sequence[np.ndarray]) -> b
         b.PrependUOffsetTRelativeSlot(1, shared, 0)
         handle_options = b.EndObject()
         ops.append(
-            _operator(b, opcodes[_VAR_HANDLE], [], [handle_index], _OPT_VAR_HANDLE, handle_options)
+            _operator(b, opcodes[VAR_HANDLE], [], [handle_index], OPT_VAR_HANDLE, handle_options)
         )
         b.StartObject(0)
+        assign = opcodes[ASSIGN_VARIABLE]
         ops.append(
             _operator(
-                b,
-                opcodes[_ASSIGN_VARIABLE],
-                [handle_index, value_index],
-                [],
-                _OPT_ASSIGN_VARIABLE,
-                b.EndObject(),
+                b, assign, [handle_index, value_index], [], OPT_ASSIGN_VARIABLE, b.EndObject()
             )
         )
     tensors_vec, ops_vec = _table_vector(b, tensors), _table_vector(b, ops)
     empty_in, empty_out = _int_vector(b, []), _int_vector(b, [])
-    name = b.CreateString(_string(old, 4))
+    name_offset = b.CreateString(name)
     b.StartObject(5)
     b.PrependUOffsetTRelativeSlot(0, tensors_vec, 0)
     b.PrependUOffsetTRelativeSlot(1, empty_in, 0)
     b.PrependUOffsetTRelativeSlot(2, empty_out, 0)
     b.PrependUOffsetTRelativeSlot(3, ops_vec, 0)
-    b.PrependUOffsetTRelativeSlot(4, name, 0)
-    subgraph = b.EndObject()
-    b.Finish(subgraph)
-    blob = bytes(b.Output())
+    b.PrependUOffsetTRelativeSlot(4, name_offset, 0)
+    return b.EndObject(), new_buffers
 
-    # Flatbuffer offsets point forward only: the appended objects follow everything that
-    # now points at them (one element of Model.subgraphs and of Model.buffers each).
-    start = -(-len(model.data) // _DATA_ALIGN) * _DATA_ALIGN
+
+def _append(
+    model: ModelView, init: int, blob: bytes, subgraph: int, new_buffers: dict[int, int]
+) -> bytes:
+    """The model with ``blob`` appended and its init subgraph and new buffers pointing into it.
+
+    Flatbuffer offsets point forward only: the appended objects follow everything that now
+    points at them (one element of Model.subgraphs and of Model.buffers each).
+    """
+    start = -(-len(model.data) // DATA_ALIGN) * DATA_ALIGN
     out = bytearray(model.data) + bytes(start - len(model.data)) + blob
 
     def point(element: int, builder_offset: int) -> None:
         struct.pack_into("<I", out, element, start + len(blob) - builder_offset - element)
 
-    point(model.element(_M_SUBGRAPHS, init), subgraph)
+    point(model.element(M_SUBGRAPHS, init), subgraph)
     for index, table in new_buffers.items():
-        point(model.element(_M_BUFFERS, index), table)
+        point(model.element(M_BUFFERS, index), table)
     return bytes(out)
 
 
@@ -363,7 +231,7 @@ def baked_manifest(manifest: Manifest, model_bytes: bytes) -> Manifest:
     return dataclasses.replace(manifest, sha256=hashlib.sha256(model_bytes).hexdigest())
 
 
-def weights_npz(manifest: Manifest, weights: Sequence[np.ndarray]) -> bytes:
+def weights_npz(manifest: Manifest, weights: Sequence[Array]) -> bytes:
     """Weights as an ``.npz`` keyed by the manifest's tensor names."""
     buf = io.BytesIO()
     np.savez(
@@ -377,7 +245,7 @@ def weights_npz(manifest: Manifest, weights: Sequence[np.ndarray]) -> bytes:
 
 
 def model_zip(
-    manifest: Manifest, model_bytes: bytes, weights: Sequence[np.ndarray], description: str
+    manifest: Manifest, model_bytes: bytes, weights: Sequence[Array], description: str
 ) -> bytes:
     """A zip that is itself a fedge artifact directory whose initial weights are ``weights``.
 

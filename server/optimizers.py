@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import msgpack
 import numpy as np
 
+from fedge.edge_client.arrays import Array
+from fedge.edge_client.errors import FedgeError, ProtocolError
+from fedge.edge_client.protocol.messages import decode_tensor, encode_tensor
 from fedge.server.job import ServerOptimizerConfig
 
-Arrays = list[np.ndarray]
+Arrays = list[Array]
 
 
 @dataclass
@@ -61,3 +65,22 @@ class ServerOptimizer:
         self.state = {}
         for key, arr in zip(keys, arrays, strict=True):
             self.state.setdefault(key, []).append(np.asarray(arr, np.float32))
+
+    def state_blob(self) -> bytes | None:
+        """The optimizer's state as a checkpoint blob (None while it has none: FedAvg)."""
+        keys, arrays = self.state_arrays()
+        if not keys:
+            return None
+        packed: bytes = msgpack.packb(
+            {"keys": keys, "tensors": [encode_tensor(a) for a in arrays]}, use_bin_type=True
+        )
+        return packed
+
+    def load_state_blob(self, data: bytes) -> None:
+        """Inverse of `state_blob`; FedgeError if the blob is corrupt."""
+        try:
+            raw = msgpack.unpackb(data, raw=False)
+            keys, arrays = list(raw["keys"]), [decode_tensor(t) for t in raw["tensors"]]
+        except (ValueError, KeyError, TypeError, ProtocolError, msgpack.UnpackException) as exc:
+            raise FedgeError(f"optimizer checkpoint is corrupt: {exc}") from exc
+        self.load_state_arrays(keys, arrays)

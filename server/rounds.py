@@ -1,4 +1,4 @@
-"""The round state machine: explicit states, a transition table, and per-round bookkeeping."""
+"""The round state machine (explicit states, a transition table) and one round's bookkeeping."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
-from fedge.server.aggregator import StreamingMean
+from fedge.server.control import LiveRound
 
 
 class RoundState(StrEnum):
-    """States of one round; every transition is persisted."""
+    """States of one round; every transition is persisted (by `fedge.server.engine`)."""
 
     SELECTING = "selecting"
     CONFIGURING = "configuring"
@@ -30,10 +29,19 @@ TRANSITIONS: dict[RoundState, frozenset[RoundState]] = {
     RoundState.COMMITTED: frozenset(),
     RoundState.FAILED: frozenset(),
 }
+# Reports count while tasks go out (CONFIGURING: a fast device may answer before the last task
+# is sent) and while the round collects.
+OPEN_FOR_REPORTS = frozenset({RoundState.CONFIGURING, RoundState.COLLECTING})
 
 
 class IllegalTransition(RuntimeError):
     """A transition that the table does not allow (a bug, never bad input)."""
+
+
+def check_transition(old: RoundState, new: RoundState, what: str) -> None:
+    """Raise IllegalTransition unless the table allows ``old -> new``."""
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(f"{what}: {old.value} -> {new.value}")
 
 
 @dataclass
@@ -49,7 +57,8 @@ class ParticipantReport:
 
 @dataclass
 class RoundRun:
-    """In-memory state of the round in progress (its durable twin lives in SQLite)."""
+    """The round in progress, in memory; `fedge.server.engine.RoundEngine` moves its state
+    and persists every move, and it alone sets `state`."""
 
     rid: int
     job_id: str
@@ -64,24 +73,19 @@ class RoundRun:
     reports: dict[str, ParticipantReport] = field(default_factory=dict)
     refused: int = 0
     failed: set[str] = field(default_factory=set)
-    within_clip: int = 0
     uplink_bytes: int = 0
     downlink_bytes: int = 0
-    aggregator: StreamingMean | None = None
-    secure: Any = None  # server.secure_round.SecureRound in secure mode
-    secure_metrics: dict[str, Any] = field(default_factory=dict)
     target: int = 0
     enough: asyncio.Event = field(default_factory=asyncio.Event)
 
     def advance(self, new_state: RoundState) -> None:
-        """Move to ``new_state`` if the table allows it."""
-        if new_state not in TRANSITIONS[self.state]:
-            raise IllegalTransition(f"round {self.number}: {self.state.value} -> {new_state.value}")
+        """Move to ``new_state`` if the table allows it (in memory only: the engine persists)."""
+        check_transition(self.state, new_state, f"round {self.number}")
         self.state = new_state
 
     @property
     def open_for_reports(self) -> bool:
-        return self.state == RoundState.COLLECTING
+        return self.state in OPEN_FOR_REPORTS
 
     def record(self, device_id: str, report: ParticipantReport) -> None:
         """Remember a report; signal when the target number is reached."""
@@ -93,8 +97,37 @@ class RoundRun:
     def dropped(self) -> set[str]:
         return self.selected - set(self.reports)
 
+    def counts(self) -> dict[str, int]:
+        """The round's participation and byte counts, as the store keeps them."""
+        return {
+            "reported": len(self.reports),
+            "dropped": len(self.dropped()),
+            "refused": self.refused,
+            "uplink_bytes": self.uplink_bytes,
+            "downlink_bytes": self.downlink_bytes,
+        }
+
     def weighted_metric(self, name: str) -> float | None:
         total = sum(r.examples for r in self.reports.values())
         if total == 0:
             return None
-        return sum(getattr(r, name) * r.examples for r in self.reports.values()) / total
+        weighted: float = sum(getattr(r, name) * r.examples for r in self.reports.values())
+        return weighted / total
+
+    def snapshot(self) -> LiveRound:
+        """A frozen copy for readers outside the engine (API, dashboard, metrics)."""
+        return LiveRound(
+            rid=self.rid,
+            job_id=self.job_id,
+            number=self.number,
+            kind=self.kind,
+            attempt=self.attempt,
+            state=self.state.value,
+            selected=frozenset(self.selected),
+            reported=frozenset(self.reports),
+            refused=self.refused,
+            uplink_bytes=self.uplink_bytes,
+            downlink_bytes=self.downlink_bytes,
+            started=self.started_at,
+            deadline=self.deadline or None,
+        )

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from fedge.edge_client import event_loop
@@ -21,17 +19,6 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("amqtt", "transitions", "uvicorn", "uvicorn.access", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _run_until_signal(main: Callable[[asyncio.Event], object]) -> object:
-    async def runner() -> object:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        return await main(stop)  # type: ignore[misc]
-
-    return event_loop.run(runner())
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -48,8 +35,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_server(args: argparse.Namespace) -> int:
     """Run the federated server for one job."""
-    from fedge.server.app import FedgeServer, ServerSettings, load_server_settings
+    from fedge.server.app import FedgeServer
     from fedge.server.job import load_job_config
+    from fedge.server.settings import ServerSettings, load_server_settings
 
     job = load_job_config(Path(args.job)) if args.job else None
     host, _, port = (args.http or "127.0.0.1:8080").rpartition(":")
@@ -73,7 +61,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     server = FedgeServer(job, settings, exit_when_done=job is not None)
     what = f"job {job.name}" if job else "no job yet (POST /v1/jobs)"
     print(f"fedge server: fleet {server.fleet}, {what}, dashboard {server.dashboard_url}")
-    status = _run_until_signal(server.run)
+    status = event_loop.run_until_signal(server.run)
     print(f"fedge server: {status}")
     return 0 if status in ("finished", "running", "stopped") else 1
 
@@ -82,7 +70,7 @@ def cmd_device(args: argparse.Namespace) -> int:
     """Run the device agent from a device.toml."""
     from fedge.edge_client.device_main import run_device
 
-    return run_device(Path(args.config), _run_until_signal)
+    return int(run_device(Path(args.config), event_loop.run_until_signal))
 
 
 def cmd_sim(args: argparse.Namespace) -> int:

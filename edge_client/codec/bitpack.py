@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import CodecError
 
 MAX_WIDTH = 32
@@ -14,7 +15,7 @@ def packed_size(count: int, width: int) -> int:
     return (count * width + 7) // 8
 
 
-def pack_uint(values: np.ndarray, width: int) -> bytes:
+def pack_uint(values: Array, width: int) -> bytes:
     """Pack non-negative integers, each below ``2**width``, into ``packed_size`` bytes.
 
     Parameters
@@ -35,7 +36,7 @@ def pack_uint(values: np.ndarray, width: int) -> bytes:
     return np.packbits(bits.ravel(), bitorder="little").tobytes()
 
 
-def unpack_uint(data: bytes, count: int, width: int) -> np.ndarray:
+def unpack_uint(data: bytes, count: int, width: int) -> Array:
     """Inverse of :func:`pack_uint`; ``data`` must be exactly ``packed_size(count, width)`` bytes.
 
     Returns
@@ -55,4 +56,5 @@ def unpack_uint(data: bytes, count: int, width: int) -> np.ndarray:
         return np.frombuffer(data, dtype=f"<u{width // 8}").astype(np.uint64)
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
     matrix = bits[: count * width].reshape(count, width).astype(np.uint64)
-    return (matrix << np.arange(width, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+    values: Array = (matrix << np.arange(width, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+    return values

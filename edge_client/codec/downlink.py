@@ -17,6 +17,7 @@ from functools import cached_property
 import msgpack
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.codec.layout import Shapes, check_shapes
 from fedge.edge_client.codec.pipeline import decode_flat, encode_flat, flatten, unflatten
 from fedge.edge_client.codec.seeds import check_seed
@@ -27,11 +28,11 @@ DOWNLINK_VERSION = 1
 _DIGEST_BYTES = 16
 
 
-def _shapes_of(tensors: Sequence[np.ndarray]) -> Shapes:
+def _shapes_of(tensors: Sequence[Array]) -> Shapes:
     return check_shapes([np.shape(t) for t in tensors])
 
 
-def _digest(tensors: Sequence[np.ndarray]) -> bytes:
+def _digest(tensors: Sequence[Array]) -> bytes:
     h = hashlib.sha256()
     for t in tensors:
         a = np.ascontiguousarray(t, dtype="<f4")
@@ -45,7 +46,7 @@ def _as_downlink(spec: CodecSpec) -> CodecSpec:
 
 
 def encode_model_delta(
-    new: Sequence[np.ndarray], old: Sequence[np.ndarray], spec: CodecSpec, *, seed: int = 0
+    new: Sequence[Array], old: Sequence[Array], spec: CodecSpec, *, seed: int = 0
 ) -> bytes:
     """Encode ``new - old`` with ``spec`` for devices that hold ``old``.
 
@@ -75,18 +76,18 @@ class ModelDelta:
     """A decoded downlink payload: the base model it was made from and the step it carries."""
 
     base_digest: bytes
-    flat_step: np.ndarray
+    flat_step: Array
     shapes: Shapes
 
     @cached_property
-    def step(self) -> list[np.ndarray]:
+    def step(self) -> list[Array]:
         """The global step (new minus old weights), one float32 array per tensor.
 
         Predictive coding (``pred``) uses it as the prior on the device and on the server.
         """
         return unflatten(self.flat_step, self.shapes)
 
-    def apply(self, old: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def apply(self, old: Sequence[Array]) -> list[Array]:
         """The new model from the held weights ``old``.
 
         Raises
@@ -101,7 +102,7 @@ class ModelDelta:
         return unflatten(flat_old + self.flat_step, self.shapes)
 
 
-def apply_model_delta(old: Sequence[np.ndarray], payload: bytes) -> list[np.ndarray]:
+def apply_model_delta(old: Sequence[Array], payload: bytes) -> list[Array]:
     """Rebuild the new model from the held weights ``old`` and a downlink payload.
 
     Raises

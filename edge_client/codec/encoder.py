@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.codec.error_feedback import ErrorFeedback, ResidualStatus
 from fedge.edge_client.codec.layout import check_shapes
 from fedge.edge_client.codec.pipeline import decode_flat, encode_flat, flatten, unflatten
@@ -27,7 +28,7 @@ class EncodedUpdate:
     round_seed: int
 
     @cached_property
-    def decoded(self) -> list[np.ndarray]:
+    def decoded(self) -> list[Array]:
         """What the server decodes from ``payload`` (prediction not added), one array per tensor."""
         flat = decode_flat(
             self.payload, self.spec, self.shapes, round_seed=self.round_seed, max_bytes=None
@@ -57,9 +58,7 @@ class UpdateEncoder:
         """How the residual was loaded (EMPTY when error feedback is off)."""
         return self.feedback.status if self.feedback else ResidualStatus.EMPTY
 
-    def encode(
-        self, delta: Sequence[np.ndarray], *, round_seed: int, rng_seed: int
-    ) -> EncodedUpdate:
+    def encode(self, delta: Sequence[Array], *, round_seed: int, rng_seed: int) -> EncodedUpdate:
         """Encode ``delta`` (+ residual) and update the residual with what was not sent.
 
         The residual is updated and saved as soon as the payload is built: if the upload is

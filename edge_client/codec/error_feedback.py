@@ -13,6 +13,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.codec.layout import check_shapes, tensor_sizes
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class ErrorFeedback:
         self.status = self.load()
 
     @property
-    def residual(self) -> list[np.ndarray]:
+    def residual(self) -> list[Array]:
         """The residual as one float32 array per tensor."""
         out, start = [], 0
         for shape, size in zip(self.shapes, tensor_sizes(self.shapes), strict=True):
@@ -55,11 +56,11 @@ class ErrorFeedback:
             start += size
         return out
 
-    def correct(self, flat_delta: np.ndarray) -> np.ndarray:
+    def correct(self, flat_delta: Array) -> Array:
         """Delta plus the residual (float64), the vector the codec should send."""
         return flat_delta + self.flat
 
-    def update(self, corrected: np.ndarray, decoded: np.ndarray) -> None:
+    def update(self, corrected: Array, decoded: Array) -> None:
         """Keep ``corrected - decoded`` as the new residual and persist it."""
         self.flat = (corrected - decoded).astype(np.float32)
         self.save()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.codec.bitpack import pack_uint, packed_size, unpack_uint
 from fedge.edge_client.errors import CodecError
 
@@ -21,7 +22,7 @@ def coded_size(universe: int, count: int) -> int:
     return packed_size(count, _low_bits(universe, count)) + (_upper_len(universe, count) + 7) // 8
 
 
-def encode_indices(indices: np.ndarray, universe: int) -> bytes:
+def encode_indices(indices: Array, universe: int) -> bytes:
     """Encode strictly increasing indices in ``[0, universe)``.
 
     Each index is split into ``l = floor(log2(universe / count))`` low bits, stored bitpacked,
@@ -40,7 +41,7 @@ def encode_indices(indices: np.ndarray, universe: int) -> bytes:
     return low + np.packbits(upper, bitorder="little").tobytes()
 
 
-def decode_indices(data: bytes, universe: int, count: int) -> np.ndarray:
+def decode_indices(data: bytes, universe: int, count: int) -> Array:
     """Inverse of :func:`encode_indices`; validates length, count, order and range.
 
     Returns

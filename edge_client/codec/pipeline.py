@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import msgpack
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.codec.bitpack import pack_uint, packed_size, unpack_uint
 from fedge.edge_client.codec.indices import coded_size, decode_indices, encode_indices
 from fedge.edge_client.codec.layout import (
@@ -43,7 +44,7 @@ _SECTION_OVERHEAD = 16  # msgpack array header + three bin/nil headers
 _PAYLOAD_OVERHEAD = 32  # outer array, version, fingerprint, section array header
 
 
-def flatten(tensors: Sequence[np.ndarray], shapes: Shapes) -> np.ndarray:
+def flatten(tensors: Sequence[Array], shapes: Shapes) -> Array:
     """Concatenate tensors (checked against ``shapes``, finite) into one float64 vector."""
     if len(tensors) != len(shapes):
         raise CodecError(f"update has {len(tensors)} tensors, expected {len(shapes)}")
@@ -58,7 +59,7 @@ def flatten(tensors: Sequence[np.ndarray], shapes: Shapes) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def unflatten(flat: np.ndarray, shapes: Shapes) -> list[np.ndarray]:
+def unflatten(flat: Array, shapes: Shapes) -> list[Array]:
     """Split a flat vector into float32 tensors of the given shapes."""
     out, start = [], 0
     for shape in shapes:
@@ -68,9 +69,7 @@ def unflatten(flat: np.ndarray, shapes: Shapes) -> list[np.ndarray]:
     return out
 
 
-def prediction(
-    spec: CodecSpec, prior: Sequence[np.ndarray] | None, shapes: Shapes
-) -> np.ndarray | None:
+def prediction(spec: CodecSpec, prior: Sequence[Array] | None, shapes: Shapes) -> Array | None:
     """Predictive coding (``pred``): ``spec.predict`` times the flattened ``prior`` step.
 
     The device trains from the global weights plus this prediction (`predicted_weights`) and
@@ -85,8 +84,8 @@ def prediction(
 
 
 def predicted_weights(
-    spec: CodecSpec, weights: Sequence[np.ndarray], prior: Sequence[np.ndarray] | None
-) -> list[np.ndarray]:
+    spec: CodecSpec, weights: Sequence[Array], prior: Sequence[Array] | None
+) -> list[Array]:
     """Where a device starts local training: the global ``weights``, plus the `prediction`
     from ``prior`` with a ``pred`` spec (float32, one array per tensor)."""
     start = [np.asarray(w, np.float32) for w in weights]
@@ -97,7 +96,7 @@ def predicted_weights(
     return [w + p for w, p in zip(start, unflatten(predicted, shapes), strict=True)]
 
 
-def clip_l2(x: np.ndarray, max_norm: float) -> np.ndarray:
+def clip_l2(x: Array, max_norm: float) -> Array:
     """Scale ``x`` down so that its L2 norm is at most ``max_norm``."""
     norm = float(np.linalg.norm(x))
     return x * (max_norm / norm) if norm > max_norm else x
@@ -119,14 +118,14 @@ def _values_bytes(spec: CodecSpec, sec: Section) -> int:
     return 4 * sec.width if spec.bits is None else packed_size(sec.width, spec.bits)
 
 
-def _select(spec: CodecSpec, vec: np.ndarray, sec: Section, round_seed: int, i: int) -> np.ndarray:
+def _select(spec: CodecSpec, vec: Array, sec: Section, round_seed: int, i: int) -> Array:
     if spec.sparsifier is Sparsifier.TOPK:
         return topk_indices(vec, sec.count)
     return random_indices(sec.size, sec.count, round_seed=round_seed, section=i)
 
 
 def encode_update(
-    delta: Sequence[np.ndarray],
+    delta: Sequence[Array],
     spec: CodecSpec,
     shapes: Sequence[Sequence[int]],
     *,
@@ -148,7 +147,7 @@ def encode_update(
 
 
 def encode_flat(
-    flat: np.ndarray, spec: CodecSpec, shapes: Shapes, *, round_seed: int, rng: np.random.Generator
+    flat: Array, spec: CodecSpec, shapes: Shapes, *, round_seed: int, rng: np.random.Generator
 ) -> bytes:
     """:func:`encode_update` on an already flattened and checked float64 update."""
     round_seed = check_seed("round_seed", round_seed)
@@ -206,7 +205,7 @@ def _blob(value: object, name: str, i: int, required: bool) -> bytes | None:
     raise CodecError(f"section {i}: {name} must be {need}, got {type(value).__name__}")
 
 
-def _scales(blob: bytes, n_blocks: int, i: int) -> np.ndarray:
+def _scales(blob: bytes, n_blocks: int, i: int) -> Array:
     if len(blob) == 2 * n_blocks:
         scales = np.frombuffer(blob, dtype="<f2").astype(np.float64)
     elif len(blob) == 4 * n_blocks:
@@ -218,7 +217,7 @@ def _scales(blob: bytes, n_blocks: int, i: int) -> np.ndarray:
     return scales
 
 
-def _section_values(spec: CodecSpec, sec: Section, raw: list[object], i: int) -> np.ndarray:
+def _section_values(spec: CodecSpec, sec: Section, raw: list[object], i: int) -> Array:
     scale_blob = _blob(raw[1], "scales", i, spec.bits is not None)
     value_blob = _blob(raw[2], "values", i, True)
     assert value_blob is not None
@@ -244,8 +243,8 @@ def decode_update(
     *,
     round_seed: int,
     max_bytes: int | None = None,
-    prior: Sequence[np.ndarray] | None = None,
-) -> list[np.ndarray]:
+    prior: Sequence[Array] | None = None,
+) -> list[Array]:
     """Decode and validate a payload made by :func:`encode_update`.
 
     Parameters
@@ -272,7 +271,7 @@ def decode_update(
 
 def decode_flat(
     payload: bytes, spec: CodecSpec, shapes: Shapes, *, round_seed: int, max_bytes: int | None
-) -> np.ndarray:
+) -> Array:
     """:func:`decode_update` returning the flat float64 update."""
     round_seed = check_seed("round_seed", round_seed)
     limit = payload_bound(spec, shapes) if max_bytes is None else max_bytes

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
+
 FLOAT16_MIN_NORMAL = float(np.finfo(np.float16).tiny)
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -18,9 +20,7 @@ def level_count(bits: int) -> int:
     return (1 << bits) - 1
 
 
-def stochastic_round(
-    x: np.ndarray, scale: np.ndarray, bits: int, rng: np.random.Generator
-) -> np.ndarray:
+def stochastic_round(x: Array, scale: Array, bits: int, rng: np.random.Generator) -> Array:
     """Quantize ``x`` (clipped to ``[-scale, scale]``) to integer levels in ``[0, 2**bits)``.
 
     Parameters
@@ -39,10 +39,11 @@ def stochastic_round(
     safe = np.where(s > 0, s, 1.0)
     v = np.where(s > 0, (np.clip(x, -s, s) + s) / (2.0 * safe) * top, 0.0)
     q = np.floor(v + rng.random(x.shape))
-    return np.clip(q, 0, top).astype(np.uint64)
+    levels: Array = np.clip(q, 0, top).astype(np.uint64)
+    return levels
 
 
-def dequantize(levels: np.ndarray, scale: np.ndarray, bits: int, count: int = 1) -> np.ndarray:
+def dequantize(levels: Array, scale: Array, bits: int, count: int = 1) -> Array:
     """Map levels back to values; with ``count`` > 1, ``levels`` is a sum of ``count`` level
     vectors (same scales) and the result is the sum of their values.
     """
@@ -55,23 +56,24 @@ def block_count(size: int, block: int | None) -> int:
     return 1 if block is None else max(1, -(-size // block))
 
 
-def block_max(x: np.ndarray, block: int | None) -> np.ndarray:
+def block_max(x: Array, block: int | None) -> Array:
     """Largest magnitude in each block of ``x`` (the last block may be short)."""
     if block is None or x.size == 0:
         return np.array([np.max(np.abs(x), initial=0.0)])
     padded = np.zeros(block_count(x.size, block) * block)
     padded[: x.size] = np.abs(x)
-    return padded.reshape(-1, block).max(axis=1)
+    scales: Array = padded.reshape(-1, block).max(axis=1)
+    return scales
 
 
-def expand_scales(scales: np.ndarray, block: int | None, size: int) -> np.ndarray:
+def expand_scales(scales: Array, block: int | None, size: int) -> Array:
     """Per-coordinate scale vector of length ``size`` from per-block scales."""
     if block is None:
         return np.full(size, float(scales[0]))
     return np.repeat(scales.astype(np.float64), block)[:size]
 
 
-def storable_scales(scales: np.ndarray) -> np.ndarray:
+def storable_scales(scales: Array) -> Array:
     """Scales as float16 when every one fits its normal range, else float32, rounded up.
 
     Rounding up keeps every value inside its block's range, so the error bound holds with the

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.codec.error_feedback import ErrorFeedback
 from fedge.edge_client.codec.layout import check_shapes, sections
 from fedge.edge_client.codec.pipeline import clip_l2, flatten, unflatten
@@ -38,8 +39,8 @@ RING = 1 << 32
 class RingUpdate:
     """A device's ring vector (uint32, to be masked and summed) and its own decoded update."""
 
-    vector: np.ndarray
-    decoded: list[np.ndarray]
+    vector: Array
+    decoded: list[Array]
 
 
 def _check_params(spec: CodecSpec, clip: float, bits: int, n_max: int) -> None:
@@ -107,7 +108,7 @@ class RingCodec:
         self.bounds = self._bounds()
         self.feedback = ErrorFeedback(self.shapes, residual_path) if spec.error_feedback else None
 
-    def _bounds(self) -> np.ndarray:
+    def _bounds(self) -> Array:
         if not self.spec.rotate:
             return np.full(self.length, self.clip)
         log_term = 2.0 * math.log(2.0 * self.length / DELTA)
@@ -118,7 +119,7 @@ class RingCodec:
         ]
         return np.concatenate(parts)
 
-    def encode(self, delta: Sequence[np.ndarray], *, round_seed: int, rng_seed: int) -> RingUpdate:
+    def encode(self, delta: Sequence[Array], *, round_seed: int, rng_seed: int) -> RingUpdate:
         """Ring vector of ``delta`` (+ residual): select, clip, rotate, quantize to uint32.
 
         Parameters
@@ -150,7 +151,7 @@ class RingCodec:
             self.feedback.update(corrected, np.concatenate([d.ravel() for d in decoded]))
         return RingUpdate(vector, decoded)
 
-    def decode_sum(self, ring_sum: np.ndarray, count: int, *, round_seed: int) -> list[np.ndarray]:
+    def decode_sum(self, ring_sum: Array, count: int, *, round_seed: int) -> list[Array]:
         """Sum of ``count`` devices' updates from the modular sum of their ring vectors.
 
         Parameters

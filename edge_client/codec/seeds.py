@@ -6,6 +6,7 @@ from enum import IntEnum
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import CodecError
 
 MAX_SEED = (1 << 64) - 1
@@ -29,7 +30,7 @@ def check_seed(name: str, seed: int) -> int:
     return int(seed)
 
 
-def shared_raw(round_seed: int, purpose: Purpose, section: int, count: int) -> np.ndarray:
+def shared_raw(round_seed: int, purpose: Purpose, section: int, count: int) -> Array:
     """``count`` raw uint64 words from PCG64 seeded by (round_seed, purpose, section).
 
     SeedSequence and PCG64 raw output are stable across numpy versions (unlike ``Generator``

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.codec.seeds import Purpose, shared_raw
 
 
@@ -15,7 +16,7 @@ def keep_count(fraction: float, size: int) -> int:
     return min(size, max(1, math.floor(fraction * size + 0.5)))
 
 
-def topk_indices(values: np.ndarray, k: int) -> np.ndarray:
+def topk_indices(values: Array, k: int) -> Array:
     """Sorted indices of the ``k`` entries of largest magnitude (ties broken arbitrarily)."""
     if k >= values.size:
         return np.arange(values.size, dtype=np.int64)
@@ -24,7 +25,7 @@ def topk_indices(values: np.ndarray, k: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def random_indices(size: int, k: int, *, round_seed: int, section: int) -> np.ndarray:
+def random_indices(size: int, k: int, *, round_seed: int, section: int) -> Array:
     """Sorted set of ``k`` distinct indices in ``[0, size)``, the same for every caller
     with the same (round_seed, section).
 

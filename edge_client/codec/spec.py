@@ -159,61 +159,75 @@ def parse_spec(text: str) -> CodecSpec:
     if not isinstance(text, str) or not text.strip():
         raise CodecError(f"empty codec spec; {GRAMMAR}")
     tokens = [t.strip().lower() for t in text.split("+")]
+    if "none" in tokens and len(tokens) != 1:
+        raise CodecError("codec spec 'none' cannot be combined with other tokens")
+    found = _Tokens()
+    for token in tokens:
+        if token != "none":
+            found.read(token)
+    return found.spec()
+
+
+@dataclass
+class _Tokens:
+    """What the tokens of a spec said, each kind at most once."""
+
     clip: float | None = None
     sparse: tuple[Sparsifier, float, bool] | None = None
     quant: tuple[int, int | None] | None = None
-    rotate = False
+    rotate: bool = False
     predict: float | None = None
     ef: bool | None = None
-    for token in tokens:
+
+    def read(self, token: str) -> None:
         parts = token.split(":")
-        if token == "none":
-            if len(tokens) != 1:
-                raise CodecError("codec spec 'none' cannot be combined with other tokens")
-        elif token in ("ef", "noef"):
-            _once(ef is None, token)
-            ef = token == "ef"
+        if token in ("ef", "noef"):
+            _once(self.ef is None, token)
+            self.ef = token == "ef"
         elif token == "rot":
-            _once(not rotate, token)
-            rotate = True
+            _once(not self.rotate, token)
+            self.rotate = True
         elif parts[0] == "pred" and len(parts) <= 2:
-            _once(predict is None, token)
-            predict = _number(token, parts[1]) if len(parts) == 2 else DEFAULT_PREDICT
-            if not 0.0 < predict <= MAX_PREDICT:
+            _once(self.predict is None, token)
+            self.predict = _number(token, parts[1]) if len(parts) == 2 else DEFAULT_PREDICT
+            if not 0.0 < self.predict <= MAX_PREDICT:
                 raise CodecError(f"pred weight in {token!r} must be in (0, {_fmt(MAX_PREDICT)}]")
         elif parts[0] == "clip" and len(parts) == 2:
-            _once(clip is None, token)
-            clip = _number(token, parts[1])
-            if clip <= 0:
+            _once(self.clip is None, token)
+            self.clip = _number(token, parts[1])
+            if self.clip <= 0:
                 raise CodecError(f"clip norm in {token!r} must be > 0")
         elif parts[0] in ("topk", "randk") and len(parts) >= 2:
-            _once(sparse is None, token)
-            sparse = (Sparsifier(parts[0]), _fraction(token, parts[1]), _scope(token, parts))
+            _once(self.sparse is None, token)
+            self.sparse = (Sparsifier(parts[0]), _fraction(token, parts[1]), _scope(token, parts))
         elif token.startswith("q") and token[1:2].isdigit():
-            _once(quant is None, token)
-            quant = _quantizer(token)
+            _once(self.quant is None, token)
+            self.quant = _quantizer(token)
         else:
             raise CodecError(f"unknown codec token {token!r}; {GRAMMAR}")
-    kind, fraction, per_tensor = sparse or (Sparsifier.DENSE, None, False)
-    bits, block = quant or (None, None)
-    if rotate and bits is None:
-        raise CodecError("'rot' only helps a quantizer: add q<bits> (e.g. 'q4+rot')")
-    lossy = clip is not None or sparse is not None or quant is not None
-    if ef and not lossy:
-        raise CodecError("'ef' needs a lossy stage (clip, topk, randk or q<bits>)")
-    if predict is not None and not lossy:
-        raise CodecError("'pred' needs a lossy stage (clip, topk, randk or q<bits>)")
-    return CodecSpec(
-        clip=clip,
-        sparsifier=kind,
-        fraction=fraction,
-        per_tensor=per_tensor,
-        bits=bits,
-        block=block,
-        rotate=rotate,
-        error_feedback=lossy if ef is None else ef,
-        predict=predict,
-    )
+
+    def spec(self) -> CodecSpec:
+        """The spec the tokens make, once their combination is checked."""
+        kind, fraction, per_tensor = self.sparse or (Sparsifier.DENSE, None, False)
+        bits, block = self.quant or (None, None)
+        if self.rotate and bits is None:
+            raise CodecError("'rot' only helps a quantizer: add q<bits> (e.g. 'q4+rot')")
+        lossy = self.clip is not None or self.sparse is not None or self.quant is not None
+        if self.ef and not lossy:
+            raise CodecError("'ef' needs a lossy stage (clip, topk, randk or q<bits>)")
+        if self.predict is not None and not lossy:
+            raise CodecError("'pred' needs a lossy stage (clip, topk, randk or q<bits>)")
+        return CodecSpec(
+            clip=self.clip,
+            sparsifier=kind,
+            fraction=fraction,
+            per_tensor=per_tensor,
+            bits=bits,
+            block=block,
+            rotate=self.rotate,
+            error_feedback=lossy if self.ef is None else self.ef,
+            predict=self.predict,
+        )
 
 
 def _once(first: bool, token: str) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import PrivacyError
 
 # Clipped updates are scaled to C * (1 - margin) so that float32 rounding of the scaled
@@ -26,12 +27,12 @@ class ClippedUpdate:
     within_clip : the adaptive-clipping bit, ``norm <= clip``.
     """
 
-    arrays: list[np.ndarray]
+    arrays: list[Array]
     norm: float
     within_clip: bool
 
 
-def l2_norm(update: Sequence[np.ndarray]) -> float:
+def l2_norm(update: Sequence[Array]) -> float:
     """L2 norm of all arrays of `update` together (computed in float64).
 
     Raises
@@ -53,7 +54,7 @@ def l2_norm(update: Sequence[np.ndarray]) -> float:
     return math.sqrt(total)
 
 
-def clip_update(update: Sequence[np.ndarray], clip: float) -> ClippedUpdate:
+def clip_update(update: Sequence[Array], clip: float) -> ClippedUpdate:
     """Scale `update` down so that its L2 norm is at most `clip`; leave it as is if already so.
 
     Parameters

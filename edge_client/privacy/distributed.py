@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import PrivacyError
 from fedge.edge_client.privacy.clipping import clip_update
 from fedge.edge_client.privacy.ddp_params import DistributedDPParams
@@ -16,11 +17,11 @@ from fedge.edge_client.privacy.spec import DistributedNoise
 
 
 def encode_distributed(
-    update: Sequence[np.ndarray],
+    update: Sequence[Array],
     params: DistributedDPParams,
     rotation_seed: int,
     rng: np.random.Generator | None = None,
-) -> np.ndarray:
+) -> Array:
     """Turn a float update into the noisy ring vector this device feeds secure aggregation.
 
     Steps (Kairouz, Liu, Steinke 2021, Algorithm 1): clip to `params.clip`; flatten, pad

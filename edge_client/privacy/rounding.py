@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import PrivacyError
 
 # With beta < 1 each try succeeds with probability >= 1 - beta; 1,000 tries never all fail.
@@ -32,7 +33,7 @@ def rounded_norm_bound(norm: float, dim: int, beta: float) -> float:
     return min(loose, tight)
 
 
-def conditional_round(values: np.ndarray, bound: float, rng: np.random.Generator) -> np.ndarray:
+def conditional_round(values: Array, bound: float, rng: np.random.Generator) -> Array:
     """Round each coordinate up with probability equal to its fractional part, until the
     rounded vector's L2 norm is <= `bound`.
 
@@ -54,7 +55,8 @@ def conditional_round(values: np.ndarray, bound: float, rng: np.random.Generator
         rounded = base + (rng.random(flat.shape) < fraction)
         as_float = rounded.astype(np.float64)
         if math.sqrt(float(np.dot(as_float, as_float))) <= bound:
-            return rounded
+            accepted: Array = rounded
+            return accepted
     raise PrivacyError(
         f"conditional rounding could not meet the norm bound {bound:.6g} in {_MAX_TRIES} tries"
     )

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import PrivacyError
 
 # Rejection rounds of the discrete Gaussian sampler; each round accepts a constant
@@ -20,7 +21,7 @@ def noise_generator(rng: np.random.Generator | None = None) -> np.random.Generat
     return rng if rng is not None else np.random.default_rng()
 
 
-def discrete_laplace(scale: float, size: int, rng: np.random.Generator | None = None) -> np.ndarray:
+def discrete_laplace(scale: float, size: int, rng: np.random.Generator | None = None) -> Array:
     """Draw `size` integers with P(y) proportional to exp(-|y| / scale).
 
     Sampled as the difference of two independent geometric variables on {0, 1, ...} with
@@ -36,9 +37,7 @@ def discrete_laplace(scale: float, size: int, rng: np.random.Generator | None = 
     return first - second
 
 
-def discrete_gaussian(
-    sigma: float, size: int, rng: np.random.Generator | None = None
-) -> np.ndarray:
+def discrete_gaussian(sigma: float, size: int, rng: np.random.Generator | None = None) -> Array:
     """Draw `size` integers from the discrete Gaussian N_Z(0, sigma^2), P(y) ~ exp(-y^2 / 2sigma^2).
 
     The rejection sampler of Canonne, Kamath and Steinke (2020, Algorithm 3), vectorised:
@@ -78,7 +77,7 @@ def discrete_gaussian(
     )
 
 
-def skellam(variance: float, size: int, rng: np.random.Generator | None = None) -> np.ndarray:
+def skellam(variance: float, size: int, rng: np.random.Generator | None = None) -> Array:
     """Draw `size` symmetric Skellam integers (Poisson(mu) - Poisson(mu), mu = variance / 2)."""
     _check_size(size)
     if not math.isfinite(variance) or variance < 0:

@@ -90,6 +90,26 @@ def _expect(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
     return value
 
 
+def _decode(data: bytes, limits: Limits) -> Any:
+    """The msgpack object of ``data``, within the size limits (ProtocolError otherwise)."""
+    if len(data) > limits.max_message_bytes:
+        raise ProtocolError(
+            f"message of {len(data)} bytes exceeds the limit of {limits.max_message_bytes}"
+        )
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=limits.max_message_bytes,
+            max_bin_len=limits.max_message_bytes,
+            max_array_len=limits.max_list_len,
+            max_map_len=limits.max_list_len,
+        )
+    except Exception as exc:  # msgpack raises several unrelated exception types
+        raise ProtocolError(f"not a msgpack message: {exc}") from exc
+
+
 def unpack(
     data: bytes,
     sender: str,
@@ -103,22 +123,7 @@ def unpack(
     ``presence`` topics, the server for everything a device reads.
     ``check_time=False`` is for retained messages and last wills, which may be old by design.
     """
-    if len(data) > limits.max_message_bytes:
-        raise ProtocolError(
-            f"message of {len(data)} bytes exceeds the limit of {limits.max_message_bytes}"
-        )
-    try:
-        raw = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=limits.max_message_bytes,
-            max_bin_len=limits.max_message_bytes,
-            max_array_len=limits.max_list_len,
-            max_map_len=limits.max_list_len,
-        )
-    except Exception as exc:  # msgpack raises several unrelated exception types
-        raise ProtocolError(f"not a msgpack message: {exc}") from exc
+    raw = _decode(data, limits)
     if isinstance(raw, dict):  # protocol 1 envelopes were maps
         raise ProtocolError(
             f"unsupported protocol version 1 (a map envelope; this side speaks {PROTOCOL_VERSION})"

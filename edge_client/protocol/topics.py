@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import zlib
 
 from fedge.edge_client.errors import ProtocolError
+from fedge.edge_client.names import check_name
 
 PREFIX = "fedge/v1"
 # The fleet is split into this many wake groups by a hash of the device id, so that a round
 # can wake a share of the fleet without the broker delivering its round-open to every device.
 WAKE_GROUPS = 64
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-def check_name(kind: str, value: str) -> str:
-    """Return ``value`` if it is a safe topic segment (fleet or device id), else raise."""
-    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
-        raise ProtocolError(f"invalid {kind} {value!r}: use 1-64 of [A-Za-z0-9_.-]")
-    return value
 
 
 def _dev(fleet: str, device_id: str) -> str:

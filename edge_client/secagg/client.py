@@ -12,13 +12,14 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import ProtocolError, SecAggError
 from fedge.edge_client.identity import (
     IdentityCertificate,
     public_key_bytes,
     verify_identity_certificate,
 )
-from fedge.edge_client.protocol.topics import check_name
+from fedge.edge_client.names import check_name
 from fedge.edge_client.secagg.config import SecAggConfig
 from fedge.edge_client.secagg.graph import neighbours_of
 from fedge.edge_client.secagg.keys import (
@@ -273,7 +274,7 @@ class SecAggClient:
 
     # ---- stage 3 -------------------------------------------------------------------------
 
-    def masked_input(self, request: MaskedInputRequest, x: np.ndarray) -> MaskedInput:
+    def masked_input(self, request: MaskedInputRequest, x: Array) -> MaskedInput:
         """Store the neighbours' shares and return ``x`` masked (all in the ring mod 2^32).
 
         ``x`` is the codec's uint32 vector of length ``config.dimension``; by convention
@@ -286,7 +287,7 @@ class SecAggClient:
             lambda: self._masked_input(request, x),
         )
 
-    def _masked_input(self, request: MaskedInputRequest, x: np.ndarray) -> MaskedInput:
+    def _masked_input(self, request: MaskedInputRequest, x: Array) -> MaskedInput:
         secrets, hood = self._need(self._secrets), self._need(self._hood)
         self._check_round("masked-input request", request.round_id)
         d = self.config.dimension

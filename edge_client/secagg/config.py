@@ -7,7 +7,7 @@ from enum import Enum
 from typing import Any, Self
 
 from fedge.edge_client.errors import ProtocolError, SecAggError
-from fedge.edge_client.protocol.topics import check_name
+from fedge.edge_client.names import check_name
 from fedge.edge_client.secagg.graph import choose_graph_params, complete_graph_params
 
 MAX_DIMENSION = 1 << 28  # 1 GiB of uint32: far above any model a device trains

@@ -9,6 +9,7 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import ProtocolError, SecAggError
 from fedge.edge_client.identity import (
     PUBLIC_KEY_BYTES,
@@ -17,7 +18,7 @@ from fedge.edge_client.identity import (
     canonical_bytes,
     verify_identity_certificate,
 )
-from fedge.edge_client.protocol.topics import check_name
+from fedge.edge_client.names import check_name
 from fedge.edge_client.secagg.keys import KEY_BYTES, SHARE_CIPHERTEXT_BYTES
 from fedge.edge_client.secagg.shamir import SHARE_BYTES
 
@@ -25,7 +26,9 @@ MAX_DEVICES = 100_000
 ADVERTISE_DOMAIN = b"fedge/secagg/v1/advertise"
 
 
-def _fields(d: Any, tag: str, required: set[str], optional: frozenset[str] = frozenset()) -> dict:
+def _fields(
+    d: Any, tag: str, required: set[str], optional: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     if not isinstance(d, dict):
         raise SecAggError(f"{tag}: message must be a dict, got {type(d).__name__}")
     if not isinstance(d.get("t"), str) or d["t"] != tag:
@@ -270,7 +273,7 @@ class MaskedInput:
 
     TYPE: ClassVar[str] = "secagg/masked"
     round_id: str
-    masked: np.ndarray  # uint32, length d
+    masked: Array  # uint32, length d
 
     def to_wire(self) -> dict[str, Any]:
         """Msgpack-friendly dict (the vector as little-endian uint32 bytes)."""

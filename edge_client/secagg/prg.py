@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import SecAggError
 
 CHUNK_WORDS = 1 << 14  # 64 KiB of keystream: the buffer and the target slice stay in L2
@@ -21,7 +22,7 @@ def _encryptor(key: bytes) -> CipherContext:
     return Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor()
 
 
-def apply_masks(target: np.ndarray, masks: Sequence[tuple[bytes, int]]) -> None:
+def apply_masks(target: Array, masks: Sequence[tuple[bytes, int]]) -> None:
     """Add (sign +1) or subtract (sign -1) the PRG expansion of each key into ``target``.
 
     Each key's keystream is one AES-CTR stream over 4 * len(target) zero bytes, produced

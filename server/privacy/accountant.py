@@ -11,6 +11,7 @@ import numpy as np
 from dp_accounting.pld import privacy_loss_distribution
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import PrivacyError
 from fedge.edge_client.privacy.ddp_params import DistributedDPParams
 from fedge.edge_client.privacy.spec import AccountingMethod, DistributedNoise, DPMode, DPSpec
@@ -139,7 +140,7 @@ class PrivacyAccountant(RoundAccountant):
         self.pld_discretization = pld_discretization
 
     @cached_property
-    def _rdp_one_round(self) -> tuple[np.ndarray, np.ndarray]:
+    def _rdp_one_round(self) -> tuple[Array, Array]:
         accountant = dp_accounting.rdp.RdpAccountant()
         accountant.compose(self._event())
         return np.asarray(accountant.orders), np.asarray(accountant.rdp)
@@ -203,7 +204,7 @@ class DistributedPrivacyAccountant(RoundAccountant):
         self.params = params
         self.min_clients = survivors
 
-    def round_rdp(self, orders: np.ndarray) -> np.ndarray:
+    def round_rdp(self, orders: Array) -> Array:
         """RDP of one round's released sum before sampling, at integer `orders`."""
         curve = ddgauss_sum_rdp if self.params.noise is DistributedNoise.DGAUSS else skellam_sum_rdp
         return curve(
@@ -227,7 +228,7 @@ class DistributedPrivacyAccountant(RoundAccountant):
         return float(np.min(np.sqrt(orders / (2.0 * rdp))))
 
     @cached_property
-    def _rdp_one_round(self) -> np.ndarray:
+    def _rdp_one_round(self) -> Array:
         return poisson_subsampled_rdp(DISTRIBUTED_RDP_ORDERS, self.round_rdp, self.sampling_rate)
 
     def _compute_epsilon(self, rounds: int) -> float:

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import PrivacyError
 from fedge.edge_client.privacy.sampling import noise_generator
 
 
 def add_gaussian_noise(
-    total: Sequence[np.ndarray], stddev: float, rng: np.random.Generator | None = None
-) -> list[np.ndarray]:
+    total: Sequence[Array], stddev: float, rng: np.random.Generator | None = None
+) -> list[Array]:
     """Return copies of `total` with i.i.d. N(0, stddev^2) added to every coordinate.
 
     The noise is drawn in float64 and the result keeps each array's float dtype.
@@ -32,12 +33,12 @@ def add_gaussian_noise(
 
 
 def central_dp_mean(
-    clipped_sum: Sequence[np.ndarray],
+    clipped_sum: Sequence[Array],
     clip: float,
     noise_multiplier: float,
     expected_clients: float,
     rng: np.random.Generator | None = None,
-) -> list[np.ndarray]:
+) -> list[Array]:
     """DP-FedAvg's private mean (McMahan et al. 2018): (sum + N(0, (z C)^2)) / expected_clients.
 
     Parameters

@@ -7,17 +7,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import PrivacyError
 from fedge.edge_client.privacy.ddp_params import DistributedDPParams
 from fedge.edge_client.privacy.rotation import unrotate
 
 
 def decode_noisy_sum(
-    ring_sum: np.ndarray,
+    ring_sum: Array,
     params: DistributedDPParams,
     rotation_seed: int,
     shapes: Sequence[tuple[int, ...]],
-) -> list[np.ndarray]:
+) -> list[Array]:
     """Decode the sum (mod 2**32 or 2**bits) of devices' `encode_distributed` vectors.
 
     Reduces modulo 2**bits, maps to the signed range [-2**(bits-1), 2**(bits-1)), divides

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import PrivacyError
 
 # Integer orders only: the general subsampling bound below is stated for them.
@@ -16,7 +17,7 @@ DISTRIBUTED_RDP_ORDERS: tuple[int, ...] = tuple(range(2, 65)) + (80, 96, 128, 19
 
 def ddgauss_sum_rdp(
     orders: npt.ArrayLike, norm_bound: float, local_stddev: float, clients: int, dim: int
-) -> np.ndarray:
+) -> Array:
     """RDP of the sum of `clients` discrete Gaussian shares N_Z(0, local_stddev^2) per coordinate.
 
     Kairouz, Liu, Steinke (2021), Theorem 1 / Proposition 14 (without the L1 term): for
@@ -43,7 +44,7 @@ def ddgauss_sum_rdp(
 
 def skellam_sum_rdp(
     orders: npt.ArrayLike, norm_bound: float, local_stddev: float, clients: int, dim: int
-) -> np.ndarray:
+) -> Array:
     """RDP of the sum of `clients` symmetric Skellam shares of variance local_stddev^2.
 
     Agarwal, Kairouz, Liu (2021), Theorem 3.5, with mu = n sigma^2 / 2 the Skellam
@@ -63,12 +64,13 @@ def skellam_sum_rdp(
     second = np.minimum(
         (2.0 * alpha * norm_bound**2 + 6.0 * l1) / (16.0 * mu**2), 3.0 * l1 / (4.0 * mu)
     )
-    return alpha * norm_bound**2 / (4.0 * mu) + second
+    bound: Array = alpha * norm_bound**2 / (4.0 * mu) + second
+    return bound
 
 
 def poisson_subsampled_rdp(
-    orders: Sequence[int], rdp_at: Callable[[np.ndarray], np.ndarray], sampling_rate: float
-) -> np.ndarray:
+    orders: Sequence[int], rdp_at: Callable[[Array], Array], sampling_rate: float
+) -> Array:
     """Upper bound on the RDP of any mechanism run on a Poisson sample (add/remove relation).
 
     Zhu and Wang (2019), "Poisson Subsampled Renyi Differential Privacy", general upper

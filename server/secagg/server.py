@@ -11,8 +11,9 @@ from enum import Enum
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import ProtocolError, SecAggError
-from fedge.edge_client.protocol.topics import check_name
+from fedge.edge_client.names import check_name
 from fedge.edge_client.secagg.config import SecAggConfig
 from fedge.edge_client.secagg.graph import neighbourhoods
 from fedge.edge_client.secagg.messages import (
@@ -126,7 +127,7 @@ class SecAggServer:
         self._nbrs: dict[str, frozenset[str]] = {}
         self._shares: dict[str, dict[str, bytes]] = {}  # sender -> recipient -> ciphertext
         self._shared: frozenset[str] = frozenset()  # U2
-        self._sum: np.ndarray | None = None
+        self._sum: Array | None = None
         self._survivors: frozenset[str] = frozenset()  # U3
         self._requests: dict[str, UnmaskRequest] = {}
         self._seed_shares: dict[str, dict[str, int]] = {}
@@ -155,7 +156,7 @@ class SecAggServer:
             return frozenset()
         return self._stage_members - self._received
 
-    def result(self) -> np.ndarray:
+    def result(self) -> Array:
         """The exact uint32 sum of the survivors' inputs; SecAggError before DONE."""
         if self._state is not ServerState.DONE or self._sum is None:
             raise SecAggError(f"no result in state {self._state.value}")

@@ -18,7 +18,6 @@ import pytest
 from fedge_testing import LoopThread, MosquittoProcess, ServerThread, start_server
 
 from fedge.edge_client.agent import (
-    PENDING_TASK,
     TRANSITIONS,
     AgentHooks,
     AgentState,
@@ -29,10 +28,11 @@ from fedge.edge_client.config import load_device_config, parse_device_config
 from fedge.edge_client.data import load_local_dataset, save_npz_dataset
 from fedge.edge_client.device_main import build_agent
 from fedge.edge_client.errors import ConfigError
+from fedge.edge_client.pending import PENDING_TASK
 from fedge.edge_client.signing import load_or_create_signing_key
-from fedge.server.app import ServerSettings
-from fedge.server.job import EvaluationConfig, JobConfig, SelectionConfig, TrainingConfig, validate
-from fedge.server.store import Store
+from fedge.server.job import EvaluationConfig, JobConfig, SelectionConfig, TrainingConfig
+from fedge.server.settings import ServerSettings
+from fedge.server.store import SQLiteStore
 
 REPO = Path(__file__).resolve().parents[2]
 S = AgentState
@@ -222,13 +222,13 @@ def one_device_job(tmp_path: Path, mlp_artifact: Path, digits: tuple[np.ndarray,
     """A server running a one-round job for one device, and that device's device.toml."""
     state = tmp_path / "server"
     load_or_create_signing_key(state / "signing.key")
-    job = validate(JobConfig(
+    job = JobConfig(
         name="resume", fleet="test", artifact=mlp_artifact, rounds=1, seed=1,
         selection=SelectionConfig(target_reports=1, over_selection=1.0, min_reports=1,
                                   selection_timeout_s=10.0, round_deadline_s=45.0,
                                   retry_window_s=1.0),
         training=TrainingConfig(local_epochs=1, lr=0.1),
-        evaluation=EvaluationConfig(central_every=0)))
+        evaluation=EvaluationConfig(central_every=0))
     device = tmp_path / "dev-000"
     device.mkdir()
     save_npz_dataset(device / "train.npz", digits[0][:400], digits[1][:400])
@@ -264,7 +264,7 @@ def assert_resumed_and_accepted(server: ServerThread, state: Path, toml: Path) -
     assert history[:4] == [S.OFFLINE, S.CONNECTED, S.TRAINING, S.REPORTING]
     assert_history_follows_table(history)
     assert not pending.exists()
-    store = Store(state / "fedge.db")
+    store = SQLiteStore(state / "fedge.db")
     try:
         rounds = store.rounds("resume")
         participants = store.participants(rounds[0]["rid"])

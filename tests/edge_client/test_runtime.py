@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from fedge.edge_client.errors import ArtifactError
+from fedge.edge_client.flatbuffer_check import check_flatbuffer
 from fedge.edge_client.runtime import (
     Signature,
-    check_flatbuffer,
     make_interpreter,
     runtime_name,
     runtime_version,

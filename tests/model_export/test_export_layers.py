@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from fedge.edge_client.errors import ArtifactError
 from fedge.edge_client.runtime import Signature, make_interpreter
+from fedge.model_export import conv_pool
 from fedge.model_export import layers as L
 from fedge.model_export.exporter import op_names
 
@@ -222,7 +223,7 @@ def test_fused_block_refuses_even_kernels_and_inputs_too_small_to_pool() -> None
 
 def test_s2d_tap_matrix_places_every_tap_once_per_phase() -> None:
     for k in (1, 3, 5):
-        e = L._s2d_tap_matrix(k).reshape(-1, 4, k * k)  # [window, phase, tap]
+        e = conv_pool._s2d_tap_matrix(k).reshape(-1, 4, k * k)  # [window, phase, tap]
         assert np.array_equal(e.sum(axis=0), np.ones((4, k * k), np.float32))
 
 

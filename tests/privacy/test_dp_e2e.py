@@ -8,8 +8,8 @@ import pytest
 
 from fedge.edge_client.errors import ConfigError
 from fedge.firmware_sim.sim import SimConfig, prepare, run_sim
-from fedge.server.dp_controller import job_privacy_for, privacy_for_job
-from fedge.server.job import JobConfig, validate
+from fedge.server.job import JobConfig, parse_job_config
+from fedge.server.privacy.job_privacy import job_privacy_for, privacy_for_job
 
 DEVICES = 20
 CLIENTS = 8
@@ -86,15 +86,9 @@ def test_distributed_run_is_secure_and_uniformly_weighted(tmp_path: Path, mlp_ar
 
 
 def _job(artifact: Path, dp: str, codec: str = "none", secagg: bool = False) -> JobConfig:
-    return JobConfig(
-        name="j",
-        fleet="f",
-        artifact=artifact,
-        rounds=1,
-        codec=codec,
-        dp=dp,
-        secagg={"enabled": True} if secagg else {},
-    )
+    job = {"name": "j", "fleet": "f", "artifact": str(artifact), "rounds": 1, "codec": codec}
+    tables = {"job": {**job, "dp": dp}, "secagg": {"enabled": True} if secagg else {}}
+    return parse_job_config(tables, artifact)
 
 
 @pytest.mark.parametrize(
@@ -111,7 +105,7 @@ def test_invalid_combinations_are_config_errors(
     mlp_artifact: Path, dp: str, codec: str, secagg: bool, message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        validate(_job(mlp_artifact, dp, codec, secagg))
+        _job(mlp_artifact, dp, codec, secagg)
 
 
 def test_ring_too_small_for_the_cohort_is_a_config_error() -> None:

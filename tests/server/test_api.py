@@ -1,4 +1,4 @@
-"""Management API over real HTTP: a real Store and Coordinator behind uvicorn on loopback."""
+"""Management API over real HTTP: a real Store and a stand-in ServerControl behind uvicorn."""
 
 from __future__ import annotations
 
@@ -21,19 +21,22 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedge.edge_client.artifact import load_artifact
-from fedge.edge_client.mqtt_link import LinkSettings, MqttLink
-from fedge.edge_client.signing import load_or_create_signing_key
 from fedge.edge_client.trainer import LocalTrainer
 from fedge.edge_client.weights import pack_weights, unpack_weights
-from fedge.server.api import mount_api
-from fedge.server.app import ServerSettings
 from fedge.server.blobs import BlobStore
 from fedge.server.broker import free_port
-from fedge.server.coordinator import Coordinator
-from fedge.server.http_app import TrafficCounter, create_app
+from fedge.server.control import (
+    ActiveJob,
+    JobConflict,
+    JobNotFound,
+    LiveRound,
+    ModelSnapshot,
+    Traffic,
+)
 from fedge.server.job import JobConfig, parse_job_config
-from fedge.server.rounds import ParticipantReport, RoundRun, RoundState
-from fedge.server.store import Store
+from fedge.server.store import SQLiteStore, Store
+from fedge.server.web.api import mount_api
+from fedge.server.web.http_app import TrafficCounter, create_app
 
 TOKENS = {"admin-token": "admin", "read-token": "read"}
 ADMIN = {"Authorization": "Bearer admin-token"}
@@ -54,41 +57,90 @@ def make_job(name: str, artifact: Path, rounds: int = 10) -> JobConfig:
     return parse_job_config(tomllib.loads(job_toml(name, artifact, rounds)), artifact)
 
 
-async def _published(topic: str, data: bytes) -> bool:
-    return True
-
-
 @dataclass
-class StandInServer:
-    """The attributes of `server.app.FedgeServer` the API reads, over real objects."""
+class StandInControl:
+    """A `ServerControl` over a real store and blob store: what the web layer sees of a server.
 
-    settings: ServerSettings
-    store: Store
+    The round in progress is a snapshot the test sets (``live``); ``running`` is set unless the
+    job is paused and ``finished`` once it ended, as the job loop keeps them.
+    """
+
+    store: SQLiteStore
     blobs: BlobStore
-    coordinator: Coordinator | None = None
-    traffic: TrafficCounter = field(default_factory=TrafficCounter)
-    link: MqttLink = field(default_factory=lambda: MqttLink(LinkSettings("127.0.0.1", 1, "t")))
+    http: TrafficCounter = field(default_factory=TrafficCounter)
+    mqtt: tuple[int, int, int] | None = None  # bytes sent, bytes received, connects
+    job: JobConfig | None = None
+    live: LiveRound | None = None
+    running: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
     submitted: list[JobConfig] = field(default_factory=list)
 
-    def coordinator_for(self, job: JobConfig) -> Coordinator:
-        key = load_or_create_signing_key(self.settings.state_dir / "signing.key")
-        return Coordinator(
-            job,
-            load_artifact(job.artifact),
-            self.store,
-            self.blobs,
-            key,
-            "http://127.0.0.1",
-            _published,
-        )
+    def start(self, job: JobConfig) -> None:
+        """Run ``job`` from its stored row (created if new), between rounds."""
+        load_artifact(job.artifact)  # as the server does: a job whose model is unusable fails
+        if self.store.job(job.name) is None:
+            self.store.create_job(job.name, job.to_dict())
+        self.job, self.live = job, None
+        self.running.set()
+        self.finished.clear()
 
-    def submit_job(self, job: JobConfig) -> None:
-        """Start ``job`` unless one is running (as FedgeServer.submit_job does)."""
-        if self.coordinator is not None and not self.coordinator.finished.is_set():
-            raise RuntimeError(f"job {self.coordinator.job.name!r} is still running")
-        self.coordinator = self.coordinator_for(job)
-        self.coordinator.restore_or_init()
+    def active_job(self) -> ActiveJob | None:
+        if self.job is None:
+            return None
+        row = self.store.job(self.job.name)
+        status = "running" if self.running.is_set() else "paused"
+        if self.finished.is_set() and row is not None:
+            status = row["status"]
+        return ActiveJob(name=self.job.name, status=status, rounds_total=self.job.rounds)
+
+    def live_round(self) -> LiveRound | None:
+        return self.live  # kept after the job ends, as the job loop keeps its last round
+
+    def traffic(self) -> Traffic:
+        sent, received, connects = self.mqtt or (None, None, None)
+        return Traffic(self.http.bytes_served, sent, received, connects)
+
+    async def submit(self, job: JobConfig) -> None:
+        if self.job is not None and not self.finished.is_set():
+            raise JobConflict(f"job {self.job.name!r} is still running")
+        self.start(job)
         self.submitted.append(job)
+
+    def _active(self, job_id: str) -> None:
+        if self.job is None or self.job.name != job_id or self.finished.is_set():
+            raise JobConflict(f"job {job_id!r} is not the active job")
+
+    def pause(self, job_id: str) -> None:
+        self._active(job_id)
+        self.running.clear()
+
+    def resume(self, job_id: str) -> None:
+        self._active(job_id)
+        self.running.set()
+
+    def stop(self, job_id: str) -> None:
+        self._active(job_id)
+        self.store.set_job_status(job_id, "stopped", "stopped by operator through the API")
+        self.finished.set()
+        self.running.set()  # a paused job must wake up to see that it was stopped
+
+    def model(self, job_id: str, round_number: int | None) -> ModelSnapshot:
+        row = self.store.job(job_id)
+        if row is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        artifact = load_artifact(Path(row["config"]["artifact"]))
+        sha, number = row["weights_sha"], row["committed_round"]
+        if round_number is not None:
+            sha, number = self.store.checkpoint_weights(job_id, round_number), round_number
+            if sha is None:
+                raise JobNotFound(f"job {job_id!r} has no checkpoint for round {number}")
+        if sha is None:  # nothing committed yet: the artifact's own initial weights
+            weights = LocalTrainer(artifact).get_weights()
+            return ModelSnapshot(artifact, weights, f"job {job_id} before its first round")
+        if not self.blobs.has(sha):
+            raise JobNotFound(f"weights {sha} of job {job_id!r} are not in the blob store")
+        weights = unpack_weights(self.blobs.get(sha), [t.shape for t in artifact.manifest.tensors])
+        return ModelSnapshot(artifact, weights, f"job {job_id} after round {number}")
 
 
 class Served:
@@ -114,9 +166,9 @@ class Served:
 
 @dataclass
 class Env:
-    """A filled store, the stand-in server and an HTTP client to the running app."""
+    """A filled store, the stand-in control and an HTTP client to the running app."""
 
-    server: StandInServer
+    control: StandInControl
     http: httpx.Client
     weights: dict[int, list[np.ndarray]]
     rids: dict[str, int]
@@ -126,6 +178,12 @@ class Env:
 def perturbed(base: list[np.ndarray], seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [(w + rng.normal(scale=0.05, size=w.shape)).astype(np.float32) for w in base]
+
+
+def walk(store: Store, rid: int, *states: str) -> None:
+    """Move a round along ``states`` (the store refuses transitions the table does not allow)."""
+    for state in states:
+        store.transition(rid, state)
 
 
 def fill_store(
@@ -146,6 +204,7 @@ def fill_store(
     rids: dict[str, int] = {}
     store.create_job("old", make_job("old", artifact).to_dict())
     rid = store.start_round("old", 1, 1, "train", "selecting")
+    walk(store, rid, "configuring", "collecting", "aggregating")
     old_weights = perturbed(base, 99)
     store.commit_round(rid, "old", 1, blobs.put(pack_weights(old_weights)), None, reported=2)
     store.set_job_status("old", "finished")
@@ -207,6 +266,7 @@ def fill_store(
         )
     rid = store.start_round("digits", 3, 1, "evaluate", "selecting")
     rids["eval3"] = rid
+    walk(store, rid, "configuring", "collecting", "aggregating")
     store.transition(rid, "committed", reported=3, fed_eval_loss=0.5, fed_eval_accuracy=0.8)
     store.record_rejection("dev-05", "fedge/test/dev/dev-05/up", "bad signature")
     store.record_rejection("dev-05", "fedge/test/dev/dev-05/up", "replayed message")
@@ -215,54 +275,54 @@ def fill_store(
     return weights, rids
 
 
-def start_live_round(server: StandInServer, rids: dict[str, int]) -> None:
+def start_live_round(control: StandInControl, rids: dict[str, int]) -> None:
     """Round 4 collecting: dev-00, dev-02, dev-08 selected, dev-00 reported."""
-    store, c = server.store, server.coordinator
-    assert c is not None
+    store = control.store
     rid = store.start_round("digits", 4, 1, "train", "selecting")
     rids["4.1"] = rid
     selected = ["dev-00", "dev-02", "dev-08"]
     store.set_participants(rid, selected)
     store.transition(rid, "configuring", selected=3)
     store.transition(rid, "collecting")
-    run = RoundRun(
-        rid=rid,
-        job_id="digits",
-        number=4,
-        attempt=1,
-        kind="train",
-        round_seed=7,
-        selected=set(selected),
-        deadline=time.time() + 60,
-    )
-    run.advance(RoundState.CONFIGURING)
-    run.advance(RoundState.COLLECTING)
-    run.record("dev-00", ParticipantReport(40, 0.3, 0.9, 0.1, 1234))
     store.set_participant(
         rid, "dev-00", "reported", examples=40, loss=0.3, accuracy=0.9, uplink_bytes=1234
     )
-    c.current = run
+    now = time.time()
+    control.live = LiveRound(
+        rid=rid,
+        job_id="digits",
+        number=4,
+        kind="train",
+        attempt=1,
+        state="collecting",
+        selected=frozenset(selected),
+        reported=frozenset({"dev-00"}),
+        refused=0,
+        uplink_bytes=1234,
+        downlink_bytes=0,
+        started=now,
+        deadline=now + 60,
+    )
 
 
 def build_env(
     root: Path, artifact: Path, tokens: dict[str, str], host: str = "127.0.0.1"
 ) -> tuple[Env, Served]:
     state = root / "state"
-    store = Store(state / "fedge.db")
+    store = SQLiteStore(state / "fedge.db")
     blobs = BlobStore(state / "blobs")
     weights, rids = fill_store(store, blobs, artifact)
-    settings_ = ServerSettings(state_dir=state, http_host=host, api_tokens=tokens)
-    server = StandInServer(settings_, store, blobs)
-    server.coordinator = server.coordinator_for(make_job("digits", artifact))
-    assert server.coordinator.restore_or_init() == 3  # resumed from the stored checkpoint
-    start_live_round(server, rids)
-    server.link.stats.bytes_sent, server.link.stats.connects = 4321, 2
-    server.traffic.bytes_served = 777
-    app = create_app(blobs, server.traffic)
-    mount_api(app.api, store, server, tokens)
+    control = StandInControl(store, blobs)
+    control.start(make_job("digits", artifact))
+    assert store.job("digits")["committed_round"] == 3  # type: ignore[index]  # resumes there
+    start_live_round(control, rids)
+    control.mqtt = (4321, 0, 2)
+    control.http.bytes_served = 777
+    app = create_app(blobs, control.http)
+    mount_api(app.api, store, control, state_dir=state, http_host=host, api_tokens=tokens)
     served = Served(app)
     return Env(
-        server, httpx.Client(base_url=served.url, timeout=30), weights, rids, artifact
+        control, httpx.Client(base_url=served.url, timeout=30), weights, rids, artifact
     ), served
 
 
@@ -273,7 +333,7 @@ def env(mlp_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     yield e
     e.http.close()
     served.close()
-    e.server.store.close()
+    e.control.store.close()
 
 
 @pytest.fixture
@@ -283,7 +343,7 @@ def fresh(mlp_artifact: Path, tmp_path: Path) -> Iterator[Env]:
     yield e
     e.http.close()
     served.close()
-    e.server.store.close()
+    e.control.store.close()
 
 
 def error_of(resp: httpx.Response, status: int) -> str:
@@ -330,7 +390,7 @@ def test_missing_or_bad_token_is_401_with_challenge(env: Env, method: str, path:
 def test_read_token_on_admin_route_is_403(env: Env, path: str) -> None:
     resp = env.http.post(path, headers=READ, content=b"[job]")
     assert "admin" in error_of(resp, 403)
-    assert env.server.coordinator is not None and env.server.coordinator.paused.is_set()
+    assert env.control.job is not None and env.control.running.is_set()
 
 
 def test_read_token_reads_every_get_route(env: Env) -> None:
@@ -339,11 +399,11 @@ def test_read_token_reads_every_get_route(env: Env) -> None:
 
 
 def test_blobs_health_and_dashboard_need_no_token(env: Env) -> None:
-    c = env.server.coordinator
-    assert c is not None
-    resp = env.http.get(f"/v1/blobs/{c.weights_sha}")
+    row, weights = env.control.store.job("digits"), env.weights[3]  # the job's latest weights
+    assert row is not None
+    resp = env.http.get(f"/v1/blobs/{row['weights_sha']}")
     assert resp.status_code == 200
-    assert unpack_weights(resp.content, [w.shape for w in c.weights])[0].shape == c.weights[0].shape
+    assert unpack_weights(resp.content, [w.shape for w in weights])[0].shape == weights[0].shape
     assert env.http.get("/healthz").json() == {"status": "ok"}
     for path in ("/", "/dashboard"):
         page = env.http.get(path)
@@ -366,7 +426,7 @@ def test_no_tokens_open_on_loopback_closed_elsewhere(mlp_artifact: Path, tmp_pat
         finally:
             e.http.close()
             served.close()
-            e.server.store.close()
+            e.control.store.close()
 
 
 # fleet and devices ---------------------------------------------------------------------------
@@ -585,9 +645,16 @@ def test_bake_refuses_bad_input(env: Env) -> None:
 def test_unknown_token_role_is_a_config_error(env: Env) -> None:
     from fedge.edge_client.errors import ConfigError
 
-    app = create_app(env.server.blobs, env.server.traffic)
+    app = create_app(env.control.blobs, env.control.http)
     with pytest.raises(ConfigError, match="root"):
-        mount_api(app.api, env.server.store, env.server, {"secret": "root"})
+        mount_api(
+            app.api,
+            env.control.store,
+            env.control,
+            state_dir=env.control.store.path.parent,
+            http_host="127.0.0.1",
+            api_tokens={"secret": "root"},
+        )
 
 
 # metrics -------------------------------------------------------------------------------------
@@ -631,15 +698,13 @@ def test_metrics_survive_a_restart(env: Env) -> None:
     """A new app over the reopened database reports the same stored totals."""
     from prometheus_client import generate_latest
 
-    from fedge.server.metrics import metrics_registry
+    from fedge.server.web.metrics import metrics_registry
 
     before = scrape(env.http)
-    reopened = Store(env.server.store.path)
+    reopened = SQLiteStore(env.control.store.path)
     try:
         text = generate_latest(
-            metrics_registry(
-                reopened, StandInServer(env.server.settings, reopened, env.server.blobs)
-            )
+            metrics_registry(reopened, StandInControl(reopened, env.control.blobs))
         ).decode()
     finally:
         reopened.close()
@@ -661,14 +726,13 @@ def test_metrics_survive_a_restart(env: Env) -> None:
 
 # job control ---------------------------------------------------------------------------------
 def test_pause_resume_stop_and_create(fresh: Env) -> None:
-    c = fresh.server.coordinator
-    assert c is not None
+    c = fresh.control
     paused = fresh.http.post("/v1/jobs/digits/pause", headers=ADMIN)
     assert paused.status_code == 200 and paused.json()["status"] == "paused"
-    assert not c.paused.is_set()
+    assert not c.running.is_set()
     assert fresh.http.get("/v1/fleet", headers=READ).json()["job"]["status"] == "paused"
     assert fresh.http.post("/v1/jobs/digits/resume", headers=ADMIN).json()["status"] == "running"
-    assert c.paused.is_set()
+    assert c.running.is_set()
     fresh.http.post("/v1/jobs/digits/pause", headers=ADMIN)
     busy = fresh.http.post(
         "/v1/jobs",
@@ -678,8 +742,8 @@ def test_pause_resume_stop_and_create(fresh: Env) -> None:
     assert "still running" in error_of(busy, 409)
     stopped = fresh.http.post("/v1/jobs/digits/stop", headers=ADMIN).json()
     assert stopped["status"] == "stopped" and not stopped["active"]
-    assert c.finished.is_set() and c.paused.is_set()  # woken so the run loop sees the stop
-    assert fresh.server.store.job("digits")["status"] == "stopped"  # type: ignore[index]
+    assert c.finished.is_set() and c.running.is_set()  # woken so the run loop sees the stop
+    assert fresh.control.store.job("digits")["status"] == "stopped"  # type: ignore[index]
     for action in ("pause", "resume", "stop"):
         assert "not running" in error_of(
             fresh.http.post(f"/v1/jobs/digits/{action}", headers=ADMIN), 409
@@ -697,7 +761,7 @@ def test_pause_resume_stop_and_create(fresh: Env) -> None:
     assert created.status_code == 201, created.text
     assert created.headers["location"] == "/v1/jobs/second"
     assert created.json()["status"] == "running" and created.json()["active"]
-    assert [j.name for j in fresh.server.submitted] == ["second"]
+    assert [j.name for j in fresh.control.submitted] == ["second"]
     assert fresh.http.get("/v1/fleet", headers=READ).json()["job"]["id"] == "second"
     again = fresh.http.post(
         "/v1/jobs",
@@ -740,7 +804,7 @@ def test_invalid_job_config_is_422(env: Env, body: bytes, ctype: str, needle: st
 
 
 def rounds_count(store: Store) -> int:
-    return int(store.query("SELECT COUNT(*) AS n FROM rounds")[0]["n"])
+    return sum(len(store.rounds(job["id"])) for job in store.jobs().items)
 
 
 toml_values = st.recursive(
@@ -819,7 +883,7 @@ bodies = st.one_of(
 
 
 def test_fuzz_job_bodies_never_5xx_nor_lose_rounds(env: Env) -> None:
-    store = env.server.store
+    store = env.control.store
     before = rounds_count(store)
 
     @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
@@ -832,4 +896,4 @@ def test_fuzz_job_bodies_never_5xx_nor_lose_rounds(env: Env) -> None:
 
     check()
     assert rounds_count(store) == before
-    assert env.server.coordinator is not None and env.server.coordinator.job.name == "digits"
+    assert env.control.job is not None and env.control.job.name == "digits"

@@ -24,7 +24,7 @@ from fedge.edge_client.data import save_npz_dataset
 from fedge.edge_client.signing import load_or_create_signing_key
 from fedge.edge_client.weights import unpack_weights
 from fedge.server.app import ServerSettings
-from fedge.server.job import EvaluationConfig, JobConfig, SelectionConfig, TrainingConfig, validate
+from fedge.server.job import EvaluationConfig, JobConfig, SelectionConfig, TrainingConfig
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TOKENS = {"admin-token": "admin", "read-token": "read"}
@@ -63,24 +63,22 @@ def live(
     root = tmp_path_factory.mktemp("dashboard")
     x_tr, y_tr, x_te, y_te = digits
     save_npz_dataset(root / "central.npz", x_te, y_te)
-    job = validate(
-        JobConfig(
-            name="dash",
-            fleet="test",
-            artifact=mlp_artifact,
-            rounds=40,
-            seed=1,
-            selection=SelectionConfig(
-                target_reports=4,
-                over_selection=1.25,
-                min_reports=3,
-                selection_timeout_s=SELECTION_TIMEOUT_S,
-                round_deadline_s=15.0,
-                retry_window_s=0.5,
-            ),
-            training=TrainingConfig(local_epochs=2, lr=0.2),
-            evaluation=EvaluationConfig(central_every=1, central_data=str(root / "central.npz")),
-        )
+    job = JobConfig(  # checked when built
+        name="dash",
+        fleet="test",
+        artifact=mlp_artifact,
+        rounds=40,
+        seed=1,
+        selection=SelectionConfig(
+            target_reports=4,
+            over_selection=1.25,
+            min_reports=3,
+            selection_timeout_s=SELECTION_TIMEOUT_S,
+            round_deadline_s=15.0,
+            retry_window_s=0.5,
+        ),
+        training=TrainingConfig(local_epochs=2, lr=0.2),
+        evaluation=EvaluationConfig(central_every=1, central_data=str(root / "central.npz")),
     )
     key_file = root / "server" / "signing.key"
     load_or_create_signing_key(key_file)
@@ -134,7 +132,8 @@ def live(
         wait_for("the round in flight to close", parked, 60)
         yield Live(srv, fleet, http, url)
     finally:
-        if srv.server.coordinator is not None and not srv.server.coordinator.finished.is_set():
+        coordinator = srv.server.coordinator
+        if coordinator is not None and not coordinator.runtime.finished.is_set():
             http.post("/v1/jobs/dash/stop", headers=ADMIN)
         try:
             srv.future.result(timeout=60)
@@ -243,7 +242,7 @@ def test_dashboard_screenshot(live: Live, tmp_path: Path) -> None:
 def test_real_job_through_the_api(live: Live) -> None:
     """The real server's rounds, devices, metrics and weights agree with each other."""
     c = live.srv.server.coordinator
-    assert c is not None and not c.paused.is_set()
+    assert c is not None and c.runtime.paused
     fleet = live.http.get("/v1/fleet").json()
     assert fleet["by_profile"] == {
         "android": {"total": 2, "online": 2},
@@ -258,9 +257,9 @@ def test_real_job_through_the_api(live: Live) -> None:
     assert len(reported) == last["reported"]
     assert sum(p["uplink_bytes"] for p in reported) == last["uplink_bytes"]
     weights = unpack_weights(
-        live.http.get("/v1/jobs/dash/weights").content, [w.shape for w in c.weights]
+        live.http.get("/v1/jobs/dash/weights").content, [w.shape for w in c.checkpoints.weights]
     )
-    for got, want in zip(weights, c.weights, strict=True):
+    for got, want in zip(weights, c.checkpoints.weights, strict=True):
         np.testing.assert_array_equal(got, want)
     metrics = live.http.get("/metrics").text
     assert (

@@ -31,7 +31,7 @@ from fedge.edge_client.signing import (
     verify_blob,
 )
 from fedge.server.blobs import BlobStore
-from fedge.server.http_app import TrafficCounter, create_app
+from fedge.server.web.http_app import TrafficCounter, create_app
 
 KEEP_ALIVE_S = 1  # the test server closes idle connections after this
 DATA = random.Random(0).randbytes(200_000)
@@ -48,8 +48,9 @@ class BlobServer:
     counter: TrafficCounter
     key: Ed25519PrivateKey
 
-    def get(self, path: str, method: str = "GET",
-            **headers: str) -> tuple[int, dict[str, str], bytes]:
+    def get(
+        self, path: str, method: str = "GET", **headers: str
+    ) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             conn.request(method, path, headers=headers)
@@ -60,8 +61,12 @@ class BlobServer:
 
     def ref(self, data: bytes, kind: str = "model") -> BlobRef:
         digest = self.blobs.put(data)
-        return BlobRef(sha256=digest, url=f"http://127.0.0.1:{self.port}/v1/blobs/{digest}",
-                       signature=sign_blob(self.key, kind, digest), size=len(data))
+        return BlobRef(
+            sha256=digest,
+            url=f"http://127.0.0.1:{self.port}/v1/blobs/{digest}",
+            signature=sign_blob(self.key, kind, digest),
+            size=len(data),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +75,16 @@ def blob_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlobServer
     blobs, counter = BlobStore(root / "store"), TrafficCounter()
     assert blobs.put(DATA) == DIGEST
     port = free_tcp_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(blobs, counter), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off",
-                                           timeout_keep_alive=KEEP_ALIVE_S))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(blobs, counter),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
+    )
     loop = LoopThread("http")
     future = loop.submit(server.serve())
     for _ in range(200):
@@ -102,11 +114,19 @@ def test_full_download_with_etag_and_cache_headers(blob_server: BlobServer) -> N
     assert headers["content-length"] == str(SIZE)
 
 
-@pytest.mark.parametrize("if_none_match", [
-    f'"{DIGEST}"', f'"{"0" * 64}", "{DIGEST}"', "*", f'W/"{DIGEST}"',
-], ids=["exact", "in-a-list", "star", "weak"])
-def test_if_none_match_gives_304_without_a_body(blob_server: BlobServer,
-                                                if_none_match: str) -> None:
+@pytest.mark.parametrize(
+    "if_none_match",
+    [
+        f'"{DIGEST}"',
+        f'"{"0" * 64}", "{DIGEST}"',
+        "*",
+        f'W/"{DIGEST}"',
+    ],
+    ids=["exact", "in-a-list", "star", "weak"],
+)
+def test_if_none_match_gives_304_without_a_body(
+    blob_server: BlobServer, if_none_match: str
+) -> None:
     before = blob_server.counter.bytes_served
     status, headers, body = blob_server.get(BLOB, **{"If-None-Match": if_none_match})
     assert status == 304 and body == b""
@@ -119,30 +139,43 @@ def test_other_etag_gives_the_blob(blob_server: BlobServer) -> None:
     assert status == 200 and body == DATA
 
 
-@pytest.mark.parametrize("header, start, end", [
-    ("bytes=0-9", 0, 9),
-    ("bytes=0-0", 0, 0),
-    ("bytes=1000-", 1000, SIZE - 1),
-    (f"bytes={SIZE - 1}-", SIZE - 1, SIZE - 1),
-    ("bytes=5-999999999", 5, SIZE - 1),
-    ("bytes=-7", SIZE - 7, SIZE - 1),
-    (f"bytes=-{SIZE * 2}", 0, SIZE - 1),
-    (" bytes=10-19 ", 10, 19),
-])
-def test_range_requests_give_206_with_content_range(blob_server: BlobServer, header: str,
-                                                    start: int, end: int) -> None:
+@pytest.mark.parametrize(
+    "header, start, end",
+    [
+        ("bytes=0-9", 0, 9),
+        ("bytes=0-0", 0, 0),
+        ("bytes=1000-", 1000, SIZE - 1),
+        (f"bytes={SIZE - 1}-", SIZE - 1, SIZE - 1),
+        ("bytes=5-999999999", 5, SIZE - 1),
+        ("bytes=-7", SIZE - 7, SIZE - 1),
+        (f"bytes=-{SIZE * 2}", 0, SIZE - 1),
+        (" bytes=10-19 ", 10, 19),
+    ],
+)
+def test_range_requests_give_206_with_content_range(
+    blob_server: BlobServer, header: str, start: int, end: int
+) -> None:
     before = blob_server.counter.bytes_served
     status, headers, body = blob_server.get(BLOB, Range=header)
     assert status == 206
     assert headers["content-range"] == f"bytes {start}-{end}/{SIZE}"
-    assert body == DATA[start:end + 1] and headers["content-length"] == str(end - start + 1)
+    assert body == DATA[start : end + 1] and headers["content-length"] == str(end - start + 1)
     assert blob_server.counter.bytes_served - before == end - start + 1
 
 
-@pytest.mark.parametrize("header", [
-    f"bytes={SIZE}-", f"bytes={SIZE + 10}-{SIZE + 20}", "bytes=9-5", "bytes=-0", "bytes=-",
-    "bytes=abc", "bytes=0-1,4-5", "items=0-5",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"bytes={SIZE}-",
+        f"bytes={SIZE + 10}-{SIZE + 20}",
+        "bytes=9-5",
+        "bytes=-0",
+        "bytes=-",
+        "bytes=abc",
+        "bytes=0-1,4-5",
+        "items=0-5",
+    ],
+)
 def test_unsatisfiable_or_malformed_ranges_give_416(blob_server: BlobServer, header: str) -> None:
     before = blob_server.counter.bytes_served
     status, headers, body = blob_server.get(BLOB, Range=header)
@@ -151,12 +184,19 @@ def test_unsatisfiable_or_malformed_ranges_give_416(blob_server: BlobServer, hea
     assert blob_server.counter.bytes_served == before
 
 
-@pytest.mark.parametrize("path, status", [
-    (f"/v1/blobs/{'0' * 64}", 404), ("/v1/blobs/xyz", 400), (f"/v1/blobs/{DIGEST.upper()}", 400),
-    (f"/v1/blobs/{DIGEST[:-1]}", 400), (f"/v1/blobs/{DIGEST}0", 400),
-])
-def test_missing_or_malformed_digest_gives_a_json_error(blob_server: BlobServer, path: str,
-                                                        status: int) -> None:
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        (f"/v1/blobs/{'0' * 64}", 404),
+        ("/v1/blobs/xyz", 400),
+        (f"/v1/blobs/{DIGEST.upper()}", 400),
+        (f"/v1/blobs/{DIGEST[:-1]}", 400),
+        (f"/v1/blobs/{DIGEST}0", 400),
+    ],
+)
+def test_missing_or_malformed_digest_gives_a_json_error(
+    blob_server: BlobServer, path: str, status: int
+) -> None:
     before = blob_server.counter.bytes_served
     got, headers, body = blob_server.get(path)
     assert got == status
@@ -228,19 +268,25 @@ def test_signing_key_is_created_once_private_and_reloaded(tmp_path: Path) -> Non
     again = load_or_create_signing_key(path)
     assert public_pem(again.public_key()) == public_pem(key.public_key())
     assert public_pem(load_public_key(path.with_suffix(".pub").read_bytes())) == public_pem(
-        key.public_key())
+        key.public_key()
+    )
 
 
 def test_keys_of_another_type_are_refused(tmp_path: Path) -> None:
     other = X25519PrivateKey.generate()
     path = tmp_path / "x25519.key"
-    path.write_bytes(other.private_bytes(serialization.Encoding.PEM,
-                                         serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()))
+    path.write_bytes(
+        other.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     with pytest.raises(ArtifactError, match="not an Ed25519 private key"):
         load_or_create_signing_key(path)
-    pem = other.public_key().public_bytes(serialization.Encoding.PEM,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = other.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     with pytest.raises(ArtifactError, match="not an Ed25519 public key"):
         load_public_key(pem)
 
@@ -266,8 +312,9 @@ def test_fetch_verifies_and_caches(blob_server: BlobServer, tmp_path: Path) -> N
     assert blob_server.counter.requests == requests + 2
 
 
-def test_fetch_resumes_a_partial_download_with_range(blob_server: BlobServer,
-                                                     tmp_path: Path) -> None:
+def test_fetch_resumes_a_partial_download_with_range(
+    blob_server: BlobServer, tmp_path: Path
+) -> None:
     ref = blob_server.ref(DATA)
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -280,8 +327,9 @@ def test_fetch_resumes_a_partial_download_with_range(blob_server: BlobServer,
     assert not (cache / f"{DIGEST}.part").exists()
 
 
-def test_fetch_restarts_when_the_partial_file_is_stale(blob_server: BlobServer,
-                                                       tmp_path: Path) -> None:
+def test_fetch_restarts_when_the_partial_file_is_stale(
+    blob_server: BlobServer, tmp_path: Path
+) -> None:
     ref = blob_server.ref(DATA)
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -289,8 +337,9 @@ def test_fetch_restarts_when_the_partial_file_is_stale(blob_server: BlobServer,
     assert fetcher(blob_server, cache).fetch_sync(ref, "model") == DATA
 
 
-def test_fetch_refuses_a_corrupt_partial_then_recovers(blob_server: BlobServer,
-                                                       tmp_path: Path) -> None:
+def test_fetch_refuses_a_corrupt_partial_then_recovers(
+    blob_server: BlobServer, tmp_path: Path
+) -> None:
     ref = blob_server.ref(DATA)
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -310,12 +359,20 @@ def test_fetch_refusals(blob_server: BlobServer, tmp_path: Path) -> None:
     assert f.cached_digests() == []
     with pytest.raises(ArtifactError, match="exceeds the device limit"):
         fetcher(blob_server, tmp_path / "small", max_bytes=1000).fetch_sync(ref, "model")
-    missing = BlobRef(sha256="0" * 64, url=f"http://127.0.0.1:{blob_server.port}/v1/blobs/"
-                      + "0" * 64, signature=ref.signature, size=10)
+    missing = BlobRef(
+        sha256="0" * 64,
+        url=f"http://127.0.0.1:{blob_server.port}/v1/blobs/" + "0" * 64,
+        signature=ref.signature,
+        size=10,
+    )
     with pytest.raises(ArtifactError, match="HTTP 404"):
         f.fetch_sync(missing, "model")
-    closed = BlobRef(sha256=ref.sha256, url=f"http://127.0.0.1:{free_tcp_port()}/v1/blobs/x",
-                     signature=ref.signature, size=ref.size)
+    closed = BlobRef(
+        sha256=ref.sha256,
+        url=f"http://127.0.0.1:{free_tcp_port()}/v1/blobs/x",
+        signature=ref.signature,
+        size=ref.size,
+    )
     with pytest.raises(ArtifactError, match="failed"):
         f.fetch_sync(closed, "model")
 

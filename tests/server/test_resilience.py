@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from fedge.edge_client.protocol import messages as m
 from fedge.edge_client.protocol import topics
 from fedge.edge_client.protocol.envelope import Envelope, unpack
 from fedge.edge_client.signing import load_or_create_signing_key
-from fedge.server.store import Store
+from fedge.server.store import SQLiteStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,7 +106,7 @@ def rounds_of(state: Path) -> list[dict]:
     db = state / "fedge.db"
     if not db.exists():
         return []
-    store = Store(db)
+    store = SQLiteStore(db)
     try:
         return store.rounds("digits")
     finally:
@@ -113,7 +114,7 @@ def rounds_of(state: Path) -> list[dict]:
 
 
 def job_status(state: Path) -> str | None:
-    store = Store(state / "fedge.db")
+    store = SQLiteStore(state / "fedge.db")
     try:
         row = store.job("digits")
         return row["status"] if row else None
@@ -335,8 +336,9 @@ def test_rogue_messages_are_refused_and_logged(tmp_path, mlp_artifact, digits, m
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    store = Store(state / "fedge.db")
-    reasons = [r["reason"] for r in store.query("SELECT reason FROM rejections")]
+    with sqlite3.connect(state / "fedge.db") as conn:  # the refusals as an operator reads them
+        reasons = [row[0] for row in conn.execute("SELECT reason FROM rejections")]
+    store = SQLiteStore(state / "fedge.db")
     round2 = [r for r in store.rounds("digits") if r["round"] == 2 and r["state"] == "committed"][0]
     victim_row = [p for p in store.participants(round2["rid"]) if p["device_id"] == victim][0]
     store.close()

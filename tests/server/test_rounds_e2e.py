@@ -9,10 +9,10 @@ from fedge_testing import DeviceFleet, device_configs, iid_shards, start_server
 
 from fedge.edge_client.agent import AgentHooks
 from fedge.edge_client.data import save_npz_dataset
-from fedge.server.app import ServerSettings
 from fedge.server.broker import EmbeddedBroker
-from fedge.server.job import EvaluationConfig, JobConfig, SelectionConfig, TrainingConfig, validate
-from fedge.server.store import Store
+from fedge.server.job import EvaluationConfig, JobConfig, SelectionConfig, TrainingConfig
+from fedge.server.settings import ServerSettings
+from fedge.server.store import SQLiteStore
 
 
 def digits_job(artifact: Path, central: Path, rounds: int = 5, **selection: object) -> JobConfig:
@@ -25,7 +25,7 @@ def digits_job(artifact: Path, central: Path, rounds: int = 5, **selection: obje
         retry_window_s=1.0,
     )
     sel.update(selection)
-    return validate(
+    return (
         JobConfig(
             name="digits",
             fleet="test",
@@ -72,7 +72,7 @@ def run_job(
     finally:
         fleet.stop()
         srv.loop.close()
-    store = Store(state / "fedge.db")
+    store = SQLiteStore(state / "fedge.db")
     rows = store.rounds("digits")
     store.close()
     return status, rows, fleet

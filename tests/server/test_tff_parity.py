@@ -12,7 +12,7 @@ from fedge_testing import DeviceFleet, MosquittoProcess, device_configs, iid_sha
 from fedge.edge_client.artifact import load_artifact
 from fedge.edge_client.signing import load_or_create_signing_key
 from fedge.edge_client.trainer import LocalTrainer
-from fedge.server.app import ServerSettings
+from fedge.server.settings import ServerSettings
 from fedge.tools.bench.tff_parity import (
     ParitySetup,
     committed_round_weights,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedge.tools.bench.compression import Row, goal_on_means, seed_rows, seed_table
+from fedge.tools.bench._compression_rows import Row, goal_on_means, seed_rows, seed_table
 
 
 def test_seed_rows_take_final_and_last3_per_seed_and_compare_means_with_none() -> None:

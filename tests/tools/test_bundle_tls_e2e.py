@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from fedge.edge_client.data import save_npz_dataset
 from fedge.edge_client.errors import ConfigError
-from fedge.server.store import Store
+from fedge.server.store import SQLiteStore
 from fedge.tools import cli
 from fedge.tools.bundle import build_bundle, main
 from fedge.tools.provision import ProvisionResult, provision_fleet
@@ -282,7 +282,7 @@ def wait_selecting(server: subprocess.Popen[bytes], state: Path, log: Path) -> N
         if server.poll() is not None:
             raise AssertionError(f"server exited with {server.returncode}:\n{log.read_text()}")
         if (state / "fedge.db").exists():
-            store = Store(state / "fedge.db")
+            store = SQLiteStore(state / "fedge.db")
             try:
                 if store.rounds(JOB):
                     return
@@ -335,7 +335,7 @@ def test_installed_device_trains_a_round_over_tls_with_acls(
     assert code == 0, logs
     assert device.poll() is None, f"the device agent died:\n{logs}"
 
-    store = Store(state / "fedge.db")
+    store = SQLiteStore(state / "fedge.db")
     try:
         assert store.job(JOB)["status"] == "finished", logs  # type: ignore[index]
         rounds = [r for r in store.rounds(JOB) if r["state"] == "committed"]

@@ -21,7 +21,7 @@ from fedge.edge_client.protocol.messages import BlobRef
 from fedge.edge_client.signing import load_or_create_signing_key, load_public_key, sign_blob
 from fedge.edge_client.weights import pack_weights, unpack_weights
 from fedge.server.blobs import BlobStore
-from fedge.server.http_app import TrafficCounter, create_app
+from fedge.server.web.http_app import TrafficCounter, create_app
 from fedge.tools.provision import ProvisionResult, pki, provision_fleet
 
 DEVICE = "pi-7"

@@ -7,18 +7,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedge.tools.bench.sparsify_explore import (
-    DEFAULT_SCHEMES,
-    Scheme,
+from fedge.tools.bench._sparsify_coding import (
     index_bits,
-    kernel_ranks,
     lowrank_part,
-    parse_scheme,
-    round_density,
     subspace_bases,
     subspace_part,
     top_coordinates,
     value_bits,
+)
+from fedge.tools.bench._sparsify_schemes import (
+    DEFAULT_SCHEMES,
+    Scheme,
+    kernel_ranks,
+    parse_scheme,
+    round_density,
 )
 
 

@@ -23,6 +23,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from fedge.edge_client.codec import parse_spec
 from fedge.edge_client.errors import ConfigError
 from fedge.edge_client.protocol.envelope import PROTOCOL_VERSION
 
@@ -48,8 +49,12 @@ class FleetSetting:
     round_deadline_s: float = 300.0
 
 
-QUICK_FLEET: dict[str, Any] = {"devices": 10, "rounds": 2, "clients_per_round": 5,
-                               "local_epochs": 1}  # the --quick smoke runs
+QUICK_FLEET: dict[str, Any] = {
+    "devices": 10,
+    "rounds": 2,
+    "clients_per_round": 5,
+    "local_epochs": 1,
+}  # the --quick smoke runs
 
 
 def run_or_reuse(cfg: SimConfig, reuse: bool) -> dict[str, Any]:
@@ -60,36 +65,72 @@ def run_or_reuse(cfg: SimConfig, reuse: bool) -> dict[str, Any]:
     done = cfg.out / "summary.json"
     if reuse and done.exists():
         old = json.loads(done.read_text())
-        if (old.get("config") == cfg.to_dict() and old.get("status") == "finished"
-                and old.get("protocol") == PROTOCOL_VERSION):
+        if (
+            old.get("config") == cfg.to_dict()
+            and old.get("status") == "finished"
+            and old.get("protocol") == PROTOCOL_VERSION
+        ):
             logging.getLogger("fedge.bench").warning("reusing %s", done)
             return dict(old)
     return run_sim(cfg)
 
 
-def command_line(module: str) -> str:
-    """The command that reproduces this run (``python -m <module> <args>``)."""
-    return shlex.join(["python", "-m", module, *sys.argv[1:]])
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
+    """The command that reproduces this run (``python -m <module> <args>``); ``argv`` when a
+    benchmark's ``main`` was given its arguments, else this process's own."""
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
+def int_list(text: str | None, default: str) -> list[int]:
+    """Comma-separated integers of an option (``default`` when it was not given)."""
+    return [int(v) for v in (text or default).split(",") if v.strip()]
+
+
+def codec_specs(text: str | None, default: Sequence[str]) -> list[str]:
+    """Comma-separated codec specs of an option, each checked (``default`` when not given)."""
+    specs = default if text is None else [t.strip() for t in text.split(",") if t.strip()]
+    for spec in specs:
+        parse_spec(spec)  # CodecError naming the bad token
+    return list(specs)
+
+
+def round_or_none(value: float | None, digits: int) -> float | None:
+    """A table cell that may be missing ("-" once formatted)."""
+    return None if value is None else round(value, digits)
 
 
 def machine_load() -> dict[str, Any]:
     """Load averages (1, 5, 15 min) and core count, to judge how idle the machine was."""
     one, five, fifteen = os.getloadavg()
-    return {"loadavg": [round(one, 2), round(five, 2), round(fifteen, 2)],
-            "cpus": os.cpu_count(), "python": platform.python_version()}
+    return {
+        "loadavg": [round(one, 2), round(five, 2), round(fifteen, 2)],
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def load_range(result: dict[str, Any]) -> str:
+    """The machine load over a run, from a result's ``load_start`` and ``load_end``."""
+    return f"load average {result['load_start']['loadavg']} -> {result['load_end']['loadavg']}"
 
 
 def quiet_logs() -> None:
     """Warnings only; silence aiomqtt's "pending publish calls" and the server's refusals of
     late reports (expected under over-selection; the benchmarks check outcomes themselves)."""
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("mqtt").setLevel(logging.ERROR)
     logging.getLogger("fedge.server").setLevel(logging.ERROR)
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]],
-                command: str, note: str | None = None) -> None:
+def print_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    command: str,
+    note: str | None = None,
+) -> None:
     """Print a rich table, an optional note and the command that produced it."""
     table = Table(title=title)
     for i, col in enumerate(columns):
@@ -199,8 +240,9 @@ class Mosquitto:
 
     def start(self, timeout_s: float = 10.0) -> Mosquitto:
         """Start it and wait until it accepts connections."""
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -330,8 +372,12 @@ def bench_mlp_artifact(hidden: int, cache_dir: Path | None = None) -> Path:
     from fedge.model_export import ModelSpec, export_spec
     from fedge.model_export import layers as L
 
-    spec = ModelSpec(f"bench-mlp784-{hidden}", (28, 28, 1), 10,
-                     (L.Flatten(), L.Dense(hidden), L.ReLU(), L.Dense(10)))
+    spec = ModelSpec(
+        f"bench-mlp784-{hidden}",
+        (28, 28, 1),
+        10,
+        (L.Flatten(), L.Dense(hidden), L.ReLU(), L.Dense(10)),
+    )
     export_spec(spec, target, batch_size=32, seed=0)
     return target
 

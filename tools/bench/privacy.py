@@ -31,7 +31,7 @@ import numpy as np
 from fedge.edge_client.errors import ConfigError
 from fedge.firmware_sim.plots import plot_accuracy_vs_epsilon
 from fedge.firmware_sim.sim import SimConfig
-from fedge.server.dp_controller import job_privacy_for
+from fedge.server.privacy.job_privacy import AccountedPrivacy, job_privacy_for
 from fedge.tools.bench._common import (
     QUICK_FLEET,
     FleetSetting,
@@ -76,7 +76,7 @@ def epsilon_function(s: Setting, mode: str, dim: int) -> Callable[[float], float
             min_clients=s.clients_per_round,
             dim=dim,
         )
-        assert dp is not None
+        assert isinstance(dp, AccountedPrivacy)  # a DP spec makes an accounted privacy
         return dp.ensure_accountant(s.devices, rounds_done=0).epsilon_after(s.rounds)
 
     return epsilon

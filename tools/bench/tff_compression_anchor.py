@@ -35,7 +35,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -85,8 +85,9 @@ class AnchorConfig:
 def seeded_schedule(devices: int, rounds: int, per_round: int, seed: int) -> list[list[int]]:
     """Clients of every round, drawn without replacement by a seeded numpy generator."""
     rng = np.random.default_rng([seed, 0x7FF])
-    return [sorted(int(i) for i in rng.choice(devices, per_round, replace=False))
-            for _ in range(rounds)]
+    return [
+        sorted(int(i) for i in rng.choice(devices, per_round, replace=False)) for _ in range(rounds)
+    ]
 
 
 def check_schedule(schedule: Sequence[Sequence[int]], cfg: AnchorConfig) -> list[list[int]]:
@@ -110,15 +111,17 @@ def check_schedule(schedule: Sequence[Sequence[int]], cfg: AnchorConfig) -> list
     return out
 
 
-def client_arrays(cfg: AnchorConfig) -> tuple[list[tuple[np.ndarray, np.ndarray]],
-                                               tuple[np.ndarray, np.ndarray]]:
+def client_arrays(
+    cfg: AnchorConfig,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
     """Per-device local train splits and the central test set, exactly as the simulator."""
     from fedge.firmware_sim.partition import parse_partition_spec, partition, split_local
     from fedge.model_export.datasets import load_fashion_mnist
 
     x_train, y_train, x_test, y_test = load_fashion_mnist()
-    parts = partition(y_train, cfg.devices, parse_partition_spec(cfg.partition), cfg.seed,
-                      min_size=2)
+    parts = partition(
+        y_train, cfg.devices, parse_partition_spec(cfg.partition), cfg.seed, min_size=2
+    )
     clients = []
     for i, idx in enumerate(parts):
         train_idx, _ = split_local(idx, cfg.test_fraction, (cfg.seed, i))
@@ -131,15 +134,17 @@ def keras_cnn_fmnist(weights: Sequence[np.ndarray]) -> Any:
     import tensorflow as tf
 
     layers = tf.keras.layers
-    model = tf.keras.Sequential([
-        layers.InputLayer(input_shape=(28, 28, 1)),
-        layers.Conv2D(8, 3, padding="valid", activation="relu"),
-        layers.AveragePooling2D(2, padding="valid"),
-        layers.Conv2D(16, 3, padding="valid", activation="relu"),
-        layers.AveragePooling2D(2, padding="valid"),
-        layers.Flatten(),
-        layers.Dense(10),
-    ])
+    model = tf.keras.Sequential(
+        [
+            layers.InputLayer(input_shape=(28, 28, 1)),
+            layers.Conv2D(8, 3, padding="valid", activation="relu"),
+            layers.AveragePooling2D(2, padding="valid"),
+            layers.Conv2D(16, 3, padding="valid", activation="relu"),
+            layers.AveragePooling2D(2, padding="valid"),
+            layers.Flatten(),
+            layers.Dense(10),
+        ]
+    )
     model.set_weights(list(weights))
     return model
 
@@ -151,7 +156,8 @@ def _check_parity(model: Any, trainer: Any, x: np.ndarray) -> None:
     gap = float(np.max(np.abs(ours - theirs)))
     if gap > PARITY_TOL:
         raise ArtifactError(
-            f"the Keras cnn-fmnist differs from the artifact by {gap:.2e} in logits")
+            f"the Keras cnn-fmnist differs from the artifact by {gap:.2e} in logits"
+        )
 
 
 def aggregator(quantize_all: bool) -> Any:
@@ -161,14 +167,20 @@ def aggregator(quantize_all: bool) -> Any:
     if not quantize_all:
         return tff.learning.compression_aggregator()
     agg = tff.aggregators
-    inner = agg.MeanFactory(agg.EncodedSumFactory.quantize_above_threshold(
-        quantization_bits=QUANT_BITS, threshold=0))
+    inner = agg.MeanFactory(
+        agg.EncodedSumFactory.quantize_above_threshold(quantization_bits=QUANT_BITS, threshold=0)
+    )
     # The adaptive clipping and zeroing parameters of TFF 0.87's compression_aggregator().
     clip_norm = agg.PrivateQuantileEstimationProcess.no_noise(
-        initial_estimate=1.0, target_quantile=0.8, learning_rate=0.2)
+        initial_estimate=1.0, target_quantile=0.8, learning_rate=0.2
+    )
     zero_norm = agg.PrivateQuantileEstimationProcess.no_noise(
-        initial_estimate=10.0, target_quantile=0.98, learning_rate=math.log(10.0),
-        multiplier=2.0, increment=1.0)
+        initial_estimate=10.0,
+        target_quantile=0.98,
+        learning_rate=math.log(10.0),
+        multiplier=2.0,
+        increment=1.0,
+    )
     return agg.zeroing_factory(zero_norm, agg.clipping_factory(clip_norm, inner))
 
 
@@ -181,8 +193,11 @@ def encoded_update_bytes(shapes: Sequence[Sequence[int]], threshold: int) -> int
     total = 4
     for shape in shapes:
         n = int(np.prod(shape))
-        encoder = te.encoders.uniform_quantization(QUANT_BITS) if n > threshold \
+        encoder = (
+            te.encoders.uniform_quantization(QUANT_BITS)
+            if n > threshold
             else te.encoders.identity()
+        )
         simple = te.encoders.as_simple_encoder(encoder, tf.TensorSpec(tuple(shape), tf.float32))
         encoded, _ = simple.encode(tf.constant(rng.normal(size=shape).astype(np.float32)))
         total += sum(int(t.numpy().nbytes) for t in tf.nest.flatten(encoded))
@@ -200,8 +215,81 @@ def stop_worker_binaries() -> int:
     return len(procs)
 
 
-def run_anchor(cfg: AnchorConfig,
-               schedule: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
+def _client_dataset(
+    cfg: AnchorConfig, clients: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> Callable[[int, int], Any]:
+    """``dataset(i, rnd)``: client ``i``'s batches for round ``rnd``, reshuffled every epoch."""
+    import tensorflow as tf
+
+    def dataset(i: int, rnd: int) -> tf.data.Dataset:
+        x, y = clients[i]
+        return (
+            tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
+            .shuffle(
+                len(x), seed=cfg.seed * 1_000_003 + rnd * 1009 + i, reshuffle_each_iteration=True
+            )
+            .batch(cfg.batch_size)
+            .repeat(cfg.local_epochs)
+        )
+
+    return dataset
+
+
+def _model_fn(initial: Sequence[np.ndarray], spec: Any) -> Callable[[], Any]:
+    """TFF's model constructor: a fresh Keras ``cnn-fmnist`` holding ``initial``."""
+    import tensorflow as tf
+    import tensorflow_federated as tff
+
+    def model_fn() -> Any:
+        return tff.learning.models.from_keras_model(
+            keras_cnn_fmnist(initial),
+            input_spec=spec,
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=[tf.keras.metrics.SparseCategoricalAccuracy()],
+        )
+
+    return model_fn
+
+
+def _run_rounds(
+    process: Any,
+    plan: Sequence[Sequence[int]],
+    dataset: Callable[[int, int], Any],
+    trainer: Any,
+    test: tuple[np.ndarray, np.ndarray],
+    per_device: int,
+) -> list[dict[str, Any]]:
+    """Every round of ``plan``: train, then evaluate the global model through the artifact."""
+    x_test, y_test = test
+    rounds = []
+    state = process.initialize()
+    for r, ids in enumerate(plan, 1):
+        t0 = time.time()
+        output = process.next(state, [dataset(i, r) for i in ids])
+        state = output.state
+        trainer.set_weights(
+            [np.asarray(w, np.float32) for w in process.get_model_weights(state).trainable]
+        )
+        ev = trainer.evaluate(x_test, y_test)
+        rounds.append(
+            {
+                "round": r,
+                "accuracy": ev.accuracy,
+                "loss": ev.loss,
+                "selected": len(ids),
+                "reported": len(ids),
+                "dropped": 0,
+                "uplink_bytes": per_device * len(ids),
+                "downlink_bytes": 0,
+                "duration_s": round(time.time() - t0, 3),
+            }
+        )
+    return rounds
+
+
+def run_anchor(
+    cfg: AnchorConfig, schedule: Sequence[Sequence[int]] | None = None
+) -> dict[str, Any]:
     """Train FedAvg with the compression aggregator; return a simulator-like summary.
 
     Parameters
@@ -226,8 +314,11 @@ def run_anchor(cfg: AnchorConfig,
     from fedge.edge_client.trainer import LocalTrainer
 
     t_start = time.time()
-    plan = check_schedule(schedule, cfg) if schedule is not None else seeded_schedule(
-        cfg.devices, cfg.rounds, cfg.clients_per_round, cfg.seed)
+    plan = (
+        check_schedule(schedule, cfg)
+        if schedule is not None
+        else seeded_schedule(cfg.devices, cfg.rounds, cfg.clients_per_round, cfg.seed)
+    )
     trainer = LocalTrainer(load_artifact(Path(cfg.artifact)))
     if trainer.manifest.batch_size != cfg.batch_size:
         raise ConfigError(f"artifact batch size {trainer.manifest.batch_size} != {cfg.batch_size}")
@@ -235,56 +326,38 @@ def run_anchor(cfg: AnchorConfig,
     clients, (x_test, y_test) = client_arrays(cfg)
     _check_parity(keras_cnn_fmnist(initial), trainer, x_test[:64])
     tf.keras.utils.set_random_seed(cfg.seed)
-
-    def dataset(i: int, rnd: int) -> tf.data.Dataset:
-        x, y = clients[i]
-        return (tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
-                .shuffle(len(x), seed=cfg.seed * 1_000_003 + rnd * 1009 + i,
-                         reshuffle_each_iteration=True)
-                .batch(cfg.batch_size).repeat(cfg.local_epochs))
-
-    spec = dataset(0, 0).element_spec
-
-    def model_fn() -> Any:
-        return tff.learning.models.from_keras_model(
-            keras_cnn_fmnist(initial), input_spec=spec,
-            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
-
+    dataset = _client_dataset(cfg, clients)
     process = tff.learning.algorithms.build_weighted_fed_avg(
-        model_fn,
+        _model_fn(initial, dataset(0, 0).element_spec),
         client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=cfg.lr),
         server_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=1.0),
         model_aggregator=aggregator(cfg.quantize_all),
     )
     per_device = encoded_update_bytes([w.shape for w in initial], cfg.threshold)
-    rounds = []
     try:
-        state = process.initialize()
-        for r, ids in enumerate(plan, 1):
-            t0 = time.time()
-            output = process.next(state, [dataset(i, r) for i in ids])
-            state = output.state
-            trainer.set_weights([np.asarray(w, np.float32)
-                                 for w in process.get_model_weights(state).trainable])
-            ev = trainer.evaluate(x_test, y_test)
-            rounds.append({"round": r, "accuracy": ev.accuracy, "loss": ev.loss,
-                           "selected": len(ids), "reported": len(ids), "dropped": 0,
-                           "uplink_bytes": per_device * len(ids), "downlink_bytes": 0,
-                           "duration_s": round(time.time() - t0, 3)})
+        rounds = _run_rounds(process, plan, dataset, trainer, (x_test, y_test), per_device)
     finally:
         stop_worker_binaries()
-    return {"config": asdict(cfg), "params": int(sum(w.size for w in initial)),
-            "rounds": rounds, "final_accuracy": rounds[-1]["accuracy"],
-            "uplink_bytes_per_device": per_device, "schedule": plan,
-            "wall_time_s": round(time.time() - t_start, 2)}
+    return {
+        "config": asdict(cfg),
+        "params": int(sum(w.size for w in initial)),
+        "rounds": rounds,
+        "final_accuracy": rounds[-1]["accuracy"],
+        "uplink_bytes_per_device": per_device,
+        "schedule": plan,
+        "wall_time_s": round(time.time() - t_start, 2),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: read an AnchorConfig (+ optional ``schedule``) as JSON, write the summary as JSON."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--config", type=Path, required=True,
-                   help='JSON: AnchorConfig fields, optionally "schedule": [[device, ...], ...]')
+    p.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help='JSON: AnchorConfig fields, optionally "schedule": [[device, ...], ...]',
+    )
     p.add_argument("--out", type=Path, required=True, help="summary JSON to write")
     args = p.parse_args(argv)
     raw = json.loads(args.config.read_text())

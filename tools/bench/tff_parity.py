@@ -40,9 +40,8 @@ from fedge.server.job import (
     SelectionConfig,
     ServerOptimizerConfig,
     TrainingConfig,
-    validate,
 )
-from fedge.server.store import Store
+from fedge.server.store import SQLiteStore
 
 MODULE = "tools.bench.tff_parity"
 TFF_WORKER = "worker_binary"
@@ -69,11 +68,11 @@ def parity_job(artifact: Path, setup: ParitySetup, *, name: str = "parity",
     Raises
     ------
     ConfigError
-        If the setup is invalid (see :func:`server.job.validate`).
+        If the setup is invalid (a `JobConfig` checks itself when built).
     """
     n = setup.devices
-    return validate(JobConfig(
-        name=name, fleet=fleet, artifact=artifact, rounds=setup.rounds, seed=1, codec="none",
+    return JobConfig(
+        name=name, fleet=fleet, artifact=artifact, rounds=setup.rounds, seed=1,
         selection=SelectionConfig(target_reports=n, over_selection=1.0, min_reports=n,
                                   selection_timeout_s=30.0, round_deadline_s=60.0,
                                   max_attempts=1, retry_window_s=1.0),
@@ -81,7 +80,7 @@ def parity_job(artifact: Path, setup: ParitySetup, *, name: str = "parity",
                                 max_example_weight=max_example_weight),
         optimizer=ServerOptimizerConfig(name="fedavg", lr=setup.server_lr),
         evaluation=EvaluationConfig(central_every=0),
-    ))
+    )
 
 
 def iid_shards(x: np.ndarray, y: np.ndarray, n: int, seed: int = 0) -> list[Shard]:
@@ -101,7 +100,7 @@ def committed_round_weights(state_dir: Path, job_name: str,
     """
     from fedge.edge_client.weights import unpack_weights
 
-    store = Store(Path(state_dir) / "fedge.db")
+    store = SQLiteStore(Path(state_dir) / "fedge.db")
     try:
         job = store.job(job_name)
         rows = [r for r in store.rounds(job_name, "train") if r["state"] == "committed"]
@@ -218,7 +217,8 @@ async def _run_fedge_async(job: JobConfig, shards: Sequence[Shard], workdir: Pat
     from fedge.edge_client.config import parse_device_config
     from fedge.edge_client.data import save_npz_dataset
     from fedge.edge_client.signing import load_or_create_signing_key, load_public_key
-    from fedge.server.app import FedgeServer, ServerSettings
+    from fedge.server.app import FedgeServer
+    from fedge.server.settings import ServerSettings
 
     key_file = workdir / "server" / "signing.key"
     load_or_create_signing_key(key_file)

@@ -36,9 +36,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # imported at run time only outside the workers, whose memory is measured
+    from rich.console import Console
+    from rich.table import Table
 
 MODELS = ("mlp-digits", "cnn-fmnist", "transfer-fmnist")
 BATCH = 32
@@ -194,6 +198,80 @@ def _measure(name: str, root: Path, seconds: float, rounds: int) -> dict[str, di
     return {key: _best(results) for key, results in runs.items()}
 
 
+TABLE_COLUMNS = (
+    "model",
+    "params (frozen)",
+    "artifact KB",
+    "tflite steps/s",
+    "TF steps/s",
+    "ratio",
+    "tflite steps/CPU-s",
+    "TF steps/CPU-s",
+    "ratio (CPU)",
+    "TF steps/s, default threads",
+    "tflite no XNNPACK steps/CPU-s",
+    "tflite RSS MB (Δ)",
+    "TF RSS MB (Δ)",
+)
+
+
+def _run_as_worker(worker: list[str]) -> None:
+    """``--worker KIND PATH SECONDS ARG``: measure one runtime, print the result as JSON."""
+    kind, path, seconds, arg = worker
+    if kind == "tflite":
+        result = _worker_tflite(Path(path), float(seconds), xnnpack=arg == "xnnpack")
+    else:
+        result = _worker_tf(Path(path), float(seconds), threads=int(arg))
+    print(json.dumps(result))
+
+
+def _table(rows: list[tuple[str, dict[str, Any], dict[str, dict[str, Any]]]]) -> Table:
+    """The rich table: one row per model, tflite against TF."""
+    from rich.table import Table
+
+    lite_name = rows[0][2]["tflite:xnnpack"]["runtime"]
+    tf_name = rows[0][2]["tf:1"]["runtime"]
+    table = Table(title=f"Training steps/s at batch {BATCH}: {lite_name} vs {tf_name}")
+    for col in TABLE_COLUMNS:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, meta, r in rows:
+        lite, tf1, tfd, plain = r["tflite:xnnpack"], r["tf:1"], r["tf:0"], r["tflite:builtin"]
+        table.add_row(
+            name,
+            f"{meta['params']:,} ({meta['frozen']:,})",
+            f"{meta['kb']:.1f}",
+            f"{lite['steps_per_s']:,.0f}",
+            f"{tf1['steps_per_s']:,.0f}",
+            f"{lite['steps_per_s'] / tf1['steps_per_s']:.2f}",
+            f"{lite['steps_per_cpu_s']:,.0f}",
+            f"{tf1['steps_per_cpu_s']:,.0f}",
+            f"{lite['steps_per_cpu_s'] / tf1['steps_per_cpu_s']:.2f}",
+            f"{tfd['steps_per_s']:,.0f}",
+            f"{plain['steps_per_cpu_s']:,.0f}",
+            f"{lite['peak_mb']:.0f} ({lite['delta_mb']:+.1f})",
+            f"{tf1['peak_mb']:.0f} ({tf1['delta_mb']:+.1f})",
+        )
+    return table
+
+
+def _print_notes(
+    console: Console, load_before: tuple[float, ...], load_after: tuple[float, ...], command: str
+) -> None:
+    """What the columns mean, the machine load before and after, and the command."""
+    console.print(
+        "ratio = tflite / TF, both single-threaded (wall clock, and CPU time of the worker). "
+        "tflite = LocalTrainer.fit (device loop) with XNNPACK; TF = tf.function step, "
+        "standard ops. Best of the alternating rounds. RSS = worker peak RSS (VmHWM) and "
+        "its delta over the RSS after importing the runtime."
+    )
+    console.print(
+        f"load average (1, 5, 15 min) on {os.cpu_count()} CPUs: before "
+        f"{', '.join(f'{v:.2f}' for v in load_before)}; after "
+        f"{', '.join(f'{v:.2f}' for v in load_after)}"
+    )
+    console.print(f"command: {command}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -203,16 +281,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        kind, path, seconds, arg = args.worker
-        if kind == "tflite":
-            result = _worker_tflite(Path(path), float(seconds), xnnpack=arg == "xnnpack")
-        else:
-            result = _worker_tf(Path(path), float(seconds), threads=int(arg))
-        print(json.dumps(result))
+        _run_as_worker(args.worker)
         return
 
     from rich.console import Console
-    from rich.table import Table
 
     models = [m for m in args.models.split(",") if m]
     unknown = sorted(set(models) - set(MODELS))
@@ -232,55 +304,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in models:
             rows.append((name, info[name], _measure(name, root, args.seconds, args.rounds)))
     load_after = os.getloadavg()
-    lite_name = rows[0][2]["tflite:xnnpack"]["runtime"]
-    tf_name = rows[0][2]["tf:1"]["runtime"]
-    table = Table(title=f"Training steps/s at batch {BATCH}: {lite_name} vs {tf_name}")
-    for col in (
-        "model",
-        "params (frozen)",
-        "artifact KB",
-        "tflite steps/s",
-        "TF steps/s",
-        "ratio",
-        "tflite steps/CPU-s",
-        "TF steps/CPU-s",
-        "ratio (CPU)",
-        "TF steps/s, default threads",
-        "tflite no XNNPACK steps/CPU-s",
-        "tflite RSS MB (Δ)",
-        "TF RSS MB (Δ)",
-    ):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for name, meta, r in rows:
-        lite, tf1, tfd, plain = r["tflite:xnnpack"], r["tf:1"], r["tf:0"], r["tflite:builtin"]
-        table.add_row(
-            name,
-            f"{meta['params']:,} ({meta['frozen']:,})",
-            f"{meta['kb']:.1f}",
-            f"{lite['steps_per_s']:,.0f}",
-            f"{tf1['steps_per_s']:,.0f}",
-            f"{lite['steps_per_s'] / tf1['steps_per_s']:.2f}",
-            f"{lite['steps_per_cpu_s']:,.0f}",
-            f"{tf1['steps_per_cpu_s']:,.0f}",
-            f"{lite['steps_per_cpu_s'] / tf1['steps_per_cpu_s']:.2f}",
-            f"{tfd['steps_per_s']:,.0f}",
-            f"{plain['steps_per_cpu_s']:,.0f}",
-            f"{lite['peak_mb']:.0f} ({lite['delta_mb']:+.1f})",
-            f"{tf1['peak_mb']:.0f} ({tf1['delta_mb']:+.1f})",
-        )
-    console.print(table)
-    console.print(
-        "ratio = tflite / TF, both single-threaded (wall clock, and CPU time of the worker). "
-        "tflite = LocalTrainer.fit (device loop) with XNNPACK; TF = tf.function step, "
-        "standard ops. Best of the alternating rounds. RSS = worker peak RSS (VmHWM) and "
-        "its delta over the RSS after importing the runtime."
-    )
-    console.print(
-        f"load average (1, 5, 15 min) on {os.cpu_count()} CPUs: before "
-        f"{', '.join(f'{v:.2f}' for v in load_before)}; after "
-        f"{', '.join(f'{v:.2f}' for v in load_after)}"
-    )
-    console.print(f"command: {command}")
+    console.print(_table(rows))
+    _print_notes(console, load_before, load_after, command)
 
 
 if __name__ == "__main__":

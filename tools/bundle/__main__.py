@@ -1,4 +1,4 @@
-"""`python -m tools.bundle`: the same as `fedge bundle`."""
+"""`python -m fedge.tools.bundle`: the same as `fedge bundle`."""
 
 import sys
 

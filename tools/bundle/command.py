@@ -17,7 +17,7 @@ from rich.table import Table
 from fedge.edge_client.errors import FedgeError
 from fedge.tools.bundle.archive import Entry, checksums, write_tar_gz
 from fedge.tools.bundle.device import read_device_folder
-from fedge.tools.bundle.platforms import PLATFORMS, PYTHON_VERSION, get_platform
+from fedge.tools.bundle.platforms import PLATFORMS, PYTHON_VERSION, Platform, get_platform
 from fedge.tools.bundle.source import REPO_ROOT, build_fedge_wheel
 from fedge.tools.bundle.templates import UNIT_NAME, render_install_script, render_unit
 from fedge.tools.bundle.wheels import collect_wheels, default_cache_dir
@@ -42,10 +42,18 @@ class BundleResult:
     """Wheels that were not in the cache yet (downloaded by this call)."""
 
 
-def build_bundle(device_id: str, provisioned: Path, platform: str, out: Path, *,
-                 source: Path = REPO_ROOT, cache_dir: Path | None = None,
-                 use_constraints: bool = True, refresh: bool = False,
-                 console: Console | None = None) -> BundleResult:
+def build_bundle(
+    device_id: str,
+    provisioned: Path,
+    platform: str,
+    out: Path,
+    *,
+    source: Path = REPO_ROOT,
+    cache_dir: Path | None = None,
+    use_constraints: bool = True,
+    refresh: bool = False,
+    console: Console | None = None,
+) -> BundleResult:
     """Build the flashable bundle of one provisioned device.
 
     Parameters
@@ -84,23 +92,26 @@ def build_bundle(device_id: str, provisioned: Path, platform: str, out: Path, *,
     pins = source / "constraints.txt"
     constraints = pins if use_constraints and pins.is_file() else None
     with tempfile.TemporaryDirectory(prefix="fedge-bundle-") as tmp:
-        own_wheel = build_fedge_wheel(source, Path(tmp) / "fedge")
-        wheel_set = collect_wheels(f"{own_wheel}[edge]", target, Path(tmp) / "wheels",
-                                   cache_dir=cache_dir or default_cache_dir(),
-                                   constraints=constraints, refresh=refresh, console=console)
+        own_wheel = build_fedge_wheel(source, Path(tmp) / "fedge", device_only=True)
+        wheel_set = collect_wheels(
+            f"{own_wheel}[edge]",
+            target,
+            Path(tmp) / "wheels",
+            cache_dir=cache_dir or default_cache_dir(),
+            constraints=constraints,
+            refresh=refresh,
+            console=console,
+        )
         fleet = device.config.fleet
-        metadata = {
-            "format": BUNDLE_FORMAT, "device_id": device_id, "fleet": fleet,
-            "platform": target.name, "machine": target.machine, "python": PYTHON_VERSION,
-            "fedge_wheel": own_wheel.name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                     time.gmtime()),
-            "wheels": [w.name for w in wheel_set.wheels],
-        }
+        metadata = _bundle_json(device_id, fleet, target, own_wheel, wheel_set.wheels)
         entries = [
-            Entry("install.sh", EXECUTABLE_MODE,
-                  render_install_script(device_id, fleet, target).encode()),
+            Entry(
+                "install.sh",
+                EXECUTABLE_MODE,
+                render_install_script(device_id, fleet, target).encode(),
+            ),
             Entry(UNIT_NAME, PUBLIC_MODE, render_unit(device_id, fleet, target).encode()),
-            Entry("bundle.json", PUBLIC_MODE, (json.dumps(metadata, indent=2) + "\n").encode()),
+            Entry("bundle.json", PUBLIC_MODE, metadata),
             *(Entry(f"config/{f.name}", f.mode, f.data) for f in device.files),
             *(Entry(f"wheels/{w.name}", PUBLIC_MODE, source=w) for w in wheel_set.wheels),
         ]
@@ -108,8 +119,33 @@ def build_bundle(device_id: str, provisioned: Path, platform: str, out: Path, *,
         top = f"fedge-{device_id}"
         write_tar_gz(Path(out), top, entries, private_dirs=frozenset({"config"}))
         _summary(console, entries, wheel_set.new)
-    return BundleResult(Path(out), top, device_id, fleet, target.name,
-                        tuple(w.name for w in wheel_set.wheels), wheel_set.new)
+    return BundleResult(
+        Path(out),
+        top,
+        device_id,
+        fleet,
+        target.name,
+        tuple(w.name for w in wheel_set.wheels),
+        wheel_set.new,
+    )
+
+
+def _bundle_json(
+    device_id: str, fleet: str, target: Platform, own_wheel: Path, wheels: tuple[Path, ...]
+) -> bytes:
+    """``bundle.json``: what was bundled, for whoever inspects a bundle later."""
+    metadata = {
+        "format": BUNDLE_FORMAT,
+        "device_id": device_id,
+        "fleet": fleet,
+        "platform": target.name,
+        "machine": target.machine,
+        "python": PYTHON_VERSION,
+        "fedge_wheel": own_wheel.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "wheels": [w.name for w in wheels],
+    }
+    return (json.dumps(metadata, indent=2) + "\n").encode()
 
 
 def _summary(console: Console, entries: list[Entry], new: tuple[str, ...]) -> None:
@@ -145,19 +181,35 @@ def build_parser(prog: str = "fedge bundle") -> argparse.ArgumentParser:
         "an offline install.sh.",
     )
     parser.add_argument("--device-id", required=True, help="device to bundle, e.g. dev-0001")
-    parser.add_argument("--provisioned", type=Path, required=True,
-                        help="directory written by `fedge provision --out`")
-    parser.add_argument("--platform", required=True,
-                        help=f"target platform: {', '.join(sorted(PLATFORMS))}")
+    parser.add_argument(
+        "--provisioned",
+        type=Path,
+        required=True,
+        help="directory written by `fedge provision --out`",
+    )
+    parser.add_argument(
+        "--platform", required=True, help=f"target platform: {', '.join(sorted(PLATFORMS))}"
+    )
     parser.add_argument("--out", type=Path, help="archive to write (default: DEVICE-ID.tar.gz)")
-    parser.add_argument("--cache-dir", type=Path,
-                        help=f"wheel cache (default: {default_cache_dir()})")
-    parser.add_argument("--refresh", action="store_true",
-                        help="ask the index even when the wheel cache has everything")
-    parser.add_argument("--no-constraints", action="store_true",
-                        help="do not pin versions with the checkout's constraints.txt")
-    parser.add_argument("--source", type=Path, default=REPO_ROOT,
-                        help=f"fedge checkout to build the wheel from (default: {REPO_ROOT})")
+    parser.add_argument(
+        "--cache-dir", type=Path, help=f"wheel cache (default: {default_cache_dir()})"
+    )
+    parser.add_argument(
+        "--refresh",
+        action="store_true",
+        help="ask the index even when the wheel cache has everything",
+    )
+    parser.add_argument(
+        "--no-constraints",
+        action="store_true",
+        help="do not pin versions with the checkout's constraints.txt",
+    )
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=REPO_ROOT,
+        help=f"fedge checkout to build the wheel from (default: {REPO_ROOT})",
+    )
     return parser
 
 
@@ -173,16 +225,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=True)
     out = args.out or Path(f"{args.device_id}.tar.gz")
     try:
-        result = build_bundle(args.device_id, args.provisioned, args.platform, out,
-                              source=args.source, cache_dir=args.cache_dir,
-                              use_constraints=not args.no_constraints, refresh=args.refresh,
-                              console=console)
+        result = build_bundle(
+            args.device_id,
+            args.provisioned,
+            args.platform,
+            out,
+            source=args.source,
+            cache_dir=args.cache_dir,
+            use_constraints=not args.no_constraints,
+            refresh=args.refresh,
+            console=console,
+        )
     except FedgeError as exc:
         print(f"fedge bundle: error: {exc}", file=sys.stderr)
         return 2
     size_mb = result.path.stat().st_size / 1e6
-    print(f"wrote {result.path} ({size_mb:.1f} MB, mode 0600: it holds the device's keys) for "
-          f"{result.device_id} of fleet {result.fleet} on {result.platform}: "
-          f"{len(result.wheels)} wheels, {len(result.new_wheels)} newly downloaded")
+    print(
+        f"wrote {result.path} ({size_mb:.1f} MB, mode 0600: it holds the device's keys) for "
+        f"{result.device_id} of fleet {result.fleet} on {result.platform}: "
+        f"{len(result.wheels)} wheels, {len(result.new_wheels)} newly downloaded"
+    )
     print(f"on the device:  tar xzf {result.path.name} && sudo ./{result.top}/install.sh")
     return 0

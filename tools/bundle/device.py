@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fedge.edge_client.config import DeviceConfig, load_device_config
 from fedge.edge_client.errors import ConfigError, ProtocolError
-from fedge.edge_client.protocol.topics import check_name
+from fedge.edge_client.names import check_name
 
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644

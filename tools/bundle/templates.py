@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedge.edge_client.errors import ConfigError, ProtocolError
-from fedge.edge_client.protocol.topics import check_name
+from fedge.edge_client.names import check_name
 from fedge.tools.bundle.platforms import PYTHON_VERSION, Platform
 
 UNIT_NAME = "fedge-device.service"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 from fedge.edge_client.eligibility import EligibilityRules
 
@@ -68,10 +69,7 @@ def device_toml(
         broker |= {"cert_file": "client.crt", "key_file": "client.key"}
     else:
         broker["password"] = password
-    defaults = EligibilityRules()
-    eligibility: dict[str, TomlValue] = {
-        name: getattr(defaults, name) for name in EligibilityRules.__dataclass_fields__
-    }
+    eligibility: dict[str, TomlValue] = dict(asdict(EligibilityRules()))
     tables: TomlTables = {
         "device": {"id": device_id, "fleet": fleet, "state_dir": "state"},
         "broker": broker,

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedge.edge_client.errors import ConfigError, ProtocolError
-from fedge.edge_client.protocol.topics import check_name
+from fedge.edge_client.names import check_name
 from fedge.tools.provision import pki
 from fedge.tools.provision.configs import device_toml, server_toml
 from fedge.tools.provision.files import PRIVATE_DIR_MODE, make_dir, write_file, write_secret

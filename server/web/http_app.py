@@ -1,4 +1,4 @@
-"""The server's HTTP side: content-addressed blobs (ETag, Range) for devices, plus the API routers."""
+"""The HTTP front: content-addressed blobs (ETag, Range) for devices, the rest to the API app."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -65,7 +66,7 @@ class HotBlobs:
         if data is not None:
             self._cache.move_to_end(digest)
             return data
-        path = self.blobs.path(digest)
+        path: Path = self.blobs.path(digest)
         if not path.exists():
             return None
         data = path.read_bytes()

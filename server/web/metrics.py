@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -14,11 +13,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from fedge.server.api_models import LIVE_STATES
-from fedge.server.store import Store
-
-if TYPE_CHECKING:
-    from fedge.server.api import ServerView
+from fedge.server.control import LiveRound, ServerControl
+from fedge.server.store import StoreReader
+from fedge.server.web.api_models import LIVE_STATES
 
 ROUND_SECONDS_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 AGGREGATION_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
@@ -31,11 +28,11 @@ def histogram_buckets(values: Sequence[float], bounds: Sequence[float]) -> list[
 
 
 class FedgeCollector(Collector):
-    """Rounds, reports, dropouts, bytes, durations and devices from SQLite; link counters live."""
+    """Rounds, reports, dropouts, bytes, durations and devices from the store; traffic live."""
 
-    def __init__(self, store: Store, server: ServerView):
-        self.store = store
-        self.server = server
+    def __init__(self, reader: StoreReader, control: ServerControl):
+        self.reader = reader
+        self.control = control
 
     def collect(self) -> Iterable[Metric]:
         yield from self._rounds()
@@ -67,19 +64,15 @@ class FedgeCollector(Collector):
             ),
         }
         totals: dict[tuple[str, str], dict[str, float]] = {}
-        for row in self.store.query(
-            "SELECT job_id, kind, state, COUNT(*) AS n, SUM(reported) AS reported, "
-            "SUM(dropped) AS dropped, SUM(refused) AS refused, SUM(uplink_bytes) AS uplink_bytes,"
-            " SUM(downlink_bytes) AS downlink_bytes FROM rounds GROUP BY job_id, kind, state"
-        ):
-            rounds.add_metric([row["job_id"], row["kind"], row["state"]], row["n"])
-            acc = totals.setdefault((row["job_id"], row["kind"]), dict.fromkeys(sums, 0.0))
+        for row in self.reader.round_totals():
+            rounds.add_metric([row.job_id, row.kind, row.state], row.count)
+            acc = totals.setdefault((row.job_id, row.kind), dict.fromkeys(sums, 0.0))
             for key in sums:
-                acc[key] += row[key] or 0
+                acc[key] += getattr(row, key)
         run = self._live_round()
         if run is not None:  # counts reach the store when the round closes; add them until then
             acc = totals.setdefault((run.job_id, run.kind), dict.fromkeys(sums, 0.0))
-            acc["reported"] += len(run.reports)
+            acc["reported"] += len(run.reported)
             acc["refused"] += run.refused
             acc["uplink_bytes"] += run.uplink_bytes
             acc["downlink_bytes"] += run.downlink_bytes
@@ -88,21 +81,18 @@ class FedgeCollector(Collector):
             for (job, kind), acc in sorted(totals.items()):
                 family.add_metric([job, kind], acc[key])
             yield family
-        refused = self.store.query("SELECT COUNT(*) AS n FROM rejections")[0]["n"]
         yield CounterMetricFamily(
-            "fedge_refused_messages", "Device messages refused (all causes)", value=refused
+            "fedge_refused_messages",
+            "Device messages refused (all causes)",
+            value=self.reader.rejection_count(),
         )
 
-    def _live_round(self) -> Any:
-        c = self.server.coordinator
-        run = c.current if c is not None else None
+    def _live_round(self) -> LiveRound | None:
+        run = self.control.live_round()
         return run if run is not None and run.state in LIVE_STATES else None
 
     def _durations(self) -> Iterable[Metric]:
-        rows = self.store.query(
-            "SELECT job_id, kind, ended - started AS seconds, aggregation_s "
-            "FROM rounds WHERE state='committed' AND ended IS NOT NULL"
-        )
+        rows = self.reader.round_durations()
         duration = HistogramMetricFamily(
             "fedge_round_duration_seconds", "Wall time of committed rounds", labels=["job", "kind"]
         )
@@ -114,9 +104,9 @@ class FedgeCollector(Collector):
         groups: dict[tuple[str, str], list[float]] = {}
         agg: dict[str, list[float]] = {}
         for r in rows:
-            groups.setdefault((r["job_id"], r["kind"]), []).append(float(r["seconds"]))
-            if r["aggregation_s"] is not None:
-                agg.setdefault(r["job_id"], []).append(float(r["aggregation_s"]))
+            groups.setdefault((r.job_id, r.kind), []).append(r.seconds)
+            if r.aggregation_s is not None:
+                agg.setdefault(r.job_id, []).append(float(r.aggregation_s))
         for (job, kind), values in sorted(groups.items()):
             duration.add_metric(
                 [job, kind], histogram_buckets(values, ROUND_SECONDS_BUCKETS), sum(values)
@@ -133,12 +123,9 @@ class FedgeCollector(Collector):
         online = GaugeMetricFamily(
             "fedge_devices_connected", "Devices online now", labels=["profile"]
         )
-        for r in self.store.query(
-            "SELECT COALESCE(profile, 'unknown') AS profile, COUNT(*) AS n, "
-            "SUM(online) AS up FROM devices GROUP BY 1 ORDER BY 1"
-        ):
-            known.add_metric([r["profile"]], r["n"])
-            online.add_metric([r["profile"]], r["up"] or 0)
+        for r in self.reader.profile_devices():
+            known.add_metric([r.profile], r.known)
+            online.add_metric([r.profile], r.online)
         yield known
         yield online
 
@@ -149,9 +136,9 @@ class FedgeCollector(Collector):
         committed = GaugeMetricFamily(
             "fedge_committed_rounds", "Last committed round of a job", labels=["job"]
         )
-        for r in self.store.query("SELECT id, status, committed_round FROM jobs ORDER BY id"):
-            info.add_metric([r["id"], r["status"]], 1)
-            committed.add_metric([r["id"]], r["committed_round"])
+        for r in self.reader.job_statuses():
+            info.add_metric([r.job_id, r.status], 1)
+            committed.add_metric([r.job_id], r.committed_round)
         yield info
         yield committed
         accuracy = GaugeMetricFamily(
@@ -164,12 +151,9 @@ class FedgeCollector(Collector):
             "Central evaluation loss after the last committed round",
             labels=["job"],
         )
-        for r in self.store.query(
-            "SELECT job_id, eval_accuracy, eval_loss FROM rounds WHERE rid IN (SELECT MAX(rid) "
-            "FROM rounds WHERE state='committed' AND eval_accuracy IS NOT NULL GROUP BY job_id)"
-        ):
-            accuracy.add_metric([r["job_id"]], r["eval_accuracy"])
-            loss.add_metric([r["job_id"]], r["eval_loss"])
+        for evaluation in self.reader.central_evals():
+            accuracy.add_metric([evaluation.job_id], evaluation.accuracy)
+            loss.add_metric([evaluation.job_id], evaluation.loss)
         yield accuracy
         yield loss
         current = GaugeMetricFamily(
@@ -177,38 +161,38 @@ class FedgeCollector(Collector):
             "Number of the round in progress",
             labels=["job", "kind", "state"],
         )
-        c = self.server.coordinator
-        if c is not None and c.current is not None:
-            run = c.current
-            current.add_metric([run.job_id, run.kind, run.state.value], run.number)
+        run = self.control.live_round()
+        if run is not None:
+            current.add_metric([run.job_id, run.kind, run.state], run.number)
         yield current
 
     def _traffic(self) -> Iterable[Metric]:
+        traffic = self.control.traffic()
         yield CounterMetricFamily(
             "fedge_http_bytes_served",
             "Blob bytes served over HTTP since start",
-            value=self.server.traffic.bytes_served,
+            value=traffic.http_bytes_served,
         )
-        link = self.server.link
-        if link is not None:
-            stats = link.stats
-            yield CounterMetricFamily(
+        link = (  # None until the broker link exists
+            (
                 "fedge_mqtt_bytes_sent",
                 "MQTT payload bytes published since start",
-                value=stats.bytes_sent,
-            )
-            yield CounterMetricFamily(
+                traffic.mqtt_bytes_sent,
+            ),
+            (
                 "fedge_mqtt_bytes_received",
                 "MQTT payload bytes received since start",
-                value=stats.bytes_received,
-            )
-            yield CounterMetricFamily(
-                "fedge_mqtt_connects", "Broker (re)connections since start", value=stats.connects
-            )
+                traffic.mqtt_bytes_received,
+            ),
+            ("fedge_mqtt_connects", "Broker (re)connections since start", traffic.mqtt_connects),
+        )
+        for name, documentation, value in link:
+            if value is not None:
+                yield CounterMetricFamily(name, documentation, value=value)
 
 
-def metrics_registry(store: Store, server: ServerView) -> CollectorRegistry:
+def metrics_registry(reader: StoreReader, control: ServerControl) -> CollectorRegistry:
     """A registry of its own (one per app) holding the store-backed collector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FedgeCollector(store, server))
+    registry.register(FedgeCollector(reader, control))
     return registry

@@ -1,44 +1,101 @@
-"""Differential privacy of one job on the server: clip bound, noise, adaptive clip, accountant, budget."""
+"""Differential privacy of one job on the server: clip bound, noise, adaptive clip, accountant.
+
+Every job has a `JobPrivacy`: `NoPrivacy` without DP, `CentralDP` (trusted server) or
+`DistributedDP` (devices noise their updates under secure aggregation). The round loop and
+the aggregations call the same methods on each; the modes differ only in here.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from fedge.edge_client.arrays import Array
 from fedge.edge_client.errors import ConfigError, PrivacyError
 from fedge.edge_client.privacy import (
     DistributedDPParams,
     DPMode,
     DPSpec,
     clip_update,
+    format_dp_spec,
     parse_dp_spec,
     select_distributed_params,
 )
 from fedge.edge_client.protocol.messages import DPTask
 from fedge.server.job import JobConfig
-from fedge.server.privacy import (
-    AdaptiveClipper,
-    RoundAccountant,
-    accountant_from_spec,
-    central_dp_mean,
-    decode_noisy_sum,
-    update_noise_multiplier,
-)
-from fedge.server.secure_round import secure_settings
+from fedge.server.privacy.accountant import RoundAccountant, accountant_from_spec
+from fedge.server.privacy.adaptive import AdaptiveClipper, update_noise_multiplier
+from fedge.server.privacy.central import central_dp_mean
+from fedge.server.privacy.distributed import decode_noisy_sum
 
 log = logging.getLogger("fedge.server.dp")
 
 
-class JobPrivacy(ABC):
+class JobPrivacy:
+    """What a job's privacy decides; these defaults are a job without DP (`NoPrivacy`)."""
+
+    def dp_task(self) -> DPTask | None:
+        """What devices need to bound (and noise) their updates (None: nothing)."""
+        return None
+
+    def weight_cap(self, max_example_weight: int) -> int:
+        """The largest weight one device's update may carry in the mean."""
+        return max_example_weight
+
+    def sampling_rng(self, seeded: random.Random) -> random.Random:
+        """The RNG that picks a round's devices among those waiting (the job's seeded one)."""
+        return seeded
+
+    @property
+    def wakes_by_group(self) -> bool:
+        """Whether round-opens may go to a few wake groups instead of the whole fleet."""
+        return True
+
+    def restore(self, committed: Sequence[dict[str, Any]]) -> None:
+        """Pick up what adapts across rounds from the committed rounds' rows."""
+
+    def stop_reason(self, population: Callable[[], int], rounds_done: int) -> str | None:
+        """Why the job must stop before its next round (None: it may go on)."""
+        return None
+
+    def account_round(self, within_clip: int, reports: int) -> dict[str, float]:
+        """Account a round about to commit; the fields its row stores (dp_clip, epsilon)."""
+        return {}
+
+
+class NoPrivacy(JobPrivacy):
+    """A job without differential privacy."""
+
+
+class AccountedPrivacy(JobPrivacy, ABC):
     """What every DP mode shares: the job's spec, its accountant and the budget stop."""
 
     spec: DPSpec
     expected_clients: int
     accountant: RoundAccountant | None
+
+    @property
+    def clip(self) -> float:
+        """The clip norm devices use this round."""
+        return self.spec.clip
+
+    def weight_cap(self, max_example_weight: int) -> int:
+        return 1
+
+    def sampling_rng(self, seeded: random.Random) -> random.Random:
+        # A predictable seed would void privacy amplification: OS randomness.
+        return secrets.SystemRandom()
+
+    @property
+    def wakes_by_group(self) -> bool:
+        # Waking by group would correlate which devices can be sampled.
+        return False
 
     @abstractmethod
     def _new_accountant(self, population: int) -> RoundAccountant:
@@ -70,8 +127,21 @@ class JobPrivacy(ABC):
             )
         return None
 
+    def stop_reason(self, population: Callable[[], int], rounds_done: int) -> str | None:
+        if self.accountant is None:
+            self.ensure_accountant(population(), rounds_done)
+        return self.budget_exhausted()
 
-class CentralDP(JobPrivacy):
+    def account_round(self, within_clip: int, reports: int) -> dict[str, float]:
+        fields = {"dp_clip": self.clip, "epsilon": self.account()}
+        self.after_round(within_clip, reports)
+        return fields
+
+    def after_round(self, within_clip: int, reports: int) -> None:
+        """Adapt what adapts after a round (nothing by default)."""
+
+
+class CentralDP(AccountedPrivacy):
     """Trusted-server DP-FedAvg: uniform weights, server-side re-clipping, Gaussian noise."""
 
     def __init__(self, spec: DPSpec, expected_clients: int):
@@ -80,12 +150,11 @@ class CentralDP(JobPrivacy):
         self.spec = spec
         self.expected_clients = expected_clients
         self.clipper = AdaptiveClipper.from_spec(spec, expected_clients) if spec.adaptive else None
-        self.accountant: RoundAccountant | None = None
+        self.accountant = None
         self._rng = np.random.default_rng(secrets.randbits(128))
 
     @property
     def clip(self) -> float:
-        """The clip norm devices use this round."""
         return self.clipper.clip if self.clipper else self.spec.clip
 
     @property
@@ -95,15 +164,20 @@ class CentralDP(JobPrivacy):
             return self.spec.noise_multiplier
         return update_noise_multiplier(self.spec.noise_multiplier, self.clipper.bit_noise)
 
-    def task_settings(self) -> DPTask:
-        """What devices need: clip locally to this norm and report whether they were under it."""
+    def dp_task(self) -> DPTask:
+        """Devices clip locally to this norm and report whether they were under it."""
         return DPTask(mode="central", clip=self.clip)
 
-    def bound(self, delta: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def restore(self, committed: Sequence[dict[str, Any]]) -> None:
+        clips = [r["dp_clip"] for r in committed if r["dp_clip"] is not None]
+        if self.clipper is not None and clips:
+            self.clipper.clip = clips[-1]
+
+    def bound(self, delta: Sequence[Array]) -> list[Array]:
         """Re-clip a decoded update on the server: the sensitivity bound holds whatever a device sent."""
         return list(clip_update(list(delta), self.clip).arrays)
 
-    def private_mean(self, clipped_sum: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def private_mean(self, clipped_sum: Sequence[Array]) -> list[Array]:
         """(sum + N(0, (zC)^2)) / expected clients."""
         noisy = central_dp_mean(
             list(clipped_sum),
@@ -125,7 +199,7 @@ class CentralDP(JobPrivacy):
         return accountant_from_spec(self.spec, self.expected_clients, population)
 
 
-class DistributedDP(JobPrivacy):
+class DistributedDP(AccountedPrivacy):
     """Distributed DP under secure aggregation: devices add integer noise, the server sees a sum.
 
     The noise of the sum has standard deviation z * clip when `expected_clients` devices
@@ -133,9 +207,8 @@ class DistributedDP(JobPrivacy):
     (the over-selected cohort) may end up in the sum, so the ring is sized for them. Secure
     aggregation refuses to reveal a sum of fewer than `min_clients` devices, and the
     accountant assumes exactly that many (the least noise a released sum can carry).
+    No adaptive clipping: it would need each device's clip bit in the clear.
     """
-
-    clipper = None  # no adaptive clipping: it would need each device's clip bit in the clear
 
     def __init__(
         self,
@@ -168,24 +241,16 @@ class DistributedDP(JobPrivacy):
         )
         self.accountant = None
 
-    @property
-    def clip(self) -> float:
-        """The clip norm devices use."""
-        return self.spec.clip
-
-    def task_settings(self) -> DPTask:
-        """What devices need: the exact parameters (the rotation seed is the round seed)."""
+    def dp_task(self) -> DPTask:
+        """The exact parameters (the rotation seed is the round seed)."""
         return DPTask(mode="distributed", clip=self.clip, params=self.params)
 
     def decode_mean(
-        self, ring_sum: np.ndarray, rotation_seed: int, shapes: Sequence[tuple[int, ...]]
-    ) -> list[np.ndarray]:
+        self, ring_sum: Array, rotation_seed: int, shapes: Sequence[tuple[int, ...]]
+    ) -> list[Array]:
         """Decode the securely aggregated ring sum; divide by the expected clients."""
         noisy_sum = decode_noisy_sum(ring_sum, self.params, rotation_seed, shapes)
         return [(s / np.float32(self.expected_clients)).astype(np.float32) for s in noisy_sum]
-
-    def after_round(self, within_clip: int, reports: int) -> None:
-        """Nothing adapts in distributed mode."""
 
     def _new_accountant(self, population: int) -> RoundAccountant:
         return accountant_from_spec(
@@ -197,51 +262,50 @@ class DistributedDP(JobPrivacy):
         )
 
 
-def privacy_for_job(job: JobConfig, dim: int) -> CentralDP | DistributedDP | None:
-    """The DP controller of `job` for an update of `dim` values (None without DP).
+def privacy_for_job(job: JobConfig, dim: int) -> JobPrivacy:
+    """The privacy of `job` for an update of `dim` values (`NoPrivacy` without DP).
 
     Distributed DP splits the noise over the round's target reports, sizes the ring for the
     devices a round selects, and accounts with the fewest devices a released sum may hold:
     the round's minimum reports, or secure aggregation's own minimum if that is larger.
     """
-    secure = secure_settings(job.secagg)
     sel = job.selection
     return job_privacy_for(
         job.dp,
         expected_clients=sel.target_reports,
         max_clients=sel.selected_per_round,
-        min_clients=max(sel.min_reports, secure.min_clients if secure else 1),
+        min_clients=max(sel.min_reports, job.secagg.min_clients if job.secagg else 1),
         dim=dim,
     )
 
 
 def job_privacy_for(
-    spec_text: str | None,
+    spec: DPSpec | str | None,
     *,
     expected_clients: int,
     max_clients: int,
     min_clients: int,
     dim: int,
-) -> CentralDP | DistributedDP | None:
-    """The DP controller of a job (None without DP).
+) -> JobPrivacy:
+    """The privacy controller of a job (`NoPrivacy` without a spec).
 
     Raises
     ------
     ConfigError
         If distributed parameters cannot be chosen (ring too small for the cohort).
     """
-    if not spec_text:
-        return None
-    spec = parse_dp_spec(spec_text)
-    if spec.mode is DPMode.CENTRAL:
-        return CentralDP(spec, expected_clients)
+    if spec is None or spec == "":
+        return NoPrivacy()
+    parsed = parse_dp_spec(spec) if isinstance(spec, str) else spec
+    if parsed.mode is DPMode.CENTRAL:
+        return CentralDP(parsed, expected_clients)
     try:
         return DistributedDP(
-            spec,
+            parsed,
             expected_clients=expected_clients,
             max_clients=max(max_clients, expected_clients),
             min_clients=min(min_clients, expected_clients),
             dim=dim,
         )
     except PrivacyError as exc:
-        raise ConfigError(f"job.dp {spec_text!r}: {exc}") from exc
+        raise ConfigError(f"job.dp {format_dp_spec(parsed)!r}: {exc}") from exc

@@ -1,4 +1,4 @@
-"""Response schemas of the management API, built from store rows and the live round."""
+"""Response schemas of the management API, built from store rows and the live round snapshot."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
-from fedge.server.rounds import RoundRun, RoundState
+from fedge.server.control import LiveRound
+from fedge.server.rounds import RoundState
 
 T = TypeVar("T")
 
-LIVE_STATES = (RoundState.SELECTING, RoundState.CONFIGURING, RoundState.COLLECTING)
+LIVE_STATES = frozenset(
+    s.value for s in (RoundState.SELECTING, RoundState.CONFIGURING, RoundState.COLLECTING)
+)
 DEVICE_STATUSES = ("offline", "idle", "selected", "reported")
 
 
@@ -49,7 +52,7 @@ class DeviceOut(BaseModel):
     rejected_messages: int
 
     @classmethod
-    def from_row(cls, row: dict[str, Any], current: RoundRun | None) -> DeviceOut:
+    def from_row(cls, row: dict[str, Any], current: LiveRound | None) -> DeviceOut:
         key = row.get("identity_key")
         return cls(
             id=row["id"],
@@ -114,18 +117,18 @@ class CurrentRound(BaseModel):
     deadline: float | None
 
     @classmethod
-    def from_run(cls, run: RoundRun) -> CurrentRound:
+    def from_live(cls, live: LiveRound) -> CurrentRound:
         return cls(
-            rid=run.rid,
-            number=run.number,
-            kind=run.kind,
-            attempt=run.attempt,
-            state=run.state.value,
-            selected=len(run.selected),
-            reported=len(run.reports),
-            refused=run.refused,
-            started=run.started_at,
-            deadline=run.deadline or None,
+            rid=live.rid,
+            number=live.number,
+            kind=live.kind,
+            attempt=live.attempt,
+            state=live.state,
+            selected=len(live.selected),
+            reported=len(live.reported),
+            refused=live.refused,
+            started=live.started,
+            deadline=live.deadline or None,
         )
 
 
@@ -194,14 +197,14 @@ class RoundOut(BaseModel):
     reason: str | None
 
     @classmethod
-    def from_row(cls, row: dict[str, Any], current: RoundRun | None) -> RoundOut:
+    def from_row(cls, row: dict[str, Any], current: LiveRound | None) -> RoundOut:
         data = {k: row[k] for k in cls.model_fields if k in row}
         for key in ("selected", "reported", "dropped", "refused", "uplink_bytes", "downlink_bytes"):
             data[key] = data.get(key) or 0
         if current is not None and current.rid == row["rid"] and current.state in LIVE_STATES:
             data.update(
                 selected=len(current.selected),
-                reported=len(current.reports),
+                reported=len(current.reported),
                 dropped=0,
                 refused=current.refused,
                 uplink_bytes=current.uplink_bytes,
@@ -249,10 +252,10 @@ class RoundDetail(RoundOut):
     timings: list[Transition]
 
 
-def device_status(device_id: str, online: bool, current: RoundRun | None) -> str:
+def device_status(device_id: str, online: bool, current: LiveRound | None) -> str:
     """Where a device stands: offline, idle, selected (in the live round) or reported."""
     if current is not None and current.state in LIVE_STATES and device_id in current.selected:
-        return "reported" if device_id in current.reports else "selected"
+        return "reported" if device_id in current.reported else "selected"
     return "idle" if online else "offline"
 
 
