@@ -23,6 +23,7 @@ from fedge.edge_client.errors import (
     ArtifactError,
     CodecError,
     DataError,
+    PolicyError,
     PrivacyError,
     SecAggError,
 )
@@ -41,7 +42,7 @@ __all__ = ["TRANSITIONS", "AgentHooks", "AgentState", "DeviceAgent", "LocalData"
 
 log = logging.getLogger("fedge.device")
 # What ends a task with an error report to the server (and no resume): bad input, not a bad link.
-TASK_ERRORS = (ArtifactError, CodecError, DataError, PrivacyError, SecAggError)
+TASK_ERRORS = (ArtifactError, CodecError, DataError, PolicyError, PrivacyError, SecAggError)
 
 
 class AgentState(StrEnum):
@@ -211,6 +212,9 @@ class DeviceAgent:
         self._set(AgentState.TRAINING)
         over = False  # the pending task is kept for a resume unless it ran to its end
         try:
+            refusal = self.config.policy.refusal(task)
+            if refusal is not None:
+                raise PolicyError(f"task refused by the device's fleet policy: {refusal}")
             if self.hooks.drops_out("before-training"):
                 return None
             inputs = await self.inputs.gather(task)

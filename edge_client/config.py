@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from fedge.edge_client.eligibility import EligibilityRules
 from fedge.edge_client.errors import ConfigError, ProtocolError
 from fedge.edge_client.names import check_name
+from fedge.edge_client.policy import FleetPolicy
 from fedge.edge_client.tables import Settings, check, load_toml, section
 
 # MQTT keepalive of a device: an idle session pings once a minute (paho's default, and short of
@@ -109,6 +110,7 @@ class DeviceConfig(Settings):
     enrolment_key_file: Path | None = None
     eligibility: EligibilityRules = field(default_factory=EligibilityRules)
     profile: str | None = None
+    policy: FleetPolicy = field(default_factory=FleetPolicy)
 
     def check(self) -> None:
         try:
@@ -156,6 +158,7 @@ def parse_device_config(raw: dict[str, Any], base_dir: Path) -> DeviceConfig:
         server_signing_key_file=server.signing_public_key,
         enrolment_key_file=server.enrolment_public_key,
         eligibility=EligibilityRules.from_table(section(raw, "eligibility")),
+        policy=FleetPolicy.from_table(section(raw, "policy")),
     )
 
 

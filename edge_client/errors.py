@@ -33,3 +33,7 @@ class DataError(FedgeError):
 
 class PrivacyError(FedgeError):
     """A differential-privacy setting is invalid or the privacy budget is exhausted."""
+
+
+class PolicyError(FedgeError):
+    """A task asks for less protection than the device's fleet policy requires."""
